@@ -1,0 +1,97 @@
+/**
+ * The one error type of Mayfly. Every failure that can reach a caller is a
+ * MayflyError with a code from the closed set below; the transport layer maps
+ * the code's `kind` to a gRPC status and an OAuth error in one place
+ * (src/transport/errors.ts). Messages are written for the operator or caller
+ * to act on and never carry secrets or internals.
+ */
+
+/** Broad classes that decide the wire status. */
+export type ErrorKind =
+  | 'invalid_argument'
+  | 'unauthenticated'
+  | 'permission_denied'
+  | 'not_found'
+  | 'failed_precondition'
+  | 'resource_exhausted'
+  | 'unavailable'
+  | 'internal';
+
+/** Closed set of stable error codes, each bound to its kind. */
+export const ERROR_CODES = {
+  // Bad input from the caller.
+  ERR_INVALID_ARGUMENT: 'invalid_argument',
+  ERR_TTL_INVALID: 'invalid_argument',
+  ERR_AUDIENCE_INVALID: 'invalid_argument',
+  ERR_SCOPE_INVALID: 'invalid_argument',
+  ERR_TOO_LARGE: 'invalid_argument',
+  // Who is asking could not be established.
+  ERR_UNAUTHENTICATED: 'unauthenticated',
+  ERR_SPIFFE_ID_INVALID: 'unauthenticated',
+  ERR_SVID_INVALID: 'unauthenticated',
+  ERR_JWT_INVALID: 'unauthenticated',
+  ERR_JWT_EXPIRED: 'unauthenticated',
+  ERR_JWT_SIGNATURE: 'unauthenticated',
+  ERR_ISSUER_UNKNOWN: 'unauthenticated',
+  ERR_KEY_UNKNOWN: 'unauthenticated',
+  // Authenticated but not allowed.
+  ERR_POLICY_DENIED: 'permission_denied',
+  ERR_POLICY_ERROR: 'permission_denied',
+  ERR_NOT_TASK_OWNER: 'permission_denied',
+  ERR_SCOPE_DENIED: 'permission_denied',
+  ERR_AUDIENCE_DENIED: 'permission_denied',
+  ERR_DELEGATION_DENIED: 'permission_denied',
+  ERR_NOT_AUTHORIZED_CLIENT: 'permission_denied',
+  // State.
+  ERR_TASK_NOT_FOUND: 'not_found',
+  ERR_KEY_NOT_FOUND: 'not_found',
+  ERR_TASK_NOT_ACTIVE: 'failed_precondition',
+  ERR_TOKEN_REVOKED: 'failed_precondition',
+  ERR_TOKEN_REPLAYED: 'failed_precondition',
+  ERR_RATE_LIMITED: 'resource_exhausted',
+  // Operator-side problems.
+  ERR_CONFIG_INVALID: 'internal',
+  ERR_KEYSTORE: 'internal',
+  ERR_STORE: 'internal',
+  ERR_UNAVAILABLE: 'unavailable',
+  ERR_INTERNAL: 'internal',
+} as const satisfies Record<string, ErrorKind>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+/** Structured, safe-to-expose details (field names, rule names, claim names; never secrets). */
+export type ErrorDetails = Record<string, string | number | boolean | string[] | undefined>;
+
+export class MayflyError extends Error {
+  readonly code: ErrorCode;
+  readonly details: ErrorDetails | undefined;
+  override readonly cause: unknown;
+
+  constructor(code: ErrorCode, message: string, options: { details?: ErrorDetails; cause?: unknown } = {}) {
+    super(message);
+    this.name = 'MayflyError';
+    this.code = code;
+    this.details = options.details;
+    this.cause = options.cause;
+  }
+
+  get kind(): ErrorKind {
+    return ERROR_CODES[this.code];
+  }
+
+  /** Turns anything thrown into a MayflyError; unknown throwables become ERR_INTERNAL with a generic message. */
+  static from(err: unknown): MayflyError {
+    if (err instanceof MayflyError) return err;
+    return new MayflyError('ERR_INTERNAL', 'internal error', { cause: err });
+  }
+}
+
+/** Shorthand constructor used across the code base. */
+export function mayflyError(code: ErrorCode, message: string, details?: ErrorDetails, cause?: unknown): MayflyError {
+  return new MayflyError(code, message, { details, cause });
+}
+
+/** True if `v` is a MayflyError with the given code. */
+export function isMayflyError(v: unknown, code?: ErrorCode): v is MayflyError {
+  return v instanceof MayflyError && (code === undefined || v.code === code);
+}

@@ -1,0 +1,169 @@
+/**
+ * Ports: the interfaces the service layer depends on. Adapters live in
+ * store/, tokens/, policy/ and audit/; each port has a contract suite in
+ * test/contracts that every adapter passes.
+ */
+import type { DecisionInput } from './decision.js';
+import type {
+  EpochMs,
+  KeyInfo,
+  KeyState,
+  RevocationEvent,
+  SigningAlg,
+  TaskEndResult,
+  TaskRecord,
+  TaskStatus,
+  TokenRecord,
+} from './types.js';
+
+/** Wall clock, injected so validators and tests control time. */
+export interface Clock {
+  now(): EpochMs;
+}
+
+/** Randomness, injected for the same reason. */
+export interface Random {
+  bytes(n: number): Buffer;
+}
+
+/** Snapshot of revocations that still cover unexpired tokens (for feed resume past retention). */
+export interface RevocationSnapshot {
+  cursor: number;
+  taskIds: string[];
+  jtis: string[];
+  kids: string[];
+}
+
+/**
+ * Durable state: tasks, token records and the revocation log. Every method
+ * that ends or revokes something is atomic and durable before it resolves.
+ */
+export interface Store {
+  createTask(task: TaskRecord): Promise<void>;
+  getTask(id: string): Promise<TaskRecord | null>;
+  /** Direct children and all further descendants of a task, excluding the task itself. */
+  getDescendants(id: string): Promise<TaskRecord[]>;
+  /** Extends the lease of an active task; false if the task is not active. */
+  renewLease(id: string, leaseExpiresAt: EpochMs): Promise<boolean>;
+  /** Records an issued token and increments its task's tokensIssued. */
+  recordToken(token: TokenRecord): Promise<void>;
+  getToken(jti: string): Promise<TokenRecord | null>;
+  /**
+   * Ends an active task and all its active descendants in one durable step:
+   * sets their status, revokes their unrevoked tokens, and appends one
+   * revocation event (kind task) unless nothing was active.
+   */
+  endTask(id: string, status: Exclude<TaskStatus, 'active'>, reason: string, now: EpochMs): Promise<TaskEndResult>;
+  /** Ends every active task owned by `owner` (and their descendants). */
+  endTasksOfOwner(owner: string, reason: string, now: EpochMs): Promise<TaskEndResult>;
+  /** Revokes a single token; null if it is unknown or already revoked. */
+  revokeToken(jti: string, reason: string, now: EpochMs): Promise<RevocationEvent | null>;
+  /** Revokes every unexpired token signed by `kid` and appends a kind-key event. */
+  revokeTokensByKid(kid: string, reason: string, now: EpochMs): Promise<RevocationEvent>;
+  /** Appends a free-standing event (kind keyset) and returns it with its cursor. */
+  appendEvent(event: Omit<RevocationEvent, 'cursor'>): Promise<RevocationEvent>;
+  /** Events with cursor > `cursor`, oldest first, at most `limit`. */
+  eventsSince(cursor: number, limit: number): Promise<RevocationEvent[]>;
+  /** Lowest cursor still retained (0 when none was ever pruned) and the latest cursor. */
+  cursorRange(): Promise<{ oldest: number; latest: number }>;
+  /** Everything revoked that may still matter at `now`. */
+  revocationSnapshot(now: EpochMs): Promise<RevocationSnapshot>;
+  /** Active tasks whose deadline or lease has passed at `now`. */
+  dueTasks(now: EpochMs, limit: number): Promise<TaskRecord[]>;
+  /** Number of unexpired tokens signed by each kid at `now`. */
+  liveTokensByKid(now: EpochMs): Promise<Record<string, number>>;
+  /** Deletes ended/expired tasks and tokens and events that no longer cover anything. Returns rows removed. */
+  gc(now: EpochMs, graceMs: number): Promise<number>;
+  close(): Promise<void>;
+}
+
+/** Signs with one key. Local keys sign synchronously (the hot path). */
+export interface Signer {
+  readonly kid: string;
+  readonly alg: SigningAlg;
+  sign(signingInput: Buffer): Buffer;
+}
+
+/** Key material at rest: encrypted, behind this port so a KMS/HSM backend can replace it. */
+export interface KeyStore {
+  /** Generates and persists a new key in the given state. */
+  create(alg: SigningAlg, state: KeyState, now: EpochMs): Promise<KeyInfo>;
+  list(): Promise<KeyInfo[]>;
+  setState(kid: string, state: KeyState, now: EpochMs): Promise<void>;
+  /** Raises the key's lastTokenExpiresAt to at least `exp` (persisted lazily is allowed; never lowered). */
+  noteTokenExpiry(kid: string, exp: EpochMs): void;
+  signer(kid: string): Promise<Signer>;
+  close(): Promise<void>;
+}
+
+/** What an engine returns before the decision point checks it. */
+export interface EngineResult {
+  /** The raw decision document (object or boolean); validated by the decision point. */
+  output: unknown;
+  /** Which rule or entrypoint produced it. */
+  source: string;
+}
+
+/** A policy engine behind the decision contract. */
+export interface PolicyEngine {
+  readonly name: string;
+  /** SHA-256 (hex) of the policy currently loaded. */
+  revision(): string;
+  evaluate(input: DecisionInput): Promise<EngineResult>;
+  close(): Promise<void>;
+}
+
+export type AuditEvent =
+  | 'task.begin'
+  | 'task.complete'
+  | 'task.expire'
+  | 'task.revoke'
+  | 'task.renew'
+  | 'token.issue'
+  | 'token.exchange'
+  | 'token.introspect'
+  | 'token.revoke'
+  | 'token.misuse'
+  | 'identity.revoke'
+  | 'auth.failure'
+  | 'key.create'
+  | 'key.state'
+  | 'key.revoke'
+  | 'key.promotion_delayed'
+  | 'policy.reload'
+  | 'feed.subscribe'
+  | 'broker.start'
+  | 'broker.stop';
+
+/** One audit record before chaining. Never contains a raw token or private key. */
+export interface AuditEntry {
+  event: AuditEvent;
+  outcome: 'success' | 'denied' | 'error';
+  /** Request id, so logs and audit correlate. */
+  request_id?: string;
+  /** Stable error code on failure. */
+  code?: string;
+  reason?: string;
+  identity?: { kind?: string; id?: string; method?: string; cert_sha256?: string; source?: string };
+  peer?: string;
+  task_id?: string;
+  jti?: string;
+  /** SHA-256 (hex) of a token that was presented, never the token itself. */
+  token_sha256?: string;
+  decision?: {
+    engine: string;
+    revision: string;
+    source: string;
+    input_sha256: string;
+    allow: boolean;
+    reasons: string[];
+    latency_us: number;
+  };
+  [field: string]: unknown;
+}
+
+/** Append-only audit log. `write` must not throw on the request path; failures surface through health. */
+export interface AuditSink {
+  write(entry: AuditEntry): void;
+  close(): Promise<void>;
+}

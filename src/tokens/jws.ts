@@ -1,0 +1,210 @@
+/**
+ * Compact JWS (RFC 7515) with node:crypto KeyObjects. Measured about 5x faster
+ * than jose's WebCrypto path for ES256 signing, so the hot path uses this;
+ * jose is still used for JWK import/export and by relying parties in tests.
+ *
+ * Verification is two steps, as in jose: `decodeJws` parses and checks the
+ * header shape, `verifyJwsSignature` checks the signature. Claims are
+ * validated elsewhere as pure functions of (claims, now).
+ */
+import { createPublicKey, KeyObject, sign as cryptoSign, verify as cryptoVerify, type JsonWebKey } from 'node:crypto';
+import { mayflyError } from '../core/errors.js';
+import type { SigningAlg } from '../core/types.js';
+
+/** Algorithms Mayfly accepts anywhere. Asymmetric only: no `none`, no HMAC (RFC 8725 §3.1–3.2). */
+export const ASYMMETRIC_ALGS = ['ES256', 'ES384', 'ES512', 'RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'EdDSA'] as const;
+export type JwsAlg = (typeof ASYMMETRIC_ALGS)[number];
+
+/** Largest compact JWS accepted anywhere (issue: tokens over 16 KiB are rejected). */
+export const MAX_JWS_BYTES = 16 * 1024;
+
+export function b64u(buf: Buffer | string): string {
+  return (typeof buf === 'string' ? Buffer.from(buf) : buf).toString('base64url');
+}
+
+const B64U_RE = /^[A-Za-z0-9_-]*$/;
+
+function fromB64u(s: string, what: string): Buffer {
+  if (!B64U_RE.test(s)) throw mayflyError('ERR_JWT_INVALID', `malformed token: ${what} is not base64url`);
+  return Buffer.from(s, 'base64url');
+}
+
+export interface JwsHeader {
+  alg: string;
+  kid?: string;
+  typ?: string;
+  cty?: string;
+  crit?: string[];
+  [k: string]: unknown;
+}
+
+export interface DecodedJws {
+  header: JwsHeader;
+  payload: Record<string, unknown>;
+  signingInput: Buffer;
+  signature: Buffer;
+}
+
+interface AlgParams {
+  hash: string | null;
+  dsaEncoding?: 'ieee-p1363';
+  padding?: number;
+  saltLength?: number;
+}
+
+const RSA_PKCS1_PSS_PADDING = 6;
+
+function algParams(alg: string): AlgParams {
+  switch (alg) {
+    case 'ES256':
+      return { hash: 'sha256', dsaEncoding: 'ieee-p1363' };
+    case 'ES384':
+      return { hash: 'sha384', dsaEncoding: 'ieee-p1363' };
+    case 'ES512':
+      return { hash: 'sha512', dsaEncoding: 'ieee-p1363' };
+    case 'RS256':
+      return { hash: 'sha256' };
+    case 'RS384':
+      return { hash: 'sha384' };
+    case 'RS512':
+      return { hash: 'sha512' };
+    case 'PS256':
+      return { hash: 'sha256', padding: RSA_PKCS1_PSS_PADDING, saltLength: 32 };
+    case 'PS384':
+      return { hash: 'sha384', padding: RSA_PKCS1_PSS_PADDING, saltLength: 48 };
+    case 'PS512':
+      return { hash: 'sha512', padding: RSA_PKCS1_PSS_PADDING, saltLength: 64 };
+    case 'EdDSA':
+      return { hash: null };
+    default:
+      throw mayflyError('ERR_JWT_INVALID', `algorithm ${JSON.stringify(alg)} is not allowed`);
+  }
+}
+
+/** Signs `header.payload` and returns the compact JWS. */
+export function signCompact(header: JwsHeader, payload: object, key: KeyObject): string {
+  const signingInput = `${b64u(JSON.stringify(header))}.${b64u(JSON.stringify(payload))}`;
+  const p = algParams(header.alg);
+  const sig = cryptoSign(p.hash, Buffer.from(signingInput), { key, dsaEncoding: p.dsaEncoding, padding: p.padding, saltLength: p.saltLength });
+  return `${signingInput}.${sig.toString('base64url')}`;
+}
+
+/** Builds a signing input for an external signer (KeyStore.signer). */
+export function signingInputOf(header: JwsHeader, payload: object): string {
+  return `${b64u(JSON.stringify(header))}.${b64u(JSON.stringify(payload))}`;
+}
+
+/** Raw signature over a signing input with a local key. */
+export function rawSign(alg: SigningAlg | JwsAlg, signingInput: Buffer, key: KeyObject): Buffer {
+  const p = algParams(alg);
+  return cryptoSign(p.hash, signingInput, { key, dsaEncoding: p.dsaEncoding, padding: p.padding, saltLength: p.saltLength });
+}
+
+/**
+ * Parses a compact JWS and checks the header's shape: size bound, three
+ * parts, JSON objects, an asymmetric `alg`, no unknown `crit` (RFC 7515
+ * §4.1.11), and no nested JWT (`cty: JWT`, RFC 7519 §5.2).
+ */
+export function decodeJws(token: string, options: { understoodCrit?: readonly string[] } = {}): DecodedJws {
+  if (typeof token !== 'string' || token.length === 0) throw mayflyError('ERR_JWT_INVALID', 'malformed token: empty');
+  if (token.length > MAX_JWS_BYTES) throw mayflyError('ERR_TOO_LARGE', `token exceeds ${MAX_JWS_BYTES} bytes`);
+  const parts = token.split('.');
+  if (parts.length !== 3) {
+    throw mayflyError('ERR_JWT_INVALID', parts.length === 5 ? 'encrypted tokens (JWE) are not accepted' : 'malformed token: expected three dot-separated parts');
+  }
+  const [h, p, s] = parts as [string, string, string];
+  let header: unknown;
+  let payload: unknown;
+  try {
+    header = JSON.parse(fromB64u(h, 'header').toString('utf8'));
+  } catch (e) {
+    if ((e as { code?: string }).code) throw e;
+    throw mayflyError('ERR_JWT_INVALID', 'malformed token: header is not JSON');
+  }
+  if (!isPlainObject(header)) throw mayflyError('ERR_JWT_INVALID', 'malformed token: header is not a JSON object');
+  const alg = header['alg'];
+  if (typeof alg !== 'string') throw mayflyError('ERR_JWT_INVALID', 'malformed token: header has no alg');
+  if (alg === 'none' || alg.startsWith('HS') || !(ASYMMETRIC_ALGS as readonly string[]).includes(alg)) {
+    throw mayflyError('ERR_JWT_INVALID', `algorithm ${JSON.stringify(alg)} is not allowed (asymmetric algorithms only)`);
+  }
+  if (header['crit'] !== undefined) {
+    const crit = header['crit'];
+    if (!Array.isArray(crit) || crit.length === 0 || crit.some((c) => typeof c !== 'string')) {
+      throw mayflyError('ERR_JWT_INVALID', 'malformed token: crit must be a non-empty array of strings');
+    }
+    const understood = options.understoodCrit ?? [];
+    const unknown = (crit as string[]).filter((c) => !understood.includes(c));
+    if (unknown.length > 0) throw mayflyError('ERR_JWT_INVALID', `token has critical header parameters this broker does not understand: ${unknown.join(', ')}`);
+  }
+  if (typeof header['cty'] === 'string' && header['cty'].toUpperCase() === 'JWT') {
+    throw mayflyError('ERR_JWT_INVALID', 'nested JWTs are not accepted');
+  }
+  try {
+    payload = JSON.parse(fromB64u(p, 'payload').toString('utf8'));
+  } catch (e) {
+    if ((e as { code?: string }).code) throw e;
+    throw mayflyError('ERR_JWT_INVALID', 'malformed token: payload is not JSON');
+  }
+  if (!isPlainObject(payload)) throw mayflyError('ERR_JWT_INVALID', 'malformed token: payload is not a JSON object');
+  return { header: header as JwsHeader, payload, signingInput: Buffer.from(`${h}.${p}`), signature: fromB64u(s, 'signature') };
+}
+
+/**
+ * Checks the signature of a decoded JWS with a public key. The key's type
+ * must fit the algorithm (so an RSA or EC public key can never be used as an
+ * HMAC secret). Always the same message on failure: it leaks nothing.
+ */
+export function verifyJwsSignature(jws: DecodedJws, key: KeyObject): void {
+  const alg = jws.header.alg;
+  if (key.type !== 'public') throw mayflyError('ERR_JWT_SIGNATURE', 'signature verification failed');
+  if (!keyFitsAlg(key, alg)) throw mayflyError('ERR_JWT_SIGNATURE', 'signature verification failed');
+  const p = algParams(alg);
+  let ok = false;
+  try {
+    ok = cryptoVerify(p.hash, jws.signingInput, { key, dsaEncoding: p.dsaEncoding, padding: p.padding, saltLength: p.saltLength }, jws.signature);
+  } catch {
+    ok = false;
+  }
+  if (!ok) throw mayflyError('ERR_JWT_SIGNATURE', 'signature verification failed');
+}
+
+/** True if the key type and curve match the JWS algorithm (RFC 7518 §3). */
+export function keyFitsAlg(key: KeyObject, alg: string): boolean {
+  const t = key.asymmetricKeyType;
+  const curve = key.asymmetricKeyDetails?.namedCurve;
+  switch (alg) {
+    case 'ES256':
+      return t === 'ec' && curve === 'prime256v1';
+    case 'ES384':
+      return t === 'ec' && curve === 'secp384r1';
+    case 'ES512':
+      return t === 'ec' && curve === 'secp521r1';
+    case 'RS256':
+    case 'RS384':
+    case 'RS512':
+    case 'PS256':
+    case 'PS384':
+    case 'PS512':
+      return (t === 'rsa' || t === 'rsa-pss') && (key.asymmetricKeyDetails?.modulusLength ?? 0) >= 2048;
+    case 'EdDSA':
+      return t === 'ed25519' || t === 'ed448';
+    default:
+      return false;
+  }
+}
+
+/** Imports a public JWK; throws ERR_KEY_UNKNOWN for private, symmetric or malformed keys. */
+export function publicKeyFromJwk(jwk: Record<string, unknown>): KeyObject {
+  if (jwk['kty'] === 'oct') throw mayflyError('ERR_KEY_UNKNOWN', 'symmetric keys are not accepted in a JWKS');
+  const pub: Record<string, unknown> = { ...jwk };
+  for (const priv of ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k']) delete pub[priv];
+  try {
+    return createPublicKey({ key: pub as JsonWebKey, format: 'jwk' });
+  } catch (cause) {
+    throw mayflyError('ERR_KEY_UNKNOWN', 'a key in the JWKS could not be imported', undefined, cause);
+  }
+}
+
+export function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}

@@ -1,0 +1,518 @@
+/**
+ * The broker's use-cases: begin, issue, complete, renew, introspect, revoke.
+ * Transport-agnostic: gRPC and HTTP handlers authenticate the caller, then
+ * call these with a CallContext. Every call writes exactly one audit record.
+ */
+import { createHash } from 'node:crypto';
+import { DECISION_CONTRACT_VERSION, type Decision, type DecisionInput, type PolicyAction } from '../core/decision.js';
+import { MayflyError, mayflyError } from '../core/errors.js';
+import type { AuditEntry, AuditEvent } from '../core/ports.js';
+import type { Identity, TaskEndResult, TaskRecord, TokenRecord } from '../core/types.js';
+import { buildClaims, type MayflyClaims } from '../tokens/claims.js';
+import { mintToken } from '../tokens/mint.js';
+import { verifyMayflyToken } from '../tokens/verify.js';
+import type { CallContext, ServiceDeps } from './deps.js';
+import { IssuanceCounter } from './issuance-counter.js';
+import * as v from './validate.js';
+
+export interface BeginTaskParams {
+  purpose?: unknown;
+  ttlSeconds?: unknown;
+  labels?: unknown;
+  parentTaskId?: unknown;
+  scopes?: unknown;
+  leaseSeconds?: unknown;
+  actor?: unknown;
+}
+
+export interface IssueTokenParams {
+  taskId?: unknown;
+  audience?: unknown;
+  scopes?: unknown;
+  ttlSeconds?: unknown;
+  tool?: unknown;
+  argsDigest?: unknown;
+  singleUse?: unknown;
+  /** Which action policy sees: issue_token (default) or exchange. */
+  action?: 'issue_token' | 'exchange';
+}
+
+export interface IssuedToken {
+  token: string;
+  tokenId: string;
+  expiresAt: number;
+  scopes: string[];
+  taskId: string;
+}
+
+export interface IntrospectResult {
+  active: boolean;
+  reason?: 'expired' | 'revoked' | 'unknown_signer' | 'malformed' | 'not_yet_valid' | 'unknown_token' | 'wrong_issuer' | 'invalid_signature';
+  claims?: MayflyClaims;
+}
+
+/** Hex SHA-256 of a token: what audit and logs carry instead of the token. */
+export function tokenHash(token: string): string {
+  return createHash('sha256').update(token).digest('hex');
+}
+
+export class BrokerService {
+  private readonly issuance = new IssuanceCounter();
+
+  constructor(private readonly d: ServiceDeps) {}
+
+  /** Starts a task owned by the caller (or a delegated child of a task the caller holds). */
+  async beginTask(ctx: CallContext, p: BeginTaskParams): Promise<TaskRecord> {
+    return this.audited('task.begin', ctx, async (rec) => {
+      const cfg = this.d.config.tasks;
+      const purpose = v.text('purpose', p.purpose, v.LIMITS.purposeMax);
+      const ttl = v.ttlSeconds('ttl_seconds', p.ttlSeconds, cfg.defaultTtlSeconds, cfg.maxTtlSeconds);
+      const labels = v.labels(p.labels);
+      const lease = v.ttlSeconds('lease_seconds', p.leaseSeconds, 0, cfg.maxLeaseSeconds);
+      const parentId = p.parentTaskId ? v.opaqueId('parent_task_id', p.parentTaskId) : null;
+      const requestedScopes = v.scopes(p.scopes);
+      const actor = v.text('actor', p.actor, v.LIMITS.actorMax, false);
+      const now = this.d.clock.now();
+
+      let parent: TaskRecord | null = null;
+      if (parentId) {
+        parent = await this.loadOwnedTask(ctx.identity, parentId, rec);
+        this.assertActive(parent, now);
+        if (parent.depth + 1 > this.d.config.tasks.maxDelegationDepth) {
+          throw mayflyError('ERR_DELEGATION_DENIED', `delegation depth ${parent.depth + 1} exceeds the configured maximum ${this.d.config.tasks.maxDelegationDepth}`);
+        }
+        if (parent.scopeCeiling) {
+          const outside = requestedScopes.filter((s) => !parent!.scopeCeiling!.includes(s));
+          if (outside.length > 0) throw mayflyError('ERR_DELEGATION_DENIED', `child task scopes must be a subset of the parent's; not in parent: ${outside.join(' ')}`);
+        }
+      }
+      const action: PolicyAction = parent ? 'delegate' : 'begin_task';
+      const decision = await this.decide(ctx, rec, {
+        action,
+        scopes: requestedScopes,
+        ttl_seconds: ttl,
+        purpose,
+        labels,
+      }, parent ?? undefined, now);
+      let expiresAt = now + Math.min(ttl, decision.max_ttl_seconds ?? ttl) * 1000;
+      if (parent) expiresAt = Math.min(expiresAt, parent.expiresAt);
+      // Delegated children are capped at what policy granted; root tasks keep the request as ceiling when given.
+      const ceiling = parent ? (decision.scopes ?? requestedScopes) : requestedScopes.length > 0 ? (decision.scopes ?? requestedScopes) : null;
+      const id = this.newId();
+      const task: TaskRecord = {
+        id,
+        owner: ctx.identity.id,
+        ownerKind: ctx.identity.kind,
+        purpose,
+        labels,
+        createdAt: now,
+        expiresAt,
+        leaseExpiresAt: lease > 0 ? Math.min(now + lease * 1000, expiresAt) : null,
+        status: 'active',
+        endedAt: null,
+        endReason: null,
+        parentId: parent?.id ?? null,
+        rootId: parent?.rootId ?? id,
+        depth: parent ? parent.depth + 1 : 0,
+        scopeCeiling: ceiling,
+        actors: parent ? [...(parent.actors.length ? parent.actors : [parent.owner]), actor || ctx.identity.id] : [],
+        tokensIssued: 0,
+      };
+      await this.d.store.createTask(task);
+      rec.task_id = id;
+      rec.parent_task_id = task.parentId ?? undefined;
+      rec.expires_at = new Date(expiresAt).toISOString();
+      this.d.observer?.taskBegun?.();
+      return task;
+    });
+  }
+
+  /** Mints a token for one audience, scoped to the task. Only the task's owner may. */
+  async issueToken(ctx: CallContext, p: IssueTokenParams): Promise<IssuedToken> {
+    return this.audited(p.action === 'exchange' ? 'token.exchange' : 'token.issue', ctx, async (rec) => {
+      const started = performance.now();
+      const taskId = v.opaqueId('task_id', p.taskId);
+      rec.task_id = taskId;
+      const aud = v.audience(p.audience);
+      rec.audience = aud;
+      const requested = v.scopes(p.scopes);
+      rec.requested_scopes = requested;
+      const tcfg = this.d.config.tokens;
+      const ttl = v.ttlSeconds('ttl_seconds', p.ttlSeconds, tcfg.defaultTtlSeconds, tcfg.maxTtlSeconds);
+      const tool = v.text('tool', p.tool, v.LIMITS.toolMax, false) || null;
+      const argsDigest = v.digest('args_digest', p.argsDigest);
+      const singleUse = p.singleUse === true;
+      const now = this.d.clock.now();
+
+      const task = await this.loadOwnedTask(ctx.identity, taskId, rec);
+      this.assertActive(task, now);
+      if (task.scopeCeiling) {
+        const outside = requested.filter((s) => !task.scopeCeiling!.includes(s));
+        if (outside.length > 0) throw mayflyError('ERR_SCOPE_DENIED', `scopes not available to this task: ${outside.join(' ')}`);
+      }
+      const decision = await this.decide(ctx, rec, {
+        action: p.action ?? 'issue_token',
+        audience: aud,
+        scopes: requested,
+        ttl_seconds: ttl,
+        labels: task.labels,
+        ...(tool ? { tool } : {}),
+        ...(argsDigest ? { args_digest: argsDigest } : {}),
+      }, task, now);
+      const granted = decision.scopes ?? requested;
+      // exp ≤ min(now + requested TTL, policy max TTL, task deadline).
+      let exp = Math.min(now + ttl * 1000, task.expiresAt);
+      if (decision.max_ttl_seconds !== undefined) exp = Math.min(exp, now + decision.max_ttl_seconds * 1000);
+      exp = Math.floor(exp / 1000) * 1000;
+      if (exp <= now) throw mayflyError('ERR_TASK_NOT_ACTIVE', 'the task ends before a token could be valid');
+
+      const { signer, publicKey, info } = this.d.keys.active();
+      const jti = this.newId();
+      const claims = buildClaims({
+        issuer: this.d.config.issuer,
+        subject: task.owner,
+        audience: aud,
+        scopes: granted,
+        jti,
+        taskId: task.id,
+        issuedAtMs: now,
+        expiresAtMs: exp,
+        certThumbprint: ctx.identity.certThumbprint ?? null,
+        actors: task.actors,
+        parentTaskId: task.parentId,
+        tool,
+        argsDigest,
+        singleUse,
+        ...(decision.claims ? { extra: decision.claims } : {}),
+      });
+      const token = mintToken(claims, signer, publicKey, now);
+      const record: TokenRecord = {
+        jti,
+        taskId: task.id,
+        kid: info.kid,
+        sub: task.owner,
+        audience: aud,
+        scopes: granted,
+        issuedAt: now,
+        expiresAt: exp,
+        certThumbprint: ctx.identity.certThumbprint ?? null,
+        singleUse,
+        tool,
+        argsDigest,
+        revokedAt: null,
+      };
+      await this.d.store.recordToken(record);
+      this.d.keys.noteTokenExpiry(info.kid, exp);
+      this.issuance.add(ctx.identity.id, now);
+      Object.assign(rec, { jti, kid: info.kid, scopes: granted, expires_at: new Date(exp).toISOString(), tool: tool ?? undefined, args_digest: argsDigest ?? undefined });
+      this.d.observer?.tokenIssued?.(aud, performance.now() - started);
+      return { token, tokenId: jti, expiresAt: exp, scopes: granted, taskId: task.id };
+    });
+  }
+
+  /** Ends the task and all its descendants; every token of them is revoked durably before this resolves. */
+  async completeTask(ctx: CallContext, p: { taskId?: unknown }): Promise<TaskEndResult> {
+    return this.audited('task.complete', ctx, async (rec) => {
+      const taskId = v.opaqueId('task_id', p.taskId);
+      rec.task_id = taskId;
+      const task = await this.loadOwnedTask(ctx.identity, taskId, rec);
+      if (task.status !== 'active') {
+        throw mayflyError('ERR_TASK_NOT_ACTIVE', `task is already ${task.status}${task.endReason ? ` (${task.endReason})` : ''}`);
+      }
+      const res = await this.d.store.endTask(taskId, 'completed', 'completed by owner', this.d.clock.now());
+      this.afterEnd(res, 'completed');
+      rec.revoked_tokens = res.revokedTokens;
+      rec.task_ids = res.taskIds;
+      return res;
+    });
+  }
+
+  /** Heartbeat: extends the task's lease. */
+  async renewTask(ctx: CallContext, p: { taskId?: unknown; leaseSeconds?: unknown }): Promise<number> {
+    return this.audited('task.renew', ctx, async (rec) => {
+      const taskId = v.opaqueId('task_id', p.taskId);
+      rec.task_id = taskId;
+      const lease = v.ttlSeconds('lease_seconds', p.leaseSeconds, 30, this.d.config.tasks.maxLeaseSeconds);
+      const task = await this.loadOwnedTask(ctx.identity, taskId, rec);
+      const now = this.d.clock.now();
+      this.assertActive(task, now);
+      const until = Math.min(now + lease * 1000, task.expiresAt);
+      if (!(await this.d.store.renewLease(taskId, until))) throw mayflyError('ERR_TASK_NOT_ACTIVE', 'task is no longer active');
+      return until;
+    });
+  }
+
+  /**
+   * RFC 7662 semantics: never throws for a bad token; answers active=false
+   * with the reason. A revoked token presented here is misuse and alerts.
+   */
+  async introspect(ctx: CallContext, p: { token?: unknown }): Promise<IntrospectResult> {
+    return this.audited('token.introspect', ctx, async (rec) => {
+      const token = typeof p.token === 'string' ? p.token : '';
+      if (!token) throw mayflyError('ERR_INVALID_ARGUMENT', 'token is required', { field: 'token' });
+      rec.token_sha256 = tokenHash(token);
+      const result = await this.check(token);
+      rec.active = result.active;
+      rec.reason = result.reason;
+      if (result.claims) {
+        rec.jti = result.claims.jti;
+        rec.task_id = result.claims.tid;
+      }
+      if (result.reason === 'revoked') this.misuse(ctx, rec, 'revoked_use');
+      return result;
+    });
+  }
+
+  /** Checks a Mayfly token against keys, claims and durable state. Pure read. */
+  async check(token: string): Promise<IntrospectResult> {
+    const now = this.d.clock.now();
+    let claims: MayflyClaims;
+    try {
+      claims = verifyMayflyToken(token, (kid) => this.d.keys.publicKey(kid), {
+        issuer: this.d.config.issuer,
+        now,
+        clockSkewSeconds: this.d.config.clockSkewSeconds,
+      }).claims;
+    } catch (e) {
+      const err = MayflyError.from(e);
+      const reason: IntrospectResult['reason'] =
+        err.code === 'ERR_JWT_EXPIRED' ? 'expired'
+        : err.code === 'ERR_KEY_UNKNOWN' ? 'unknown_signer'
+        : err.code === 'ERR_JWT_SIGNATURE' ? 'invalid_signature'
+        : /not yet valid/.test(err.message) ? 'not_yet_valid'
+        : /issuer/.test(err.message) ? 'wrong_issuer'
+        : 'malformed';
+      return { active: false, reason };
+    }
+    const record = await this.d.store.getToken(claims.jti);
+    if (!record) return { active: false, reason: 'unknown_token', claims };
+    if (record.revokedAt !== null) return { active: false, reason: 'revoked', claims };
+    const task = await this.d.store.getTask(record.taskId);
+    if (!task || task.status !== 'active') return { active: false, reason: 'revoked', claims };
+    return { active: true, claims };
+  }
+
+  /**
+   * Authenticates a caller holding a Mayfly task token (bearer): the token
+   * must be active; the identity is the task owner, limited to that task.
+   */
+  async authenticateTaskToken(token: string): Promise<Identity> {
+    const r = await this.check(token);
+    if (!r.active || !r.claims) {
+      throw mayflyError('ERR_UNAUTHENTICATED', `task token is not active (${r.reason ?? 'invalid'})`);
+    }
+    const c = r.claims;
+    return {
+      kind: c.sub.startsWith('spiffe://') ? 'spiffe' : 'oidc',
+      id: c.sub,
+      method: 'task-token',
+      claims: { tid: c.tid, jti: c.jti, aud: c.aud, scope: c.scope },
+      ...(c.cnf ? { certThumbprint: c.cnf['x5t#S256'] } : {}),
+      credentialExpiresAt: c.exp * 1000,
+    };
+  }
+
+  /** RFC 7009: revokes one token. Callers: the task owner, or the holder of that token. */
+  async revokeToken(ctx: CallContext, p: { token?: unknown; tokenId?: unknown }): Promise<boolean> {
+    return this.audited('token.revoke', ctx, async (rec) => {
+      let jti: string;
+      if (typeof p.token === 'string' && p.token) {
+        rec.token_sha256 = tokenHash(p.token);
+        const r = await this.check(p.token);
+        // RFC 7009 §2.2: invalid or unknown tokens are not an error.
+        if (!r.claims) return false;
+        jti = r.claims.jti;
+      } else {
+        jti = v.opaqueId('token_id', p.tokenId);
+      }
+      rec.jti = jti;
+      const record = await this.d.store.getToken(jti);
+      if (!record) return false;
+      const task = await this.d.store.getTask(record.taskId);
+      rec.task_id = record.taskId;
+      if (!task || !this.mayActOn(ctx.identity, task)) {
+        throw mayflyError('ERR_NOT_TASK_OWNER', 'only the owner of the task may revoke its tokens');
+      }
+      const ev = await this.d.store.revokeToken(jti, 'revoked by owner', this.d.clock.now());
+      if (ev) {
+        this.d.events.publish(ev);
+        this.d.observer?.revocation?.('token');
+      }
+      return ev !== null;
+    });
+  }
+
+  /** Admin: ends every live task of an identity (compromised workload, offboarded repository). */
+  async revokeIdentity(ctx: CallContext, p: { identity?: unknown; reason?: unknown }): Promise<TaskEndResult> {
+    return this.audited('identity.revoke', ctx, async (rec) => {
+      const target = v.text('identity', p.identity, 2048);
+      const reason = v.text('reason', p.reason, 256, false) || 'identity revoked by admin';
+      rec.target = target;
+      if (!this.d.config.admins.includes(ctx.identity.id)) {
+        throw mayflyError('ERR_NOT_AUTHORIZED_CLIENT', `${ctx.identity.id} is not a configured admin`);
+      }
+      const res = await this.d.store.endTasksOfOwner(target, reason, this.d.clock.now());
+      this.afterEnd(res, 'revoked');
+      rec.revoked_tokens = res.revokedTokens;
+      rec.task_ids = res.taskIds;
+      return res;
+    });
+  }
+
+  /** Ends tasks whose deadline or lease passed. Called periodically by the wiring. */
+  async expireDue(limit = 500): Promise<number> {
+    const now = this.d.clock.now();
+    const due = await this.d.store.dueTasks(now, limit);
+    let n = 0;
+    for (const t of due) {
+      const leaseLapsed = t.leaseExpiresAt !== null && t.leaseExpiresAt <= now && t.expiresAt > now;
+      const reason = leaseLapsed ? 'lease lapsed' : 'deadline reached';
+      const res = await this.d.store.endTask(t.id, leaseLapsed ? 'revoked' : 'expired', reason, now);
+      if (res.taskIds.length === 0) continue;
+      n += res.taskIds.length;
+      this.afterEnd(res, leaseLapsed ? 'lease_lapsed' : 'expired');
+      this.d.audit.write({ event: 'task.expire', outcome: 'success', task_id: t.id, task_ids: res.taskIds, reason, revoked_tokens: res.revokedTokens });
+    }
+    return n;
+  }
+
+  /** Records misuse reported by a relying party (revoked token presented, cnf mismatch, replay). */
+  reportMisuse(ctx: CallContext, p: { kind?: unknown; tokenId?: unknown; detail?: unknown }): void {
+    const kind = p.kind === 'cnf_mismatch' || p.kind === 'replay' ? p.kind : 'revoked_use';
+    const rec: AuditEntry = { event: 'token.misuse', outcome: 'denied', request_id: ctx.requestId, identity: this.auditIdentity(ctx.identity), reported_by: ctx.identity.id };
+    rec.jti = typeof p.tokenId === 'string' ? p.tokenId.slice(0, 64) : undefined;
+    rec.detail = typeof p.detail === 'string' ? p.detail.slice(0, 256) : undefined;
+    this.misuse(ctx, rec, kind);
+    this.d.audit.write(rec);
+  }
+
+  /** Recent issuance counts for an identity (policy context; rate limiting in Rego). */
+  recentIssuance(id: string): { last_minute: number; last_hour: number } {
+    return this.issuance.counts(id, this.d.clock.now());
+  }
+
+  private misuse(_ctx: CallContext, rec: AuditEntry, kind: 'revoked_use' | 'cnf_mismatch' | 'replay'): void {
+    rec.misuse = kind;
+    rec.alert = true;
+    this.d.observer?.misuse?.(kind);
+    if (rec.event !== 'token.misuse') {
+      this.d.audit.write({ event: 'token.misuse', outcome: 'denied', misuse: kind, alert: true, jti: rec.jti, task_id: rec.task_id, token_sha256: rec.token_sha256, request_id: rec.request_id, identity: rec.identity });
+    }
+  }
+
+  private afterEnd(res: TaskEndResult, reason: string): void {
+    if (res.event) this.d.events.publish(res.event);
+    if (res.taskIds.length > 0) {
+      this.d.observer?.taskEnded?.(reason, res.taskIds.length);
+      this.d.observer?.revocation?.('task');
+    }
+  }
+
+  private async decide(ctx: CallContext, rec: AuditEntry, request: DecisionInput['request'], task: TaskRecord | undefined, now: number): Promise<Decision> {
+    const id = ctx.identity;
+    const input: DecisionInput = {
+      version: DECISION_CONTRACT_VERSION,
+      identity: {
+        kind: id.kind,
+        id: id.id,
+        ...(id.trustDomain ? { trust_domain: id.trustDomain } : {}),
+        ...(id.issuer ? { issuer: id.issuer } : {}),
+        method: id.method,
+        claims: id.claims,
+        ...(id.certThumbprint ? { cert_sha256: id.certThumbprint } : {}),
+      },
+      request,
+      ...(task
+        ? {
+            task: {
+              id: task.id,
+              purpose: task.purpose,
+              owner: task.owner,
+              age_seconds: Math.max(0, Math.floor((now - task.createdAt) / 1000)),
+              deadline: Math.floor(task.expiresAt / 1000),
+              tokens_issued: task.tokensIssued,
+              parent_chain: task.parentId ? [task.rootId, ...(task.rootId !== task.parentId ? [task.parentId] : [])] : [],
+              depth: task.depth,
+            },
+          }
+        : {}),
+      context: {
+        time: Math.floor(now / 1000),
+        ...(ctx.peer ? { peer: ctx.peer } : {}),
+        broker_id: this.d.config.brokerId,
+        recent_issuance: this.issuance.counts(id.id, now),
+      },
+    };
+    const decision = await this.d.policy.decide(input);
+    rec.decision = {
+      engine: decision.engine,
+      revision: decision.revision,
+      source: decision.source,
+      input_sha256: createHash('sha256').update(JSON.stringify(input)).digest('hex'),
+      allow: decision.allow,
+      reasons: decision.reasons,
+      latency_us: decision.latencyUs,
+    };
+    this.d.observer?.policyEval?.(decision.engine, decision.allow, decision.latencyUs);
+    if (!decision.allow) {
+      const why = decision.reasons.length > 0 ? decision.reasons.join('; ') : 'no rule allows this request';
+      throw mayflyError('ERR_POLICY_DENIED', `denied by policy: ${why}`);
+    }
+    if (request.scopes.length > 0 && decision.scopes && decision.scopes.length === 0) {
+      throw mayflyError('ERR_SCOPE_DENIED', `none of the requested scopes (${request.scopes.join(' ')}) is allowed`);
+    }
+    return decision;
+  }
+
+  /** Loads a task and checks the caller may act on it; unknown and foreign tasks are audited denials. */
+  private async loadOwnedTask(identity: Identity, taskId: string, rec: AuditEntry): Promise<TaskRecord> {
+    const task = await this.d.store.getTask(taskId);
+    if (!task) throw mayflyError('ERR_TASK_NOT_FOUND', 'no such task');
+    if (!this.mayActOn(identity, task)) {
+      rec.task_owner = task.owner;
+      throw mayflyError('ERR_NOT_TASK_OWNER', 'this task belongs to another identity');
+    }
+    return task;
+  }
+
+  /** Owner identity (by mTLS/JWT) may act on its tasks; a task-token holder only on that token's task. */
+  private mayActOn(identity: Identity, task: TaskRecord): boolean {
+    if (identity.id !== task.owner) return false;
+    if (identity.method === 'task-token') return identity.claims['tid'] === task.id;
+    return true;
+  }
+
+  private assertActive(task: TaskRecord, now: number): void {
+    if (task.status !== 'active') {
+      throw mayflyError('ERR_TASK_NOT_ACTIVE', `task is ${task.status}${task.endReason ? ` (${task.endReason})` : ''}`);
+    }
+    if (task.expiresAt <= now) throw mayflyError('ERR_TASK_NOT_ACTIVE', 'task deadline has passed');
+    if (task.leaseExpiresAt !== null && task.leaseExpiresAt <= now) throw mayflyError('ERR_TASK_NOT_ACTIVE', 'task lease has lapsed');
+  }
+
+  private newId(): string {
+    // 144 bits of randomness, URL-safe.
+    return this.d.random.bytes(18).toString('base64url');
+  }
+
+  private auditIdentity(id: Identity): AuditEntry['identity'] {
+    return { kind: id.kind, id: id.id, method: id.method, ...(id.certThumbprint ? { cert_sha256: id.certThumbprint } : {}), ...(id.source ? { source: id.source } : {}) };
+  }
+
+  /** Runs a use-case and writes its single audit record, whatever the outcome. */
+  private async audited<T>(event: AuditEvent, ctx: CallContext, fn: (rec: AuditEntry) => Promise<T>): Promise<T> {
+    const rec: AuditEntry = { event, outcome: 'success', request_id: ctx.requestId, identity: this.auditIdentity(ctx.identity), ...(ctx.peer ? { peer: ctx.peer } : {}) };
+    try {
+      return await fn(rec);
+    } catch (e) {
+      const err = MayflyError.from(e);
+      rec.outcome = err.kind === 'internal' || err.kind === 'unavailable' ? 'error' : 'denied';
+      rec.code = err.code;
+      rec.reason = err.message;
+      this.d.observer?.denied?.(err.code);
+      throw err;
+    } finally {
+      this.d.audit.write(rec);
+    }
+  }
+}

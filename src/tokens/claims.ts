@@ -1,0 +1,139 @@
+/**
+ * Mayfly access-token claims (RFC 9068 JWT profile) and their validation.
+ * Both functions are pure: time is an argument.
+ */
+import { mayflyError } from '../core/errors.js';
+
+/** Claims the broker sets itself; policy-supplied claims can never override them. */
+export const REGISTERED_CLAIMS = ['iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'jti', 'scope', 'cnf', 'act', 'tid', 'client_id', 'typ', 'mayfly'] as const;
+
+/** The `typ` header of Mayfly tokens (RFC 9068 §2.1). */
+export const ACCESS_TOKEN_TYP = 'at+jwt';
+
+export interface ActorClaim {
+  sub: string;
+  act?: ActorClaim;
+}
+
+export interface MayflyClaims {
+  iss: string;
+  sub: string;
+  aud: string;
+  iat: number;
+  nbf: number;
+  exp: number;
+  jti: string;
+  scope: string;
+  client_id: string;
+  tid: string;
+  cnf?: { 'x5t#S256': string };
+  /** RFC 8693 §4.1: the chain of actors for delegated tasks, current actor outermost. */
+  act?: ActorClaim;
+  mayfly?: {
+    parent_tid?: string;
+    tool?: string;
+    args_digest?: string;
+    single_use?: boolean;
+    [k: string]: unknown;
+  };
+}
+
+export interface ClaimsInput {
+  issuer: string;
+  subject: string;
+  audience: string;
+  scopes: string[];
+  jti: string;
+  taskId: string;
+  issuedAtMs: number;
+  expiresAtMs: number;
+  certThumbprint?: string | null;
+  actors?: string[];
+  parentTaskId?: string | null;
+  tool?: string | null;
+  argsDigest?: string | null;
+  singleUse?: boolean;
+  extra?: Record<string, unknown>;
+}
+
+/** Builds the claim set of a token. Pure. */
+export function buildClaims(i: ClaimsInput): MayflyClaims {
+  const iat = Math.floor(i.issuedAtMs / 1000);
+  const claims: MayflyClaims = {
+    iss: i.issuer,
+    sub: i.subject,
+    aud: i.audience,
+    iat,
+    nbf: iat,
+    exp: Math.floor(i.expiresAtMs / 1000),
+    jti: i.jti,
+    scope: i.scopes.join(' '),
+    client_id: i.subject,
+    tid: i.taskId,
+  };
+  if (i.certThumbprint) claims.cnf = { 'x5t#S256': i.certThumbprint };
+  if (i.actors && i.actors.length > 0) claims.act = actorChain(i.actors);
+  const mayfly: NonNullable<MayflyClaims['mayfly']> = { ...(i.extra ?? {}) };
+  if (i.parentTaskId) mayfly.parent_tid = i.parentTaskId;
+  if (i.tool) mayfly.tool = i.tool;
+  if (i.argsDigest) mayfly.args_digest = i.argsDigest;
+  if (i.singleUse) mayfly.single_use = true;
+  if (Object.keys(mayfly).length > 0) claims.mayfly = mayfly;
+  return claims;
+}
+
+/** RFC 8693 §4.1 nests prior actors inside the current one; `actors` is outermost (root) first. */
+function actorChain(actors: string[]): ActorClaim {
+  let chain: ActorClaim | undefined;
+  for (const sub of actors) chain = chain ? { sub, act: chain } : { sub };
+  return chain as ActorClaim;
+}
+
+/** Flattens an `act` claim to a list, current actor first. */
+export function actorsOf(act: unknown): string[] {
+  const out: string[] = [];
+  let cur = act as ActorClaim | undefined;
+  while (cur && typeof cur === 'object' && typeof cur.sub === 'string' && out.length < 32) {
+    out.push(cur.sub);
+    cur = cur.act;
+  }
+  return out;
+}
+
+export interface ValidateOptions {
+  issuer: string;
+  /** When set, `aud` must equal one of these. */
+  audience?: string | readonly string[];
+  now: number;
+  clockSkewSeconds?: number;
+  requiredScopes?: readonly string[];
+}
+
+/**
+ * Validates Mayfly claims (RFC 9068 §4): iss exact, aud, exp/nbf with skew,
+ * required claims present and well-typed, required scopes granted.
+ */
+export function validateClaims(payload: Record<string, unknown>, o: ValidateOptions): MayflyClaims {
+  const skew = o.clockSkewSeconds ?? 0;
+  const now = Math.floor(o.now / 1000);
+  for (const c of ['iss', 'sub', 'aud', 'jti', 'tid', 'scope'] as const) {
+    if (typeof payload[c] !== 'string') throw mayflyError('ERR_JWT_INVALID', `token claim ${c} is missing or not a string`);
+  }
+  for (const c of ['exp', 'iat', 'nbf'] as const) {
+    if (typeof payload[c] !== 'number' || !Number.isFinite(payload[c])) throw mayflyError('ERR_JWT_INVALID', `token claim ${c} is missing or not a number`);
+  }
+  const p = payload as unknown as MayflyClaims;
+  if (p.iss !== o.issuer) throw mayflyError('ERR_JWT_INVALID', `token issuer ${JSON.stringify(p.iss)} is not ${JSON.stringify(o.issuer)}`);
+  if (o.audience !== undefined) {
+    const want = typeof o.audience === 'string' ? [o.audience] : o.audience;
+    if (!want.includes(p.aud)) throw mayflyError('ERR_JWT_INVALID', `token audience ${JSON.stringify(p.aud)} is not accepted here`);
+  }
+  if (p.exp <= now - skew) throw mayflyError('ERR_JWT_EXPIRED', 'token is expired');
+  if (p.nbf > now + skew) throw mayflyError('ERR_JWT_INVALID', 'token is not yet valid (nbf)');
+  if (o.requiredScopes && o.requiredScopes.length > 0) {
+    const have = new Set(p.scope.split(' ').filter(Boolean));
+    const missing = o.requiredScopes.filter((s) => !have.has(s));
+    if (missing.length > 0) throw mayflyError('ERR_SCOPE_DENIED', `token lacks required scope(s): ${missing.join(' ')}`);
+  }
+  return p;
+}

@@ -1,0 +1,265 @@
+/**
+ * Signing-key lifecycle: next → active → retiring → retired (or revoked).
+ *
+ * - next: published in the JWKS but not signing, for at least `prePublishMs`
+ *   (≥ the JWKS Cache-Control max-age), so every verifier has it before the
+ *   first token signed with it exists.
+ * - active: exactly one signs.
+ * - retiring: no longer signs; published until every token it signed has
+ *   expired, plus clock skew.
+ * - retired: gone from the JWKS. revoked: gone at once (emergency).
+ *
+ * Promotion of next also waits for a gate (live feed subscribers having
+ * acknowledged a key set containing it) up to `maxPromotionWaitMs`.
+ */
+import { createHash, createPublicKey, type KeyObject, type JsonWebKey } from 'node:crypto';
+import { mayflyError } from '../core/errors.js';
+import type { Clock, KeyStore, Signer } from '../core/ports.js';
+import type { KeyInfo, KeyState, SigningAlg } from '../core/types.js';
+
+export interface KeyManagerOptions {
+  alg: SigningAlg;
+  /** How long a key signs before the next one takes over. */
+  rotationPeriodMs: number;
+  /** Minimum time a next key is published before it may sign. */
+  prePublishMs: number;
+  /** Clock skew allowed by verifiers; retiring keys stay published this much longer. */
+  skewMs: number;
+  /** Longest promotion waits for laggard subscribers to acknowledge. */
+  maxPromotionWaitMs: number;
+}
+
+/** Result of asking whether live consumers hold a key set containing `kid`. */
+export interface PromotionGate {
+  (kid: string): { ready: boolean; laggards: string[] };
+}
+
+export interface KeyManagerEvents {
+  /** The published key set changed (a key was added, retired or revoked). */
+  onKeySetChange?(version: string, jwksJson: string): void;
+  /** A key changed state. */
+  onStateChange?(info: KeyInfo, from: KeyState | null): void;
+  /** Promotion is being held back by laggards (called once per tick while blocked). */
+  onPromotionDelayed?(nextKid: string, laggards: string[], waitedMs: number): void;
+}
+
+export interface ActiveKey {
+  info: KeyInfo;
+  signer: Signer;
+  publicKey: KeyObject;
+}
+
+export interface JwksDocument {
+  /** Serialized `{"keys":[...]}`. */
+  json: string;
+  /** Stable short hash of the published kids; changes whenever the set changes. */
+  version: string;
+  kids: string[];
+}
+
+const PUBLISHED: readonly KeyState[] = ['next', 'active', 'retiring'];
+
+export class KeyManager {
+  private keys = new Map<string, KeyInfo>();
+  private publicKeys = new Map<string, KeyObject>();
+  private activeKey: ActiveKey | null = null;
+  private jwksDoc: JwksDocument = { json: '{"keys":[]}', version: '', kids: [] };
+  private rotateRequested = false;
+  private blockedSince: number | null = null;
+  private gate: PromotionGate | null = null;
+  private ticking: Promise<void> | null = null;
+
+  constructor(
+    private readonly store: KeyStore,
+    private readonly clock: Clock,
+    private readonly options: KeyManagerOptions,
+    private readonly events: KeyManagerEvents = {},
+  ) {}
+
+  /** Loads keys and makes sure there is an active and a next key. */
+  async init(): Promise<void> {
+    for (const k of await this.store.list()) this.keys.set(k.kid, k);
+    const now = this.clock.now();
+    if (![...this.keys.values()].some((k) => k.state === 'active')) {
+      const next = this.byState('next')[0];
+      if (next) {
+        // Resume: a next key exists but nothing signs (e.g. crash mid-promotion). Promote it now.
+        await this.setState(next, 'active', now);
+      } else {
+        // First start: nothing was ever signed, so no pre-publication is needed.
+        const k = await this.store.create(this.options.alg, 'active', now);
+        this.keys.set(k.kid, k);
+        this.events.onStateChange?.(k, null);
+      }
+    }
+    await this.refresh();
+    await this.tick();
+  }
+
+  /** Installs the gate that promotion waits on (the revocation feed's acknowledgements). */
+  setPromotionGate(gate: PromotionGate | null): void {
+    this.gate = gate;
+  }
+
+  /** The key that signs now. Synchronous: on the issuance hot path. */
+  active(): ActiveKey {
+    if (!this.activeKey) throw mayflyError('ERR_KEYSTORE', 'no active signing key');
+    return this.activeKey;
+  }
+
+  /** Records that `kid` signed a token valid until `exp` (keeps the key published until then). */
+  noteTokenExpiry(kid: string, exp: number): void {
+    const k = this.keys.get(kid);
+    if (k && (k.lastTokenExpiresAt ?? 0) < exp) k.lastTokenExpiresAt = exp;
+    this.store.noteTokenExpiry(kid, exp);
+  }
+
+  /** Public key for a published kid (next, active or retiring), else undefined. */
+  publicKey(kid: string): KeyObject | undefined {
+    return this.publicKeys.get(kid);
+  }
+
+  /** State of a kid this broker knows, including retired and revoked ones. */
+  stateOf(kid: string): KeyState | undefined {
+    return this.keys.get(kid)?.state;
+  }
+
+  /** The published JWKS document. */
+  jwks(): JwksDocument {
+    return this.jwksDoc;
+  }
+
+  /** All keys with their lifecycle state. */
+  list(): KeyInfo[] {
+    return [...this.keys.values()].sort((a, b) => a.createdAt - b.createdAt);
+  }
+
+  /** Whether promotion is currently held back by laggards, and since when. */
+  promotionBlockedSince(): number | null {
+    return this.blockedSince;
+  }
+
+  /** Whether the active key is older than its rotation period plus the maximum promotion wait. */
+  overdue(now = this.clock.now()): boolean {
+    const a = this.activeKey?.info;
+    return !!a && now - a.stateSince > this.options.rotationPeriodMs + this.options.maxPromotionWaitMs + this.options.prePublishMs;
+  }
+
+  /** Requests a rotation: the next key is promoted as soon as it has been published long enough. */
+  async rotate(): Promise<void> {
+    this.rotateRequested = true;
+    await this.tick();
+  }
+
+  /**
+   * Emergency: removes `kid` from the JWKS at once and, if it was signing,
+   * promotes a replacement immediately (skipping pre-publication: verifiers
+   * learn the new set from the feed, JWKS pollers on the unknown kid).
+   */
+  async revoke(kid: string): Promise<KeyInfo> {
+    const info = this.keys.get(kid);
+    if (!info) throw mayflyError('ERR_KEY_NOT_FOUND', `no key with kid ${kid}`);
+    if (info.state === 'revoked') return info;
+    const now = this.clock.now();
+    const wasActive = info.state === 'active';
+    await this.setState(info, 'revoked', now);
+    if (wasActive) {
+      const next = this.byState('next')[0];
+      if (next) await this.setState(next, 'active', now);
+      else {
+        const k = await this.store.create(this.options.alg, 'active', now);
+        this.keys.set(k.kid, k);
+        this.events.onStateChange?.(k, null);
+      }
+      this.rotateRequested = false;
+    }
+    await this.refresh();
+    await this.tick();
+    return this.keys.get(kid)!;
+  }
+
+  /** Advances the lifecycle. Safe to call often; concurrent calls share one run. */
+  async tick(): Promise<void> {
+    if (this.ticking) return this.ticking;
+    this.ticking = this.doTick().finally(() => {
+      this.ticking = null;
+    });
+    return this.ticking;
+  }
+
+  private async doTick(): Promise<void> {
+    const now = this.clock.now();
+    let changed = false;
+    for (const k of this.byState('retiring')) {
+      const lastUse = Math.max(k.lastTokenExpiresAt ?? 0, k.stateSince);
+      if (lastUse + this.options.skewMs <= now) {
+        await this.setState(k, 'retired', now);
+        changed = true;
+      }
+    }
+    let next = this.byState('next')[0];
+    if (!next) {
+      next = await this.store.create(this.options.alg, 'next', now);
+      this.keys.set(next.kid, next);
+      this.events.onStateChange?.(next, null);
+      changed = true;
+    }
+    const active = this.byState('active')[0];
+    const due = !active || this.rotateRequested || now - active.stateSince >= this.options.rotationPeriodMs;
+    const published = now - next.stateSince >= this.options.prePublishMs;
+    if (due && published) {
+      const verdict = this.gate ? this.gate(next.kid) : { ready: true, laggards: [] };
+      if (!verdict.ready && this.blockedSince === null) this.blockedSince = now;
+      const waited = this.blockedSince === null ? 0 : now - this.blockedSince;
+      if (verdict.ready || waited >= this.options.maxPromotionWaitMs) {
+        if (active) await this.setState(active, 'retiring', now);
+        await this.setState(next, 'active', now);
+        this.rotateRequested = false;
+        this.blockedSince = null;
+        const fresh = await this.store.create(this.options.alg, 'next', now);
+        this.keys.set(fresh.kid, fresh);
+        this.events.onStateChange?.(fresh, null);
+        changed = true;
+      } else {
+        this.events.onPromotionDelayed?.(next.kid, verdict.laggards, waited);
+      }
+    }
+    if (changed) await this.refresh();
+  }
+
+  private byState(state: KeyState): KeyInfo[] {
+    return [...this.keys.values()].filter((k) => k.state === state).sort((a, b) => a.stateSince - b.stateSince);
+  }
+
+  private async setState(info: KeyInfo, state: KeyState, now: number): Promise<void> {
+    const from = info.state;
+    await this.store.setState(info.kid, state, now);
+    info.state = state;
+    info.stateSince = now;
+    this.events.onStateChange?.(info, from);
+  }
+
+  private async refresh(): Promise<void> {
+    this.publicKeys.clear();
+    const published: Record<string, string>[] = [];
+    for (const k of this.list()) {
+      if (!PUBLISHED.includes(k.state)) continue;
+      const jwk = { ...k.publicJwk, kid: k.kid, alg: k.alg, use: 'sig' };
+      delete (jwk as Record<string, unknown>)['d'];
+      this.publicKeys.set(k.kid, createPublicKey({ key: jwk as JsonWebKey, format: 'jwk' }));
+      published.push(jwk);
+    }
+    const active = this.byState('active')[0];
+    if (!active) throw mayflyError('ERR_KEYSTORE', 'no active signing key after refresh');
+    if (this.activeKey?.info.kid !== active.kid) {
+      this.activeKey = { info: active, signer: await this.store.signer(active.kid), publicKey: this.publicKeys.get(active.kid)! };
+    } else {
+      this.activeKey.info = active;
+    }
+    const kids = published.map((k) => k['kid']!).sort();
+    const version = createHash('sha256').update(kids.join(',')).digest('hex').slice(0, 16);
+    const prev = this.jwksDoc.version;
+    this.jwksDoc = { json: JSON.stringify({ keys: published }), version, kids };
+    if (prev !== version) this.events.onKeySetChange?.(version, this.jwksDoc.json);
+  }
+}

@@ -1,0 +1,112 @@
+/**
+ * Test-only OIDC issuer that mints GitHub-Actions-shaped tokens with keys
+ * generated at test time and publishes them through a JwksServer.
+ */
+import { createPublicKey, generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto';
+import { signCompact, type JwsHeader } from '../../src/tokens/jws.js';
+import { JwksServer, type TestCert } from './https-jwks.js';
+
+export type TestAlg = 'ES256' | 'RS256';
+
+/** A signing key of the test issuer. */
+export interface TestKey {
+  kid: string;
+  alg: TestAlg;
+  privateKey: KeyObject;
+  publicKey: KeyObject;
+  /** Public JWK as published (kid, alg, use sig). */
+  jwk: Record<string, unknown>;
+}
+
+/** Generates an ES256 or RS256 key pair with a public JWK. */
+export function makeKey(alg: TestAlg, kid: string = `${alg.toLowerCase()}-${randomUUID().slice(0, 8)}`): TestKey {
+  const { privateKey, publicKey } =
+    alg === 'ES256' ? generateKeyPairSync('ec', { namedCurve: 'P-256' }) : generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const jwk = { ...(createPublicKey(privateKey).export({ format: 'jwk' }) as Record<string, unknown>), kid, alg, use: 'sig' };
+  return { kid, alg, privateKey, publicKey, jwk };
+}
+
+/** A GitHub Actions OIDC claim set (the real claim names), for a token issued at `nowSec`. */
+export function githubClaims(iss: string, aud: string, nowSec: number): Record<string, unknown> {
+  return {
+    jti: randomUUID(),
+    sub: 'repo:acme/api:environment:prod',
+    aud,
+    ref: 'refs/heads/main',
+    sha: 'd6f0c8a7a1b2c3d4e5f60718293a4b5c6d7e8f90',
+    repository: 'acme/api',
+    repository_owner: 'acme',
+    repository_owner_id: '1234567',
+    repository_id: '7654321',
+    repository_visibility: 'private',
+    run_id: '9876543210',
+    run_number: '42',
+    run_attempt: '1',
+    actor: 'octocat',
+    actor_id: '583231',
+    workflow: 'deploy',
+    workflow_ref: 'acme/api/.github/workflows/deploy.yml@refs/heads/main',
+    workflow_sha: 'd6f0c8a7a1b2c3d4e5f60718293a4b5c6d7e8f90',
+    head_ref: '',
+    base_ref: '',
+    event_name: 'push',
+    ref_type: 'branch',
+    ref_protected: 'true',
+    environment: 'prod',
+    job_workflow_ref: 'acme/api/.github/workflows/deploy.yml@refs/heads/main',
+    job_workflow_sha: 'd6f0c8a7a1b2c3d4e5f60718293a4b5c6d7e8f90',
+    runner_environment: 'github-hosted',
+    iss,
+    nbf: nowSec - 5,
+    exp: nowSec + 300,
+    iat: nowSec - 5,
+  };
+}
+
+/** A test issuer: keys, a JWKS/discovery HTTPS server, and a minting function. */
+export class TestIssuer {
+  readonly keys = new Map<string, TestKey>();
+  readonly server: JwksServer;
+
+  constructor(cert: TestCert) {
+    this.server = new JwksServer(cert);
+  }
+
+  get issuer(): string {
+    return this.server.issuer;
+  }
+
+  async start(): Promise<this> {
+    await this.server.start();
+    return this;
+  }
+
+  close(): Promise<void> {
+    return this.server.close();
+  }
+
+  /** Creates a key; published in the JWKS unless `publish` is false. */
+  addKey(alg: TestAlg, options: { kid?: string; publish?: boolean } = {}): TestKey {
+    const key = makeKey(alg, options.kid);
+    this.keys.set(key.kid, key);
+    if (options.publish !== false) this.publish(key.kid);
+    return key;
+  }
+
+  /** Adds a key's JWK to the served JWKS. */
+  publish(kid: string): void {
+    const k = this.keys.get(kid);
+    if (!k) throw new Error(`no key ${kid}`);
+    this.server.state.jwks = { keys: [...this.server.state.jwks.keys.filter((j) => j['kid'] !== kid), k.jwk] };
+  }
+
+  /** Mints a GitHub-shaped token at `nowMs`, signed with `kid`; `claims` override, `header` extends/overrides. */
+  mint(options: { kid: string; nowMs: number; aud?: string; claims?: Record<string, unknown>; header?: Partial<JwsHeader> }): string {
+    const k = this.keys.get(options.kid);
+    if (!k) throw new Error(`no key ${options.kid}`);
+    const payload = { ...githubClaims(this.issuer, options.aud ?? 'mayfly', Math.floor(options.nowMs / 1000)), ...options.claims };
+    for (const [name, v] of Object.entries(payload)) if (v === undefined) delete (payload as Record<string, unknown>)[name];
+    const header: JwsHeader = { alg: k.alg, typ: 'JWT', kid: k.kid, ...options.header };
+    return signCompact(header, payload, k.privateKey);
+  }
+}

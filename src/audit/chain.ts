@@ -1,0 +1,115 @@
+/**
+ * The writer side of the hash chain, shared by every sink: redact, chain,
+ * hand the line to a backend-specific `append`, and only then advance the
+ * head. Keeping this in one place is what lets the contract suite hold the
+ * file and memory sinks to identical records.
+ */
+import { systemClock } from '../core/clock.js';
+import type { AuditEntry, AuditSink, Clock } from '../core/ports.js';
+import { chainRecord, GENESIS_HEAD, redact, serializeRecord, type AuditRecord, type ChainHead } from './record.js';
+
+/** What `health()` reports for a sink; `ok` turns false once a write has failed and stays false until restart. */
+export interface AuditSinkHealth {
+  ok: boolean;
+  /** Records written since the sink was opened. */
+  written: number;
+  /** Writes that failed (the record is lost; the chain stays intact). */
+  errors: number;
+  lastError?: string;
+  /** Current chain head. */
+  seq: number;
+  hash: string;
+  closed: boolean;
+}
+
+/** Options every sink accepts. */
+export interface ChainedSinkOptions {
+  /** Written into every record so logs of several brokers can be told apart. */
+  brokerId: string;
+  clock?: Clock;
+  /** Called after each record is durably appended (tests, metrics). Exceptions are swallowed. */
+  onWrite?: (record: AuditRecord) => void;
+  /** Called when a write fails (for example to increment mayfly_audit_write_errors_total). Exceptions are swallowed. */
+  onError?: (err: unknown) => void;
+}
+
+/** Base for sinks: subclasses implement `append` (throwing on failure) and `closeBackend`. */
+export abstract class ChainedAuditSink implements AuditSink {
+  protected head: ChainHead;
+  private readonly brokerId: string;
+  private readonly clock: Clock;
+  private readonly onWrite: ((record: AuditRecord) => void) | undefined;
+  private readonly onError: ((err: unknown) => void) | undefined;
+  private written = 0;
+  private errors = 0;
+  private lastError: string | undefined;
+  protected closed = false;
+
+  protected constructor(options: ChainedSinkOptions, head: ChainHead = GENESIS_HEAD) {
+    this.brokerId = options.brokerId;
+    this.clock = options.clock ?? systemClock;
+    this.onWrite = options.onWrite;
+    this.onError = options.onError;
+    this.head = { ...head };
+  }
+
+  /** Appends one record. Never throws: the request path must not fail because auditing did; see health(). */
+  write(entry: AuditEntry): void {
+    try {
+      if (this.closed) throw new Error('audit sink is closed');
+      this.writeRecord(redact(entry));
+    } catch (err) {
+      this.errors++;
+      this.lastError = err instanceof Error ? err.message : String(err);
+      try {
+        this.onError?.(err);
+      } catch {
+        // A broken listener must not turn an audit failure into a request failure.
+      }
+    }
+  }
+
+  /** Chains and appends an already-redacted entry; throws on failure (used at open for the resume record). */
+  protected writeRecord(entry: Record<string, unknown>): AuditRecord {
+    const record = chainRecord(entry, this.head, { now: this.clock.now(), brokerId: this.brokerId });
+    this.append(record, serializeRecord(record));
+    // Advance only after the append succeeded, so a lost record never leaves a seq gap or dangling prev.
+    this.head = { seq: record.seq, hash: record.hash };
+    this.written++;
+    try {
+      this.onWrite?.(record);
+    } catch {
+      // Listener errors are not audit errors.
+    }
+    return record;
+  }
+
+  /** Current chain head: callers that keep a checkpoint pass it as the verify anchor. */
+  chainHead(): ChainHead {
+    return { ...this.head };
+  }
+
+  /** Write counters and chain head. */
+  health(): AuditSinkHealth {
+    const h: AuditSinkHealth = {
+      ok: this.errors === 0 && !this.closed,
+      written: this.written,
+      errors: this.errors,
+      seq: this.head.seq,
+      hash: this.head.hash,
+      closed: this.closed,
+    };
+    if (this.lastError !== undefined) h.lastError = this.lastError;
+    return h;
+  }
+
+  /** Closes the backend; later writes count as errors. Idempotent. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.closeBackend();
+  }
+
+  protected abstract append(record: AuditRecord, line: string): void;
+  protected abstract closeBackend(): void;
+}

@@ -1,0 +1,5 @@
+export * from './record.js';
+export * from './chain.js';
+export * from './file-sink.js';
+export * from './memory-sink.js';
+export * from './verify.js';

@@ -1,0 +1,286 @@
+/**
+ * Audit record schema, hash chain and redaction. Pure: no I/O, the clock is
+ * passed in. Sinks (file, memory) and the verifier share this one definition
+ * so that what is written and what is checked can never drift apart.
+ *
+ * A chained record is `{v:1, seq, ts, broker_id, ...entry, prev, hash}`:
+ *   - `hash` = SHA-256 hex of the canonical JSON (keys sorted, no whitespace)
+ *     of the record without `hash`;
+ *   - `prev` = the previous record's `hash` (genesis: 64 zeros, with seq 1).
+ */
+import { createHash } from 'node:crypto';
+import type { AuditEntry, AuditEvent } from '../core/ports.js';
+
+/** Schema version written in every record (`v`). */
+export const AUDIT_RECORD_VERSION = 1;
+
+/** `prev` of the first record of a log. */
+export const GENESIS_HASH = '0'.repeat(64);
+
+/**
+ * Written by a sink itself (never by callers) when it reopens a log whose
+ * last line is damaged; it is not part of the core AuditEvent union because
+ * no use-case may emit it.
+ */
+export const RESUME_EVENT = 'audit.resume';
+
+export type AuditRecordEvent = AuditEvent | typeof RESUME_EVENT;
+
+/** Fields the chain owns; an entry field with one of these names is kept as `entry_<name>` so it cannot forge the chain. */
+export const RESERVED_FIELDS = ['v', 'seq', 'ts', 'broker_id', 'prev', 'hash'] as const;
+
+/** One line of the audit log. */
+export interface AuditRecord extends Omit<AuditEntry, 'event'> {
+  v: typeof AUDIT_RECORD_VERSION;
+  seq: number;
+  /** ISO 8601 with milliseconds, UTC. Informational: ordering is by `seq`, clocks may step back. */
+  ts: string;
+  broker_id: string;
+  event: AuditRecordEvent;
+  prev: string;
+  hash: string;
+}
+
+/** Where the chain stands: the last written seq and hash (seq 0 + GENESIS_HASH for an empty log). */
+export interface ChainHead {
+  seq: number;
+  hash: string;
+}
+
+/** Head of an empty chain. */
+export const GENESIS_HEAD: Readonly<ChainHead> = Object.freeze({ seq: 0, hash: GENESIS_HASH });
+
+/** SHA-256 hex of a string (UTF-8) or bytes. */
+export function sha256Hex(data: string | Uint8Array): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+/**
+ * Canonical JSON: object keys sorted by UTF-16 code unit order, no
+ * whitespace, JSON.stringify rules for everything else (toJSON honoured,
+ * undefined/function members dropped). Stable across a JSON round trip for
+ * plain JSON values, which is what `redact` produces.
+ */
+export function canonicalJson(value: unknown): string {
+  const out = canon(value);
+  // JSON.stringify(undefined) is undefined; a top-level hole still needs a string to hash.
+  return out === undefined ? 'null' : out;
+}
+
+function canon(value: unknown): string | undefined {
+  if (value !== null && typeof value === 'object' && typeof (value as { toJSON?: unknown }).toJSON === 'function') {
+    value = (value as { toJSON: () => unknown }).toJSON();
+  }
+  if (value === null || typeof value !== 'object') {
+    if (typeof value === 'bigint') return JSON.stringify(value.toString());
+    return JSON.stringify(value);
+  }
+  if (Array.isArray(value)) {
+    return '[' + value.map((v) => canon(v) ?? 'null').join(',') + ']';
+  }
+  const keys = Object.keys(value).sort();
+  const parts: string[] = [];
+  for (const k of keys) {
+    const v = canon((value as Record<string, unknown>)[k]);
+    if (v !== undefined) parts.push(JSON.stringify(k) + ':' + v);
+  }
+  return '{' + parts.join(',') + '}';
+}
+
+/** Hash of a record: SHA-256 hex over the canonical JSON of every field except `hash`. */
+export function hashRecord(record: Omit<AuditRecord, 'hash'> | Record<string, unknown>): string {
+  const { hash: _ignored, ...rest } = record as Record<string, unknown>;
+  return sha256Hex(canonicalJson(rest));
+}
+
+/**
+ * Builds the next record of a chain from an already-redacted entry. Pure:
+ * the caller commits `{seq: record.seq, hash: record.hash}` as the new head
+ * only after the record is durably written, so a failed write leaves no gap.
+ */
+export function chainRecord(entry: Record<string, unknown>, head: ChainHead, at: { now: number; brokerId: string }): AuditRecord {
+  const body: Record<string, unknown> = {};
+  // Key order only matters for readability of the log line (v, seq, ts first, hash last); the hash is over sorted keys.
+  body.v = AUDIT_RECORD_VERSION;
+  body.seq = head.seq + 1;
+  body.ts = new Date(at.now).toISOString();
+  body.broker_id = at.brokerId;
+  for (const [k, v] of Object.entries(entry)) {
+    const name = (RESERVED_FIELDS as readonly string[]).includes(k) ? `entry_${k}` : k;
+    defineField(body, name, v);
+  }
+  body.prev = head.hash;
+  body.hash = hashRecord(body);
+  return body as unknown as AuditRecord;
+}
+
+/** The log line for a record (no trailing newline). */
+export function serializeRecord(record: AuditRecord): string {
+  return JSON.stringify(record);
+}
+
+// ---------------------------------------------------------------------------
+// Redaction
+
+/**
+ * Field names that hold credentials. Compared after lower-casing and
+ * removing `_`/`-`, so `accessToken`, `Access-Token` and `access_token` all
+ * match. `actor_token`, `refresh_token` and `client_secret` are the RFC 8693 /
+ * OAuth siblings of the names the audit contract lists.
+ */
+export const SENSITIVE_FIELDS: readonly string[] = [
+  'token',
+  'access_token',
+  'subject_token',
+  'actor_token',
+  'refresh_token',
+  'id_token',
+  'private_key',
+  'key',
+  'secret',
+  'client_secret',
+  'password',
+  'authorization',
+];
+
+const SENSITIVE = new Set(SENSITIVE_FIELDS.map(normalizeName));
+
+function normalizeName(name: string): string {
+  return name.toLowerCase().replace(/[_-]/g, '');
+}
+
+/** True if a field of this name must never reach the log in clear. */
+export function isSensitiveField(name: string): boolean {
+  return SENSITIVE.has(normalizeName(name));
+}
+
+/**
+ * Compact JWS (3 parts) or JWE (5 parts) embedded anywhere in a string. The
+ * look-arounds stop a longer dotted name (a.b.c.d) from matching in part;
+ * the length check (> 40) is applied to each match. Known false positive: a
+ * three-label host name longer than 40 characters is hashed too, which only
+ * costs readability.
+ */
+const JOSE_COMPACT_RE = /(?<![A-Za-z0-9_.-])[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*){2}(?:(?:\.[A-Za-z0-9_-]*){2})?(?![A-Za-z0-9_.-])/g;
+const MIN_JOSE_LENGTH = 41;
+
+/** Replaces every compact JWS/JWE-looking substring by `sha256:<hex>` of it. */
+export function scrubTokens(s: string): string {
+  // Cheap pre-check: every candidate has at least two dots and is longer than 40 characters.
+  if (s.length < MIN_JOSE_LENGTH || s.indexOf('.') === -1) return s;
+  return s.replace(JOSE_COMPACT_RE, (m) => (m.length >= MIN_JOSE_LENGTH ? `sha256:${sha256Hex(m)}` : m));
+}
+
+const MAX_DEPTH = 32;
+
+/**
+ * Returns a copy of `entry` that is plain JSON and holds no credential:
+ * sensitive fields (any depth, see SENSITIVE_FIELDS) become `<field>_sha256`
+ * with the SHA-256 hex of the value, JWS-looking strings become
+ * `sha256:<hex>`, and values JSON cannot carry faithfully are normalised
+ * (bigint → string, bytes → `sha256:<hex>`, Error → {name, message},
+ * cycles → "[Circular]"). Callers should already pass `token_sha256`; this is
+ * defence in depth, and it also makes the record hash stable across a JSON
+ * round trip.
+ */
+export function redact(entry: AuditEntry): AuditEntry {
+  return redactValue(entry, new Set(), 0) as AuditEntry;
+}
+
+function redactValue(value: unknown, seen: Set<object>, depth: number): unknown {
+  switch (typeof value) {
+    case 'string':
+      return scrubTokens(value);
+    case 'number':
+      // JSON has no NaN/Infinity; null is what JSON.stringify would write, so say it explicitly.
+      return Number.isFinite(value) ? value : null;
+    case 'boolean':
+      return value;
+    case 'bigint':
+      return value.toString();
+    case 'undefined':
+    case 'function':
+    case 'symbol':
+      return undefined;
+  }
+  if (value === null) return null;
+  const obj = value as object;
+  if (obj instanceof Uint8Array) return `sha256:${sha256Hex(obj)}`;
+  if (obj instanceof ArrayBuffer) return `sha256:${sha256Hex(new Uint8Array(obj))}`;
+  if (obj instanceof Date) return Number.isNaN(obj.getTime()) ? null : obj.toISOString();
+  if (seen.has(obj)) return '[Circular]';
+  if (depth >= MAX_DEPTH) return '[Truncated]';
+  seen.add(obj);
+  try {
+    if (Array.isArray(obj)) {
+      return obj.map((v) => {
+        const r = redactValue(v, seen, depth + 1);
+        return r === undefined ? null : r;
+      });
+    }
+    const source: Record<string, unknown> =
+      obj instanceof Error
+        ? { name: obj.name, message: obj.message, ...('code' in obj ? { code: (obj as { code: unknown }).code } : {}) }
+        : (obj as Record<string, unknown>);
+    const out: Record<string, unknown> = {};
+    for (const [rawKey, v] of Object.entries(source)) {
+      if (isSensitiveField(rawKey)) {
+        if (v === undefined || v === null) continue;
+        defineField(out, `${rawKey}_sha256`, digestOf(v));
+        continue;
+      }
+      const r = redactValue(v, seen, depth + 1);
+      if (r !== undefined) defineField(out, scrubTokens(rawKey), r);
+    }
+    return out;
+  } finally {
+    seen.delete(obj);
+  }
+}
+
+/** Digest of a sensitive value: of the string itself (so it equals a caller's token_sha256), else of its bytes or canonical JSON. */
+function digestOf(v: unknown): string {
+  if (typeof v === 'string') return sha256Hex(v);
+  if (v instanceof Uint8Array) return sha256Hex(v);
+  try {
+    return sha256Hex(canonicalJson(v));
+  } catch {
+    // A cyclic secret still must not leak; hash its type so the field's presence is recorded.
+    return sha256Hex(`[unserializable ${Object.prototype.toString.call(v)}]`);
+  }
+}
+
+/** Assignment that treats `__proto__` as a plain field, so an entry cannot change a record's prototype. */
+function defineField(target: Record<string, unknown>, key: string, value: unknown): void {
+  Object.defineProperty(target, key, { value, enumerable: true, writable: true, configurable: true });
+}
+
+// ---------------------------------------------------------------------------
+// Parsing
+
+const HEX64_RE = /^[0-9a-f]{64}$/;
+
+/** Result of checking one line on its own (not its link to its neighbours). */
+export type ParsedRecord = { ok: true; record: AuditRecord } | { ok: false; reason: string; seq?: number };
+
+/** Parses one log line and checks its shape and self-hash; linkage (seq, prev) is the verifier's job. */
+export function parseRecord(line: string): ParsedRecord {
+  let value: unknown;
+  try {
+    value = JSON.parse(line);
+  } catch {
+    return { ok: false, reason: 'not valid JSON (line truncated or edited)' };
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    return { ok: false, reason: 'not a JSON object' };
+  }
+  const r = value as Record<string, unknown>;
+  const seq = Number.isSafeInteger(r.seq) && (r.seq as number) >= 1 ? (r.seq as number) : undefined;
+  const fail = (reason: string): ParsedRecord => (seq === undefined ? { ok: false, reason } : { ok: false, reason, seq });
+  if (r.v !== AUDIT_RECORD_VERSION) return fail(`unsupported record version ${JSON.stringify(r.v)}`);
+  if (seq === undefined) return fail('missing or invalid seq');
+  if (typeof r.hash !== 'string' || !HEX64_RE.test(r.hash)) return fail('missing or malformed hash');
+  if (typeof r.prev !== 'string' || !HEX64_RE.test(r.prev)) return fail('missing or malformed prev');
+  if (hashRecord(r) !== r.hash) return fail('hash mismatch (record edited)');
+  return { ok: true, record: r as unknown as AuditRecord };
+}

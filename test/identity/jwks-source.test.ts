@@ -33,7 +33,7 @@ function fakeFetch(docs: () => unknown, opts: { delayMs?: number } = {}): FetchL
     });
     const body = JSON.stringify(docs());
     return { ok: true, status: 200, headers: { get: () => null }, text: async () => body };
-  }) as FetchLike & { calls: number };
+  }) as unknown as FetchLike & { calls: number };
   f.calls = 0;
   return f;
 }

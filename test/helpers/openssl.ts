@@ -1,0 +1,144 @@
+/**
+ * Test fixtures made with the openssl CLI, independently of node-forge, so
+ * the verifier is checked against certificates it did not help produce
+ * (including EC P-256 keys, which forge cannot make). Everything lives in a
+ * temp dir and is deleted by cleanup(); private keys never leave it.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export const OPENSSL = process.env['OPENSSL'] ?? '/usr/bin/openssl';
+
+export interface OpensslCa {
+  name: string;
+  certPath: string;
+  keyPath: string;
+  certPem: string;
+  certDer: Buffer;
+}
+
+export interface LeafSpec {
+  /** Raw subjectAltName value, e.g. "URI:spiffe://example.org/w". Omit for no SAN. */
+  san?: string;
+  basicConstraints?: string;
+  /** Raw keyUsage value; null omits the extension. */
+  keyUsage?: string | null;
+  extendedKeyUsage?: string | null;
+  /** openssl `ca` dates, YYYYMMDDHHMMSSZ. */
+  startDate?: string;
+  endDate?: string;
+}
+
+/** A scratch openssl PKI in a temp dir. */
+export class OpensslPki {
+  readonly dir: string;
+  private n = 0;
+
+  constructor() {
+    this.dir = mkdtempSync(join(tmpdir(), 'mayfly-openssl-'));
+    mkdirSync(join(this.dir, 'newcerts'));
+    writeFileSync(
+      join(this.dir, 'req.cnf'),
+      ['[req]', 'distinguished_name = dn', 'prompt = no', '[dn]', 'CN = unused', ''].join('\n'),
+    );
+  }
+
+  private run(args: string[]): void {
+    execFileSync(OPENSSL, args, { cwd: this.dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  }
+
+  private file(name: string): string {
+    return join(this.dir, name);
+  }
+
+  private ecKey(name: string): string {
+    const path = this.file(`${name}.key`);
+    this.run(['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', path]);
+    return path;
+  }
+
+  private toCa(name: string, certPath: string, keyPath: string): OpensslCa {
+    const certPem = readFileSync(certPath, 'utf8');
+    const b64 = certPem.replace(/-----[A-Z ]+-----/g, '').replace(/\s+/g, '');
+    return { name, certPath, keyPath, certPem, certDer: Buffer.from(b64, 'base64') };
+  }
+
+  /** A self-signed EC P-256 root for a trust domain. */
+  root(trustDomain: string, name = `root-${trustDomain}`): OpensslCa {
+    const key = this.ecKey(name);
+    const ext = this.file(`${name}.ext`);
+    writeFileSync(
+      ext,
+      ['[v3]', 'basicConstraints = critical,CA:TRUE', 'keyUsage = critical,keyCertSign,cRLSign', 'subjectKeyIdentifier = hash', `subjectAltName = URI:spiffe://${trustDomain}`, ''].join('\n'),
+    );
+    const cert = this.file(`${name}.pem`);
+    this.run(['req', '-x509', '-new', '-config', this.file('req.cnf'), '-key', key, '-sha256', '-days', '3650', '-subj', `/O=${trustDomain}/CN=${name}`, '-extensions', 'v3', '-extfile', ext, '-out', cert]);
+    return this.toCa(name, cert, key);
+  }
+
+  /** Signs a CSR for a new EC key with `ca` via `openssl ca` (which, unlike `x509 -req`, takes explicit dates). */
+  private sign(ca: OpensslCa, name: string, extLines: string[], startDate?: string, endDate?: string): { certPath: string; keyPath: string } {
+    const key = this.ecKey(name);
+    const csr = this.file(`${name}.csr`);
+    this.run(['req', '-new', '-config', this.file('req.cnf'), '-key', key, '-subj', `/CN=${name}`, '-out', csr]);
+    const ext = this.file(`${name}.ext`);
+    writeFileSync(ext, ['[v3]', ...extLines, ''].join('\n'));
+    const db = this.file(`index-${this.n++}.txt`);
+    writeFileSync(db, '');
+    const cnf = this.file(`${name}.ca.cnf`);
+    writeFileSync(
+      cnf,
+      [
+        '[ca]',
+        'default_ca = CA_default',
+        '[CA_default]',
+        `database = ${db}`,
+        `new_certs_dir = ${this.file('newcerts')}`,
+        'default_md = sha256',
+        'default_days = 30',
+        'policy = policy_any',
+        'unique_subject = no',
+        'copy_extensions = none',
+        '[policy_any]',
+        'commonName = optional',
+        '',
+      ].join('\n'),
+    );
+    const cert = this.file(`${name}.pem`);
+    const args = ['ca', '-batch', '-notext', '-rand_serial', '-config', cnf, '-cert', ca.certPath, '-keyfile', ca.keyPath, '-in', csr, '-out', cert, '-extfile', ext, '-extensions', 'v3'];
+    if (startDate) args.push('-startdate', startDate);
+    if (endDate) args.push('-enddate', endDate);
+    this.run(args);
+    return { certPath: cert, keyPath: key };
+  }
+
+  /** An intermediate CA below `ca`. */
+  intermediate(ca: OpensslCa, name: string, opts: { trustDomain: string; basicConstraints?: string; keyUsage?: string; startDate?: string; endDate?: string }): OpensslCa {
+    const lines = [
+      `basicConstraints = ${opts.basicConstraints ?? 'critical,CA:TRUE'}`,
+      `keyUsage = ${opts.keyUsage ?? 'critical,keyCertSign,cRLSign'}`,
+      'subjectKeyIdentifier = hash',
+      'authorityKeyIdentifier = keyid',
+      `subjectAltName = URI:spiffe://${opts.trustDomain}`,
+    ];
+    const { certPath, keyPath } = this.sign(ca, name, lines, opts.startDate, opts.endDate);
+    return this.toCa(name, certPath, keyPath);
+  }
+
+  /** A leaf below `ca`, returned as DER. Defaults are a valid X.509-SVID. */
+  leaf(ca: OpensslCa, name: string, spec: LeafSpec): Buffer {
+    const lines = [`basicConstraints = ${spec.basicConstraints ?? 'critical,CA:FALSE'}`, 'subjectKeyIdentifier = hash', 'authorityKeyIdentifier = keyid'];
+    if (spec.keyUsage !== null) lines.push(`keyUsage = ${spec.keyUsage ?? 'critical,digitalSignature'}`);
+    if (spec.extendedKeyUsage !== null) lines.push(`extendedKeyUsage = ${spec.extendedKeyUsage ?? 'serverAuth,clientAuth'}`);
+    if (spec.san !== undefined) lines.push(`subjectAltName = ${spec.san}`);
+    const { certPath } = this.sign(ca, name, lines, spec.startDate, spec.endDate);
+    return this.toCa(name, certPath, '').certDer;
+  }
+
+  /** Removes the temp dir and every key in it. */
+  cleanup(): void {
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}

@@ -75,16 +75,25 @@ function canon(value: unknown): string | undefined {
     if (typeof value === 'bigint') return JSON.stringify(value.toString());
     return JSON.stringify(value);
   }
+  // String concatenation rather than map/join: this runs once per audit record on the request path.
   if (Array.isArray(value)) {
-    return '[' + value.map((v) => canon(v) ?? 'null').join(',') + ']';
+    let out = '[';
+    for (let i = 0; i < value.length; i++) {
+      if (i > 0) out += ',';
+      out += canon(value[i]) ?? 'null';
+    }
+    return out + ']';
   }
   const keys = Object.keys(value).sort();
-  const parts: string[] = [];
+  let out = '{';
+  let first = true;
   for (const k of keys) {
     const v = canon((value as Record<string, unknown>)[k]);
-    if (v !== undefined) parts.push(JSON.stringify(k) + ':' + v);
+    if (v === undefined) continue;
+    out += (first ? '' : ',') + JSON.stringify(k) + ':' + v;
+    first = false;
   }
-  return '{' + parts.join(',') + '}';
+  return out + '}';
 }
 
 /** Hash of a record: SHA-256 hex over the canonical JSON of every field except `hash`. */
@@ -110,7 +119,7 @@ export function chainRecord(entry: Record<string, unknown>, head: ChainHead, at:
     defineField(body, name, v);
   }
   body.prev = head.hash;
-  body.hash = hashRecord(body);
+  body.hash = sha256Hex(canonicalJson(body));
   return body as unknown as AuditRecord;
 }
 
@@ -149,9 +158,18 @@ function normalizeName(name: string): string {
   return name.toLowerCase().replace(/[_-]/g, '');
 }
 
+// Field names repeat across records, so the verdict is memoised; bounded so hostile key names cannot grow it forever.
+const sensitiveCache = new Map<string, boolean>();
+const SENSITIVE_CACHE_MAX = 4096;
+
 /** True if a field of this name must never reach the log in clear. */
 export function isSensitiveField(name: string): boolean {
-  return SENSITIVE.has(normalizeName(name));
+  let v = sensitiveCache.get(name);
+  if (v === undefined) {
+    v = SENSITIVE.has(normalizeName(name));
+    if (sensitiveCache.size < SENSITIVE_CACHE_MAX) sensitiveCache.set(name, v);
+  }
+  return v;
 }
 
 /**
@@ -252,6 +270,10 @@ function digestOf(v: unknown): string {
 
 /** Assignment that treats `__proto__` as a plain field, so an entry cannot change a record's prototype. */
 function defineField(target: Record<string, unknown>, key: string, value: unknown): void {
+  if (key !== '__proto__') {
+    target[key] = value;
+    return;
+  }
   Object.defineProperty(target, key, { value, enumerable: true, writable: true, configurable: true });
 }
 

@@ -4,22 +4,14 @@
  * token's `sub` selects the only keys that may verify it, so a key of trust
  * domain A can never vouch for an identity in trust domain B.
  */
-import type { KeyObject } from 'node:crypto';
 import { mayflyError } from '../core/errors.js';
 import type { EpochMs, Identity } from '../core/types.js';
 import { decodeJws, verifyJwsSignature } from '../tokens/jws.js';
 import { validateJwtClaims } from './claims.js';
 import { parseSpiffeId } from './spiffe-id.js';
+import type { JwtBundleSource } from './trust-source.js';
 
-/**
- * The one-method bundle source the verifier depends on. Structurally the same
- * as `JwtBundleSource` in identity/trust-source.ts; declared here so this
- * module only needs the method it calls.
- */
-export interface JwtBundleSource {
-  /** JWT authorities (kid → public key) of a trust domain, or undefined if the trust domain is not trusted. */
-  jwtAuthoritiesFor(trustDomain: string): Map<string, KeyObject> | undefined;
-}
+export type { JwtBundleSource };
 
 /** JWT-SVID §2.1: RFC 7518 §3.3–3.5 only (RSA PKCS#1, ECDSA, RSA-PSS; no EdDSA, no HMAC, no none). */
 export const JWT_SVID_ALGS = ['RS256', 'RS384', 'RS512', 'ES256', 'ES384', 'ES512', 'PS256', 'PS384', 'PS512'] as const;

@@ -170,9 +170,14 @@ describe('FileAuditSink', () => {
       audience: 'https://api.example.com',
       scopes: ['read', 'write'],
     } as const;
+    // Warm up the JIT first; report CPU time too, because wall time on a shared CI box mostly measures the neighbours.
+    for (let i = 0; i < 500; i++) sink.write(entry);
     const t0 = process.hrtime.bigint();
+    const c0 = process.cpuUsage();
     for (let i = 0; i < n; i++) sink.write(entry);
     const us = Number(process.hrtime.bigint() - t0) / 1000 / n;
+    const cpu = process.cpuUsage(c0);
+    const cpuUs = (cpu.user + cpu.system) / n;
     const syncSink = new FileAuditSink({ path: join(dir, 'fsync.log'), brokerId: 'b1', fsync: true });
     const m = 200;
     const t1 = process.hrtime.bigint();
@@ -180,9 +185,9 @@ describe('FileAuditSink', () => {
     const usSync = Number(process.hrtime.bigint() - t1) / 1000 / m;
     await sink.close();
     await syncSink.close();
-    console.info(`FileAuditSink: ${us.toFixed(1)} µs/record (page cache), ${usSync.toFixed(1)} µs/record (fsync)`);
+    console.info(`FileAuditSink: ${us.toFixed(1)} µs/record wall, ${cpuUs.toFixed(1)} µs/record CPU (page cache); ${usSync.toFixed(1)} µs/record (fsync)`);
     expect(statSync(path).size).toBeGreaterThan(1024 * 1024);
-    expect(verifyAuditLog(path)).toMatchObject({ ok: true, records: n });
+    expect(verifyAuditLog(path)).toMatchObject({ ok: true, records: n + 500 });
     expect(us).toBeLessThan(1000);
   });
 });

@@ -37,6 +37,13 @@ describe('chainRecord', () => {
     expect(Object.keys(JSON.parse(serializeRecord(r)))).toEqual(['v', 'seq', 'ts', 'broker_id', 'event', 'outcome', 'prev', 'hash']);
     expect(parseRecord(serializeRecord(r))).toEqual({ ok: true, record: r });
   });
+  it('round-trips a __proto__ field through serialise, parse and verify', () => {
+    const entry = redact(JSON.parse('{"event":"auth.failure","outcome":"denied","__proto__":{"x":1}}') as AuditEntry);
+    const r = chainRecord(entry, GENESIS_HEAD, { now: 0, brokerId: 'b' });
+    const parsed = parseRecord(serializeRecord(r));
+    expect(parsed.ok).toBe(true);
+  });
+
   it('links to the head it is given', () => {
     const r = chainRecord({ event: 'task.begin', outcome: 'success' }, { seq: 41, hash: 'a'.repeat(64) }, { now: 0, brokerId: 'b' });
     expect(r.seq).toBe(42);

@@ -135,7 +135,7 @@ export async function buildOpaWasm(spec: OpaWasmSpec): Promise<Uint8Array> {
   }
 }
 
-function tarHeader(name: string, size: number): Buffer {
+function tarHeader(name: string, size: number, type = '0'): Buffer {
   const h = Buffer.alloc(512);
   h.write(name, 0, 100, 'utf8');
   h.write('0000644\0', 100);
@@ -144,7 +144,7 @@ function tarHeader(name: string, size: number): Buffer {
   h.write(`${size.toString(8).padStart(11, '0')}\0`, 124);
   h.write(`${Math.floor(Date.UTC(2026, 0, 1) / 1000).toString(8).padStart(11, '0')}\0`, 136);
   h.write('        ', 148); // checksum field counts as spaces while summing
-  h.write('0', 156);
+  h.write(type, 156);
   h.write('ustar\0', 257);
   h.write('00', 263);
   let sum = 0;
@@ -153,12 +153,24 @@ function tarHeader(name: string, size: number): Buffer {
   return h;
 }
 
-/** A gzip'd ustar archive of `files` (paths like "/policy.wasm", as opa build writes them). */
+function paxRecord(kv: string): string {
+  let len = kv.length + 3;
+  while (`${len} ${kv}\n`.length !== len) len++;
+  return `${len} ${kv}\n`;
+}
+
+/**
+ * A gzip'd ustar archive of `files` (paths like "/policy.wasm", as opa build
+ * writes them). Names over 99 bytes get a PAX `path` record, as Go's
+ * archive/tar does.
+ */
 export function buildBundle(files: Record<string, Uint8Array | string>): Buffer {
   const parts: Buffer[] = [];
+  const entry = (name: string, body: Buffer, type = '0') =>
+    parts.push(tarHeader(name, body.length, type), body, Buffer.alloc((512 - (body.length % 512)) % 512));
   for (const [name, content] of Object.entries(files)) {
-    const body = Buffer.from(content);
-    parts.push(tarHeader(name, body.length), body, Buffer.alloc((512 - (body.length % 512)) % 512));
+    if (Buffer.byteLength(name) > 99) entry('PaxHeaders/entry', Buffer.from(paxRecord(`path=${name}`)), 'x');
+    entry(Buffer.byteLength(name) > 99 ? name.slice(0, 99) : name, Buffer.from(content));
   }
   parts.push(Buffer.alloc(1024));
   return gzipSync(Buffer.concat(parts));

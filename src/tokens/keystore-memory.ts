@@ -1,0 +1,79 @@
+/**
+ * In-memory KeyStore. DEV/TEST ONLY: keys vanish with the process, so every
+ * restart rotates everything and tokens already issued stop verifying.
+ */
+import { mayflyError } from '../core/errors.js';
+import type { KeyStore, Signer } from '../core/ports.js';
+import type { EpochMs, KeyInfo, KeyState, SigningAlg } from '../core/types.js';
+import { canSign, checkTransition, generateKeyMaterial, localSigner, type KeyMaterial } from './key-material.js';
+
+interface Entry {
+  info: KeyInfo;
+  material: KeyMaterial;
+  signer?: Signer;
+}
+
+function copyInfo(i: KeyInfo): KeyInfo {
+  return { ...i, publicJwk: { ...i.publicJwk } };
+}
+
+/** Dev/test-only KeyStore kept in process memory. */
+export class MemoryKeyStore implements KeyStore {
+  private readonly keys = new Map<string, Entry>();
+  private closed = false;
+
+  private check(): void {
+    if (this.closed) throw mayflyError('ERR_KEYSTORE', 'key store is closed');
+  }
+
+  private entry(kid: string): Entry {
+    this.check();
+    const e = this.keys.get(kid);
+    if (!e) throw mayflyError('ERR_KEY_NOT_FOUND', `no key with kid ${kid}`, { kid });
+    return e;
+  }
+
+  /** Generates a key in `state`. */
+  async create(alg: SigningAlg, state: KeyState, now: EpochMs): Promise<KeyInfo> {
+    this.check();
+    const material = generateKeyMaterial(alg);
+    const info: KeyInfo = { kid: material.kid, alg, state, createdAt: now, stateSince: now, publicJwk: material.publicJwk, lastTokenExpiresAt: null };
+    this.keys.set(info.kid, { info, material });
+    return copyInfo(info);
+  }
+
+  /** All keys, oldest first. */
+  async list(): Promise<KeyInfo[]> {
+    this.check();
+    return [...this.keys.values()].map((e) => copyInfo(e.info)).sort((a, b) => a.createdAt - b.createdAt || (a.kid < b.kid ? -1 : 1));
+  }
+
+  /** Moves a key to `state` (see checkTransition). */
+  async setState(kid: string, state: KeyState, now: EpochMs): Promise<void> {
+    const e = this.entry(kid);
+    checkTransition(kid, e.info.state, state);
+    if (e.info.state === state) return;
+    e.info.state = state;
+    e.info.stateSince = now;
+  }
+
+  /** Raises lastTokenExpiresAt; unknown kids are ignored (nothing can sign with them). */
+  noteTokenExpiry(kid: string, exp: EpochMs): void {
+    const e = this.keys.get(kid);
+    if (e && (e.info.lastTokenExpiresAt === null || exp > e.info.lastTokenExpiresAt)) e.info.lastTokenExpiresAt = exp;
+  }
+
+  /** A cached signer; ERR_KEYSTORE if the key is retired or revoked. */
+  async signer(kid: string): Promise<Signer> {
+    const e = this.entry(kid);
+    if (!canSign(e.info.state)) throw mayflyError('ERR_KEYSTORE', `key ${kid} is ${e.info.state} and can no longer sign`, { kid });
+    e.signer ??= localSigner(kid, e.info.alg, e.material.privateKey, () => (this.closed ? undefined : this.keys.get(kid)?.info.state));
+    return e.signer;
+  }
+
+  /** Forgets every key; later calls fail with ERR_KEYSTORE. */
+  async close(): Promise<void> {
+    this.closed = true;
+    this.keys.clear();
+  }
+}

@@ -179,6 +179,7 @@ export class RefreshingTrustSource implements TrustSource {
   private closed = false;
   private lastErr: MayflyError | undefined;
   private lastOk: number | undefined;
+  private nextAt: number | undefined;
 
   constructor(private readonly options: RefreshingTrustSourceOptions) {
     try {
@@ -228,6 +229,11 @@ export class RefreshingTrustSource implements TrustSource {
   /** When the endpoint last answered with a valid bundle (epoch ms). */
   get lastSuccessAt(): number | undefined {
     return this.lastOk;
+  }
+
+  /** When the next background fetch is due (epoch ms by the injected clock); undefined when none is scheduled. */
+  get nextRefreshAt(): number | undefined {
+    return this.timer ? this.nextAt : undefined;
   }
 
   /** Fetches once and starts the refresh timer; rejects if there is still no bundle to serve (the timer keeps retrying until close()). */
@@ -325,6 +331,7 @@ export class RefreshingTrustSource implements TrustSource {
   private schedule(delayMs: number): void {
     if (this.closed) return;
     if (this.timer) clearTimeout(this.timer);
+    this.nextAt = this.clock.now() + delayMs;
     this.timer = setTimeout(() => {
       this.timer = undefined;
       this.refresh().catch(() => undefined);

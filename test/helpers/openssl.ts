@@ -31,6 +31,11 @@ export interface LeafSpec {
   endDate?: string;
 }
 
+/** Formats epoch ms as the GeneralizedTime `openssl ca -startdate/-enddate` accept. */
+export function opensslDate(ms: number): string {
+  return new Date(ms).toISOString().replace(/[-:T]/g, '').replace(/\.\d+Z$/, 'Z');
+}
+
 /** A scratch openssl PKI in a temp dir. */
 export class OpensslPki {
   readonly dir: string;
@@ -39,6 +44,7 @@ export class OpensslPki {
   constructor() {
     this.dir = mkdtempSync(join(tmpdir(), 'mayfly-openssl-'));
     mkdirSync(join(this.dir, 'newcerts'));
+    writeFileSync(join(this.dir, 'serial'), '01\n');
     writeFileSync(
       join(this.dir, 'req.cnf'),
       ['[req]', 'distinguished_name = dn', 'prompt = no', '[dn]', 'CN = unused', ''].join('\n'),
@@ -46,7 +52,12 @@ export class OpensslPki {
   }
 
   private run(args: string[]): void {
-    execFileSync(OPENSSL, args, { cwd: this.dir, stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      execFileSync(OPENSSL, args, { cwd: this.dir, stdio: ['ignore', 'pipe', 'pipe'] });
+    } catch (e) {
+      const stderr = (e as { stderr?: Buffer }).stderr?.toString() ?? '';
+      throw new Error(`openssl ${args[0]} failed: ${stderr.trim()}`);
+    }
   }
 
   private file(name: string): string {
@@ -68,13 +79,26 @@ export class OpensslPki {
   /** A self-signed EC P-256 root for a trust domain. */
   root(trustDomain: string, name = `root-${trustDomain}`): OpensslCa {
     const key = this.ecKey(name);
-    const ext = this.file(`${name}.ext`);
+    // OpenSSL 3.0's `req` has no -extfile, so the extensions go in the request config.
+    const cnf = this.file(`${name}.cnf`);
     writeFileSync(
-      ext,
-      ['[v3]', 'basicConstraints = critical,CA:TRUE', 'keyUsage = critical,keyCertSign,cRLSign', 'subjectKeyIdentifier = hash', `subjectAltName = URI:spiffe://${trustDomain}`, ''].join('\n'),
+      cnf,
+      [
+        '[req]',
+        'distinguished_name = dn',
+        'prompt = no',
+        '[dn]',
+        'CN = unused',
+        '[v3]',
+        'basicConstraints = critical,CA:TRUE',
+        'keyUsage = critical,keyCertSign,cRLSign',
+        'subjectKeyIdentifier = hash',
+        `subjectAltName = URI:spiffe://${trustDomain}`,
+        '',
+      ].join('\n'),
     );
     const cert = this.file(`${name}.pem`);
-    this.run(['req', '-x509', '-new', '-config', this.file('req.cnf'), '-key', key, '-sha256', '-days', '3650', '-subj', `/O=${trustDomain}/CN=${name}`, '-extensions', 'v3', '-extfile', ext, '-out', cert]);
+    this.run(['req', '-x509', '-new', '-config', cnf, '-key', key, '-sha256', '-days', '3650', '-subj', `/O=${trustDomain}/CN=${name}`, '-extensions', 'v3', '-out', cert]);
     return this.toCa(name, cert, key);
   }
 
@@ -95,6 +119,8 @@ export class OpensslPki {
         'default_ca = CA_default',
         '[CA_default]',
         `database = ${db}`,
+        // Needed by the parser even with -rand_serial, which then ignores it.
+        `serial = ${this.file('serial')}`,
         `new_certs_dir = ${this.file('newcerts')}`,
         'default_md = sha256',
         'default_days = 30',
@@ -108,8 +134,8 @@ export class OpensslPki {
     );
     const cert = this.file(`${name}.pem`);
     const args = ['ca', '-batch', '-notext', '-rand_serial', '-config', cnf, '-cert', ca.certPath, '-keyfile', ca.keyPath, '-in', csr, '-out', cert, '-extfile', ext, '-extensions', 'v3'];
-    if (startDate) args.push('-startdate', startDate);
-    if (endDate) args.push('-enddate', endDate);
+    // `openssl ca` starts validity at the current second; backdate so a verifier clock read earlier still accepts it.
+    args.push('-startdate', startDate ?? opensslDate(Date.now() - 3600_000), '-enddate', endDate ?? opensslDate(Date.now() + 30 * 86_400_000));
     this.run(args);
     return { certPath: cert, keyPath: key };
   }

@@ -168,7 +168,7 @@ describe('verifyX509Svid: rejects (one fixture per rule)', () => {
 
   it('tampered leaf signature', () => {
     const der = Buffer.from(pemToDer(issueX509Svid(pki.example, { spiffeId: ID }).certPem)[0]!);
-    der[der.length - 5] ^= 0xff;
+    der[der.length - 5]! ^= 0xff;
     expectError(() => verifyX509Svid([der], source, { now: NOW }), 'ERR_SVID_INVALID', /does not lead to a root/);
   });
 

@@ -21,7 +21,7 @@
  */
 import { closeSync, fchmodSync, fstatSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readSync, statSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { mayflyError } from '../core/errors.js';
+import { isMayflyError, mayflyError } from '../core/errors.js';
 import { ChainedAuditSink, type ChainedSinkOptions } from './chain.js';
 import { GENESIS_HEAD, parseRecord, RESUME_EVENT, sha256Hex, type AuditRecord, type ChainHead } from './record.js';
 
@@ -61,12 +61,23 @@ export class FileAuditSink extends ChainedAuditSink {
   constructor(options: FileAuditSinkOptions) {
     const path = options.path ?? (options.dataDir !== undefined ? join(options.dataDir, AUDIT_LOG_FILE) : undefined);
     if (path === undefined) throw mayflyError('ERR_CONFIG_INVALID', 'audit: FileAuditSink needs `path` or `dataDir`');
-    const tail = readTailState(path);
+    const cannotOpen = (err: unknown) =>
+      isMayflyError(err) ? err : mayflyError('ERR_INTERNAL', `audit: cannot open ${path}: ${(err as Error).message}`, { path }, err);
+    let tail: TailState;
+    try {
+      tail = readTailState(path);
+      mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    } catch (err) {
+      throw cannotOpen(err);
+    }
     super(options, tail.head);
     this.path = path;
     this.fsync = options.fsync ?? false;
-    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-    this.fd = openSync(path, 'a', 0o600);
+    try {
+      this.fd = openSync(path, 'a', 0o600);
+    } catch (err) {
+      throw cannotOpen(err);
+    }
     try {
       // The mode argument only applies on creation; tighten a pre-existing file too.
       fchmodSync(this.fd, 0o600);
@@ -83,7 +94,7 @@ export class FileAuditSink extends ChainedAuditSink {
       }
     } catch (err) {
       closeSync(this.fd);
-      throw mayflyError('ERR_INTERNAL', `audit: cannot open ${path}: ${(err as Error).message}`, { path }, err);
+      throw cannotOpen(err);
     }
   }
 

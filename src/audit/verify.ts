@@ -169,7 +169,12 @@ function* fileLines(path: string): Generator<Line> {
     const chunk = Buffer.alloc(READ_CHUNK);
     let carry: Buffer = Buffer.alloc(0);
     for (;;) {
-      const n = readSync(fd, chunk, 0, chunk.length, null);
+      let n: number;
+      try {
+        n = readSync(fd, chunk, 0, chunk.length, null);
+      } catch (err) {
+        throw mayflyError('ERR_INVALID_ARGUMENT', `audit: cannot read ${path}: ${(err as Error).message}`, { path }, err);
+      }
       if (n === 0) break;
       const buf = carry.length === 0 ? chunk.subarray(0, n) : Buffer.concat([carry, chunk.subarray(0, n)]);
       let start = 0;

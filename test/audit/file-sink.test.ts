@@ -191,3 +191,22 @@ describe('FileAuditSink', () => {
     expect(us).toBeLessThan(1000);
   });
 });
+
+describe('FileAuditSink open errors', () => {
+  it('wraps filesystem errors in a MayflyError naming the path', () => {
+    const d = mkdtempSync(join(tmpdir(), 'mayfly-audit-'));
+    try {
+      // The "file" is a directory: opening it for append fails.
+      let err: unknown;
+      try {
+        new FileAuditSink({ path: d, brokerId: 'b1' });
+      } catch (e) {
+        err = e;
+      }
+      expect(isMayflyError(err, 'ERR_INTERNAL')).toBe(true);
+      expect((err as Error).message).toContain(`audit: cannot open ${d}`);
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+});

@@ -108,3 +108,10 @@ describe('verifyAuditLog', () => {
     expect(verifyAuditLog([])).toMatchObject({ ok: true, records: 0 });
   });
 });
+
+describe('verifyAuditLog input errors', () => {
+  it('throws a MayflyError naming the path when the log cannot be read', () => {
+    expect(() => verifyAuditLog('/nonexistent/mayfly/audit.log')).toThrow(/audit: cannot read \/nonexistent\/mayfly\/audit.log/);
+    expect(() => verifyAuditLog('/tmp')).toThrow(/audit: cannot read \/tmp: EISDIR/);
+  });
+});

@@ -45,13 +45,21 @@ export interface Store {
   getDescendants(id: string): Promise<TaskRecord[]>;
   /** Extends the lease of an active task; false if the task is not active. */
   renewLease(id: string, leaseExpiresAt: EpochMs): Promise<boolean>;
-  /** Records an issued token and increments its task's tokensIssued. */
+  /**
+   * Records an issued token and increments its task's tokensIssued, atomically.
+   * Throws ERR_TASK_NOT_FOUND for an unknown task and ERR_TASK_NOT_ACTIVE if the
+   * task has ended (so a token minted while its task ends is never left unrevoked:
+   * the caller must not hand it out).
+   */
   recordToken(token: TokenRecord): Promise<void>;
   getToken(jti: string): Promise<TokenRecord | null>;
   /**
    * Ends an active task and all its active descendants in one durable step:
    * sets their status, revokes their unrevoked tokens, and appends one
    * revocation event (kind task) unless nothing was active.
+   * Descendants get status `revoked`; the event's coversUntil is the latest
+   * expiresAt among the ended tasks. Unknown id: ERR_TASK_NOT_FOUND; a task
+   * that is not active: `{ taskIds: [], revokedTokens: 0, event: null }`.
    */
   endTask(id: string, status: Exclude<TaskStatus, 'active'>, reason: string, now: EpochMs): Promise<TaskEndResult>;
   /** Ends every active task owned by `owner` (and their descendants). */
@@ -64,9 +72,16 @@ export interface Store {
   appendEvent(event: Omit<RevocationEvent, 'cursor'>): Promise<RevocationEvent>;
   /** Events with cursor > `cursor`, oldest first, at most `limit`. */
   eventsSince(cursor: number, limit: number): Promise<RevocationEvent[]>;
-  /** Lowest cursor still retained (0 when none was ever pruned) and the latest cursor. */
+  /**
+   * Lowest cursor still retained (0 when none was ever pruned; latest + 1 when
+   * every event was pruned) and the latest cursor ever handed out (never reused).
+   */
   cursorRange(): Promise<{ oldest: number; latest: number }>;
-  /** Everything revoked that may still matter at `now`. */
+  /**
+   * Everything revoked that may still matter at `now`: ended tasks not yet
+   * past their deadline, revoked unexpired tokens not already covered by an
+   * ended task, kids of key events still covering, and the latest cursor.
+   */
   revocationSnapshot(now: EpochMs): Promise<RevocationSnapshot>;
   /** Active tasks whose deadline or lease has passed at `now`. */
   dueTasks(now: EpochMs, limit: number): Promise<TaskRecord[]>;

@@ -4,12 +4,11 @@
  * exact `iss` picks the issuer, and only that issuer's keys are consulted, so
  * a kid published by issuer B can never verify a token claiming issuer A.
  */
-import { mayflyError } from '../core/errors.js';
+import { mayflyError, type MayflyError } from '../core/errors.js';
 import type { EpochMs, Identity } from '../core/types.js';
 import { ASYMMETRIC_ALGS, decodeJws, verifyJwsSignature, type JwsAlg } from '../tokens/jws.js';
 import { validateJwtClaims } from './claims.js';
 import { RemoteJwks, type FetchLike, type JwksDocument, type KeySource, type RemoteJwksOptions } from './jwks-source.js';
-import type { MayflyError } from '../core/errors.js';
 
 /** Where an issuer's keys come from. `discovery` uses the issuer URL. */
 export type OidcJwksConfig = { discovery: true } | { jwksUri: string } | { jwks: JwksDocument } | { jwksFile: string } | { keySource: KeySource };

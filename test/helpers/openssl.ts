@@ -26,6 +26,8 @@ export interface LeafSpec {
   /** Raw keyUsage value; null omits the extension. */
   keyUsage?: string | null;
   extendedKeyUsage?: string | null;
+  /** Extra raw extension config lines, e.g. "1.2.3.4 = critical,ASN1:NULL". */
+  extra?: string[];
   /** openssl `ca` dates, YYYYMMDDHHMMSSZ. */
   startDate?: string;
   endDate?: string;
@@ -141,13 +143,14 @@ export class OpensslPki {
   }
 
   /** An intermediate CA below `ca`. */
-  intermediate(ca: OpensslCa, name: string, opts: { trustDomain: string; basicConstraints?: string; keyUsage?: string; startDate?: string; endDate?: string }): OpensslCa {
+  intermediate(ca: OpensslCa, name: string, opts: { trustDomain: string; basicConstraints?: string; keyUsage?: string; extra?: string[]; startDate?: string; endDate?: string }): OpensslCa {
     const lines = [
       `basicConstraints = ${opts.basicConstraints ?? 'critical,CA:TRUE'}`,
       `keyUsage = ${opts.keyUsage ?? 'critical,keyCertSign,cRLSign'}`,
       'subjectKeyIdentifier = hash',
       'authorityKeyIdentifier = keyid',
       `subjectAltName = URI:spiffe://${opts.trustDomain}`,
+      ...(opts.extra ?? []),
     ];
     const { certPath, keyPath } = this.sign(ca, name, lines, opts.startDate, opts.endDate);
     return this.toCa(name, certPath, keyPath);
@@ -159,6 +162,7 @@ export class OpensslPki {
     if (spec.keyUsage !== null) lines.push(`keyUsage = ${spec.keyUsage ?? 'critical,digitalSignature'}`);
     if (spec.extendedKeyUsage !== null) lines.push(`extendedKeyUsage = ${spec.extendedKeyUsage ?? 'serverAuth,clientAuth'}`);
     if (spec.san !== undefined) lines.push(`subjectAltName = ${spec.san}`);
+    lines.push(...(spec.extra ?? []));
     const { certPath } = this.sign(ca, name, lines, spec.startDate, spec.endDate);
     return this.toCa(name, certPath, '').certDer;
   }

@@ -4,7 +4,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isMayflyError } from '../../src/core/errors.js';
-import { parsePemBundle } from '../../src/identity/bundle.js';
+import { X509Certificate } from 'node:crypto';
+import { parseJwksBundle, parsePemBundle } from '../../src/identity/bundle.js';
 import { StaticTrustSource } from '../../src/identity/trust-source.js';
 import { verifyX509Svid } from '../../src/identity/x509-svid.js';
 import { OpensslPki, type LeafSpec, type OpensslCa } from '../helpers/openssl.js';
@@ -61,6 +62,15 @@ describe('openssl EC SVIDs: accepted', () => {
   });
 });
 
+describe('openssl EC SVIDs: JWKS bundle', () => {
+  it('verifies against an EC root published in a SPIFFE JWKS bundle', () => {
+    const entry = { ...(new X509Certificate(root.certDer).publicKey.export({ format: 'jwk' }) as object), use: 'x509-svid', x5c: [root.certDer.toString('base64')] };
+    const src = new StaticTrustSource([parseJwksBundle('example.org', { keys: [entry] })]);
+    const leaf = ossl.leaf(int, 'ok-jwks', { san: `URI:${ID}` });
+    expect(verifyX509Svid([leaf, int.certDer], src, { now: NOW }).trustDomain).toBe('example.org');
+  });
+});
+
 describe('openssl EC SVIDs: rejected', () => {
   const cases: { name: string; spec: LeafSpec; viaOther?: boolean; code: string; message: RegExp }[] = [
     { name: 'CA leaf', spec: { san: `URI:${ID}`, basicConstraints: 'critical,CA:TRUE' }, code: 'ERR_SVID_INVALID', message: /leaf certificate is a CA \(SPIFFE X\.509-SVID §4\.1\)/ },
@@ -79,6 +89,7 @@ describe('openssl EC SVIDs: rejected', () => {
     { name: 'userinfo', spec: { san: 'URI:spiffe://admin@example.org/w' }, code: 'ERR_SPIFFE_ID_INVALID', message: /userinfo/ },
     { name: 'wrong scheme', spec: { san: 'URI:https://example.org/w' }, code: 'ERR_SPIFFE_ID_INVALID', message: /scheme/ },
     { name: 'no path', spec: { san: 'URI:spiffe://example.org' }, code: 'ERR_SVID_INVALID', message: /has no path/ },
+    { name: 'unknown critical extension', spec: { san: `URI:${ID}`, extra: ['1.2.3.4 = critical,ASN1:NULL'] }, code: 'ERR_SVID_INVALID', message: /critical extensions this broker does not process: 1\.2\.3\.4/ },
     { name: 'expired', spec: { san: `URI:${ID}`, startDate: '20200101000000Z', endDate: '20200102000000Z' }, code: 'ERR_SVID_INVALID', message: /leaf certificate expired at 2020-01-02T00:00:00\.000Z/ },
     { name: 'not yet valid', spec: { san: `URI:${ID}`, startDate: '20990101000000Z', endDate: '20990102000000Z' }, code: 'ERR_SVID_INVALID', message: /not yet valid \(notBefore 2099-01-01/ },
     { name: 'signed by the CA of another trust domain', spec: { san: `URI:${ID}` }, viaOther: true, code: 'ERR_SVID_INVALID', message: /does not lead to a root trusted for trust domain example\.org/ },
@@ -112,6 +123,12 @@ describe('openssl EC SVIDs: rejected', () => {
     const old = ossl.intermediate(root, 'int-old', { trustDomain: 'example.org', startDate: '20200101000000Z', endDate: '20200102000000Z' });
     const err = verifyError([ossl.leaf(old, 'leaf-old', { san: `URI:${ID}` }), old.certDer]);
     expect(err.message).toMatch(/intermediate certificate 1 .* expired at 2020-01-02/);
+  });
+
+  it('intermediate with critical name constraints (not evaluated, so not ignored)', () => {
+    const nc = ossl.intermediate(root, 'int-nc', { trustDomain: 'example.org', extra: ['nameConstraints = critical,permitted;URI:example.org'] });
+    const err = verifyError([ossl.leaf(nc, 'leaf-nc', { san: `URI:${ID}` }), nc.certDer]);
+    expect(err.message).toMatch(/intermediate certificate 1 .* critical extensions this broker does not process: 2\.5\.29\.30/);
   });
 
   it('intermediate of the other trust domain', () => {

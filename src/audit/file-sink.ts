@@ -18,9 +18,30 @@
  * torn tail from tampering and still report it. Damage beyond the last line
  * is not a crash artefact, so opening throws and the operator must run
  * `mayfly audit verify` and move the file aside.
+ *
+ * Rotation (optional, `maxBytes`): when the next record would push the file
+ * past the limit, the file becomes the segment `<path>.<last seq, 12
+ * digits>` and a new file starts. The chain continues across segments (the
+ * new file's first record links to the segment's last), so segments are
+ * verified together with `verifyAuditFiles(auditSegments(path))`. On reopen
+ * an empty or missing current file resumes from the newest segment.
  */
-import { closeSync, fchmodSync, fstatSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readSync, statSync, writeSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import {
+  closeSync,
+  fchmodSync,
+  fstatSync,
+  fsyncSync,
+  ftruncateSync,
+  linkSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readSync,
+  statSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import { isMayflyError, mayflyError } from '../core/errors.js';
 import { ChainedAuditSink, type ChainedSinkOptions } from './chain.js';
 import { GENESIS_HEAD, parseRecord, RESUME_EVENT, sha256Hex, type AuditRecord, type ChainHead } from './record.js';
@@ -37,6 +58,33 @@ export interface FileAuditSinkOptions extends ChainedSinkOptions {
   dataDir?: string;
   /** fsync after every record: survives power loss, costs a disk flush per request. Default false. */
   fsync?: boolean;
+  /** Rotate to a new segment when the file would exceed this many bytes. Default: never rotate. */
+  maxBytes?: number;
+}
+
+const SEGMENT_DIGITS = 12;
+
+/** Rotated segments of the log at `path`, oldest first, followed by `path` itself if it exists. */
+export function auditSegments(path: string): string[] {
+  const dir = dirname(path);
+  const prefix = basename(path) + '.';
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+  // Fixed-width seq suffix: lexicographic order is chain order.
+  const segs = names
+    .filter((n) => n.startsWith(prefix) && n.length === prefix.length + SEGMENT_DIGITS && /^\d+$/.test(n.slice(prefix.length)))
+    .sort()
+    .map((n) => join(dir, n));
+  return names.includes(basename(path)) ? [...segs, path] : segs;
+}
+
+function segmentPath(path: string, lastSeq: number): string {
+  return `${path}.${String(lastSeq).padStart(SEGMENT_DIGITS, '0')}`;
 }
 
 /** What reopening found at the end of an existing log. */
@@ -54,6 +102,7 @@ export class FileAuditSink extends ChainedAuditSink {
   readonly path: string;
   private fd: number;
   private readonly fsync: boolean;
+  private readonly maxBytes: number | undefined;
   /** Bytes known to be good; a failed write is truncated back to this so the next record starts on a fresh line. */
   private size: number;
   private dirty = false;
@@ -73,6 +122,7 @@ export class FileAuditSink extends ChainedAuditSink {
     super(options, tail.head);
     this.path = path;
     this.fsync = options.fsync ?? false;
+    this.maxBytes = options.maxBytes;
     try {
       this.fd = openSync(path, 'a', 0o600);
     } catch (err) {
@@ -104,7 +154,34 @@ export class FileAuditSink extends ChainedAuditSink {
   }
 
   protected append(_record: AuditRecord, line: string): void {
-    this.appendBytes(Buffer.from(line + '\n', 'utf8'));
+    const buf = Buffer.from(line + '\n', 'utf8');
+    if (this.maxBytes !== undefined && this.size > 0 && this.size + buf.length > this.maxBytes) this.rotate();
+    this.appendBytes(buf);
+  }
+
+  /** Moves the current file to its segment name and starts a new one; on failure the current file stays in use. */
+  private rotate(): void {
+    if (this.dirty) this.truncateToGood();
+    fsyncSync(this.fd);
+    const seg = segmentPath(this.path, this.head.seq);
+    // link+unlink rather than rename: link fails if the segment exists, so an old segment is never overwritten.
+    linkSync(this.path, seg);
+    let fd: number;
+    try {
+      unlinkSync(this.path);
+      fd = openSync(this.path, 'a', 0o600);
+    } catch (err) {
+      try {
+        linkSync(seg, this.path);
+      } catch {
+        // The current name may still exist (unlink failed); either way the segment link is undone next.
+      }
+      unlinkSync(seg);
+      throw err;
+    }
+    closeSync(this.fd);
+    this.fd = fd;
+    this.size = 0;
   }
 
   private appendBytes(buf: Buffer): void {
@@ -143,14 +220,37 @@ export class FileAuditSink extends ChainedAuditSink {
 
 /** Reads the end of an existing log and decides where the chain resumes. */
 function readTailState(path: string): TailState {
+  const base = segmentHead(path);
+  const state = readFileTail(path, base);
+  return state ?? { head: base, needsNewline: false };
+}
+
+/** Head of the newest rotated segment (genesis if none). A segment was closed cleanly, so any damage in it is refused. */
+function segmentHead(path: string): ChainHead {
+  const segs = auditSegments(path).filter((p) => p !== path);
+  const newest = segs[segs.length - 1];
+  if (newest === undefined) return { ...GENESIS_HEAD };
+  const state = readFileTail(newest, GENESIS_HEAD);
+  if (state === undefined || state.damaged !== undefined || state.needsNewline) {
+    throw mayflyError(
+      'ERR_INTERNAL',
+      `audit: segment ${newest} does not end with a valid record; run \`mayfly audit verify\` and move the damaged files aside`,
+      { path: newest },
+    );
+  }
+  return state.head;
+}
+
+/** Tail state of one file, or undefined if it is missing or empty. `base` is the head before the file's first line. */
+function readFileTail(path: string, base: ChainHead): TailState | undefined {
   let size: number;
   try {
     size = statSync(path).size;
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { head: { ...GENESIS_HEAD }, needsNewline: false };
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw err;
   }
-  if (size === 0) return { head: { ...GENESIS_HEAD }, needsNewline: false };
+  if (size === 0) return undefined;
   const n = Math.min(size, TAIL_WINDOW_BYTES);
   const tail = Buffer.alloc(n);
   const fd = openSync(path, 'r');
@@ -164,10 +264,10 @@ function readTailState(path: string): TailState {
   } finally {
     closeSync(fd);
   }
-  return analyzeTail(tail, n === size, path);
+  return analyzeTail(tail, n === size, path, base);
 }
 
-function analyzeTail(tail: Buffer, wholeFile: boolean, path: string): TailState {
+function analyzeTail(tail: Buffer, wholeFile: boolean, path: string, base: ChainHead): TailState {
   const refuse = (why: string) =>
     mayflyError(
       'ERR_INTERNAL',
@@ -184,7 +284,7 @@ function analyzeTail(tail: Buffer, wholeFile: boolean, path: string): TailState 
     // Only the newline was lost: the record itself is whole, so the chain continues from it.
     return { head: { seq: last.record.seq, hash: last.record.hash }, needsNewline: !terminated };
   }
-  let head: ChainHead = { ...GENESIS_HEAD };
+  let head: ChainHead = { ...base };
   if (lastNl !== -1) {
     const before = body.subarray(0, lastNl);
     const prevNl = before.lastIndexOf(0x0a);

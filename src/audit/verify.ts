@@ -27,9 +27,13 @@ export type VerifyAnchor = ChainHead;
 export interface VerifyOptions {
   /** The log must contain the record with exactly this seq and hash; detects tail truncation and suffix rewrites. */
   anchor?: VerifyAnchor;
+  /** Head before the first line, for a rotated segment verified on its own (default: genesis). */
+  start?: ChainHead;
 }
 
 export interface VerifyBreak {
+  /** File of the break, when several files were verified. */
+  file?: string;
   /** 1-based line number; for a log that ends too early, one past the last line. */
   line: number;
   seq?: number;
@@ -43,7 +47,7 @@ export interface VerifyResult {
   /** Last verified chain head. */
   head: ChainHead;
   /** Damaged lines acknowledged by an audit.resume record (line of the damaged line, seq of the resume record). */
-  resumes: Array<{ line: number; seq: number }>;
+  resumes: Array<{ line: number; seq: number; file?: string }>;
   firstBroken?: VerifyBreak;
 }
 
@@ -62,18 +66,44 @@ const READ_CHUNK = 1024 * 1024;
 export function verifyAuditLog(input: string | readonly string[], options: VerifyOptions = {}): VerifyResult {
   const src = typeof input === 'string' ? fileLines(input) : arrayLines(input);
   try {
-    return walk(src, options.anchor);
+    return walk(src, options.start ?? GENESIS_HEAD, options.anchor, true);
   } finally {
     // Closes the file when the walk stops at a break before the end.
     src.return(undefined);
   }
 }
 
-function walk(src: Generator<Line>, anchor: VerifyAnchor | undefined): VerifyResult {
-  let head: ChainHead = { ...GENESIS_HEAD };
+/** Verifies rotated segments and the current file (see auditSegments) as one chain, oldest first. */
+export function verifyAuditFiles(paths: readonly string[], options: VerifyOptions = {}): VerifyResult {
+  let head = options.start ?? GENESIS_HEAD;
+  let records = 0;
+  const resumes: VerifyResult['resumes'] = [];
+  for (let i = 0; i < paths.length; i++) {
+    const file = paths[i]!;
+    const src = fileLines(file);
+    let r: VerifyResult;
+    try {
+      r = walk(src, head, options.anchor, i === paths.length - 1);
+    } finally {
+      src.return(undefined);
+    }
+    records += r.records;
+    resumes.push(...r.resumes.map((x) => ({ ...x, file })));
+    head = r.head;
+    if (!r.ok) return { ok: false, records, head, resumes, firstBroken: { file, ...r.firstBroken! } };
+  }
+  if (paths.length === 0 && options.anchor !== undefined && options.anchor.seq > head.seq) {
+    return { ok: false, records, head, resumes, firstBroken: { line: 1, seq: head.seq + 1, reason: 'no audit log files, but an anchor was given' } };
+  }
+  return { ok: true, records, head, resumes };
+}
+
+function walk(src: Generator<Line>, start: ChainHead, anchor: VerifyAnchor | undefined, final: boolean): VerifyResult {
+  let head: ChainHead = { ...start };
   let records = 0;
   let lineNo = 0;
-  let anchorSeen = anchor === undefined || anchor.seq === 0;
+  // An anchor at or before `start` lies in an earlier file, already checked (or not checkable from here).
+  let anchorSeen = anchor === undefined || anchor.seq <= start.seq;
   const resumes: VerifyResult['resumes'] = [];
   const broken = (b: VerifyBreak): VerifyResult => ({ ok: false, records, head, resumes, firstBroken: b });
 
@@ -123,7 +153,7 @@ function walk(src: Generator<Line>, anchor: VerifyAnchor | undefined): VerifyRes
     }
     cur = next;
   }
-  if (!anchorSeen && anchor !== undefined) {
+  if (final && !anchorSeen && anchor !== undefined) {
     return broken({
       line: lineNo + 1,
       seq: head.seq + 1,
@@ -142,10 +172,11 @@ export function formatVerifyResult(r: VerifyResult): string {
   const resumed =
     r.resumes.length === 0
       ? ''
-      : `; ${r.resumes.length} damaged line(s) acknowledged by audit.resume at line ${r.resumes.map((x) => x.line).join(', ')}`;
+      : `; ${r.resumes.length} damaged line(s) acknowledged by audit.resume at ${r.resumes.map((x) => (x.file === undefined ? `line ${x.line}` : `${x.file}:${x.line}`)).join(', ')}`;
   if (r.ok) return `audit log OK: ${r.records} records, head seq ${r.head.seq} hash ${r.head.hash.slice(0, 16)}${resumed}`;
   const b = r.firstBroken!;
-  const at = b.seq === undefined ? `line ${b.line}` : `line ${b.line} (seq ${b.seq})`;
+  const where = b.file === undefined ? `line ${b.line}` : `${b.file}:${b.line}`;
+  const at = b.seq === undefined ? where : `${where} (seq ${b.seq})`;
   return `audit log BROKEN at ${at}: ${b.reason}; ${r.records} records verified before it${resumed}`;
 }
 

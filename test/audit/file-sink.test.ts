@@ -2,9 +2,9 @@ import { appendFileSync, closeSync, mkdtempSync, openSync, readFileSync, rmSync,
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { FileAuditSink } from '../../src/audit/file-sink.js';
+import { auditSegments, FileAuditSink } from '../../src/audit/file-sink.js';
 import { RESUME_EVENT, sha256Hex, type AuditRecord } from '../../src/audit/record.js';
-import { formatVerifyResult, verifyAuditLog } from '../../src/audit/verify.js';
+import { formatVerifyResult, verifyAuditFiles, verifyAuditLog } from '../../src/audit/verify.js';
 import { ManualClock } from '../../src/core/clock.js';
 import { isMayflyError } from '../../src/core/errors.js';
 
@@ -208,5 +208,68 @@ describe('FileAuditSink open errors', () => {
     } finally {
       rmSync(d, { recursive: true, force: true });
     }
+  });
+});
+
+describe('FileAuditSink rotation', () => {
+  let d: string;
+  let p: string;
+  beforeEach(() => {
+    d = mkdtempSync(join(tmpdir(), 'mayfly-audit-rot-'));
+    p = join(d, 'audit.log');
+  });
+  afterEach(() => rmSync(d, { recursive: true, force: true }));
+
+  function rotating(): FileAuditSink {
+    return new FileAuditSink({ path: p, brokerId: 'b1', clock: new ManualClock(), maxBytes: 2000 });
+  }
+
+  it('rotates into fixed-width segments that verify as one chain', async () => {
+    const sink = rotating();
+    writeN(sink, 60);
+    await sink.close();
+    const files = auditSegments(p);
+    expect(files.length).toBeGreaterThan(3);
+    expect(files[files.length - 1]).toBe(p);
+    expect(files[0]).toMatch(/audit\.log\.\d{12}$/);
+    for (const f of files) {
+      expect(statSync(f).size).toBeLessThanOrEqual(2000);
+      expect(statSync(f).mode & 0o777).toBe(0o600);
+    }
+    expect(verifyAuditFiles(files)).toMatchObject({ ok: true, records: 60, head: sink.chainHead() });
+    // A later segment alone starts mid-chain: it needs the previous segment's head.
+    const second = files[1]!;
+    expect(verifyAuditLog(second).firstBroken).toMatchObject({ line: 1, reason: /where 1 expected/ });
+    const firstHead = verifyAuditLog(files[0]!).head;
+    expect(verifyAuditLog(second, { start: firstHead }).ok).toBe(true);
+  });
+
+  it('detects a deleted segment and tail truncation with an anchor', async () => {
+    const sink = rotating();
+    writeN(sink, 60);
+    const anchor = sink.chainHead();
+    await sink.close();
+    const files = auditSegments(p);
+    const r = verifyAuditFiles([files[0]!, ...files.slice(2)]);
+    expect(r.ok).toBe(false);
+    expect(r.firstBroken).toMatchObject({ file: files[2], line: 1, reason: /deleted or reordered/ });
+    expect(formatVerifyResult(r)).toContain(`BROKEN at ${files[2]}:1`);
+    expect(verifyAuditFiles(files.slice(0, -1)).ok).toBe(true);
+    expect(verifyAuditFiles(files.slice(0, -1), { anchor }).firstBroken?.reason).toMatch(/records removed from the end/);
+    expect(verifyAuditFiles(files, { anchor }).ok).toBe(true);
+  });
+
+  it('resumes from the newest segment when the current file is missing', async () => {
+    let sink = rotating();
+    writeN(sink, 30);
+    await sink.close();
+    const segs = auditSegments(p).filter((f) => f !== p);
+    const segHead = verifyAuditLog(segs[segs.length - 1]!, { start: verifyAuditFiles(segs.slice(0, -1)).head }).head;
+    rmSync(p);
+    sink = rotating();
+    expect(sink.chainHead()).toEqual(segHead);
+    writeN(sink, 1, 30);
+    await sink.close();
+    expect(verifyAuditFiles(auditSegments(p)).ok).toBe(true);
   });
 });

@@ -67,15 +67,37 @@ export function canonicalJson(value: unknown): string {
   return out === undefined ? 'null' : out;
 }
 
+// Keys repeat across records; bounded so hostile key names cannot grow it forever.
+const quotedKeys = new Map<string, string>();
+
+function quoteKey(k: string): string {
+  let q = quotedKeys.get(k);
+  if (q === undefined) {
+    q = JSON.stringify(k);
+    if (quotedKeys.size < 4096) quotedKeys.set(k, q);
+  }
+  return q;
+}
+
+// Hand-rolled rather than map/join and JSON.stringify per primitive: this runs once per audit record on the request path.
 function canon(value: unknown): string | undefined {
-  if (value !== null && typeof value === 'object' && typeof (value as { toJSON?: unknown }).toJSON === 'function') {
-    value = (value as { toJSON: () => unknown }).toJSON();
+  if (value === null) return 'null';
+  switch (typeof value) {
+    case 'string':
+      return JSON.stringify(value);
+    case 'number':
+      // Same text as JSON.stringify (which also maps -0 to 0 and non-finite to null).
+      return Number.isFinite(value) ? String(value) : 'null';
+    case 'boolean':
+      return value ? 'true' : 'false';
+    case 'bigint':
+      return JSON.stringify(value.toString());
+    case 'object':
+      break;
+    default:
+      return undefined;
   }
-  if (value === null || typeof value !== 'object') {
-    if (typeof value === 'bigint') return JSON.stringify(value.toString());
-    return JSON.stringify(value);
-  }
-  // String concatenation rather than map/join: this runs once per audit record on the request path.
+  if (typeof (value as { toJSON?: unknown }).toJSON === 'function') return canon((value as { toJSON: () => unknown }).toJSON());
   if (Array.isArray(value)) {
     let out = '[';
     for (let i = 0; i < value.length; i++) {
@@ -84,13 +106,13 @@ function canon(value: unknown): string | undefined {
     }
     return out + ']';
   }
-  const keys = Object.keys(value).sort();
+  const keys = Object.keys(value as object).sort();
   let out = '{';
   let first = true;
   for (const k of keys) {
     const v = canon((value as Record<string, unknown>)[k]);
     if (v === undefined) continue;
-    out += (first ? '' : ',') + JSON.stringify(k) + ':' + v;
+    out += (first ? '' : ',') + quoteKey(k) + ':' + v;
     first = false;
   }
   return out + '}';

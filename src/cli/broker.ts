@@ -278,6 +278,16 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
         onJwksFetch: () => metrics.jwksFetches.inc({ source: 'http' }),
         onError,
         feedSubscribers: c.feed.subscribers,
+        admins: c.admins,
+        revokeKey: async (kid, ctx) => {
+          // Order matters: stop publishing and signing with the key, then revoke its tokens and tell the feed.
+          await keys.revoke(kid);
+          const ev = await store.revokeTokensByKid(kid, 'signing key revoked', clock.now());
+          feed!.publish(ev);
+          metrics.revocations.inc({ kind: 'key' });
+          audit.write({ event: 'key.revoke', outcome: 'success', request_id: ctx.requestId, identity: { id: ctx.identity.id }, kid, revoked_tokens: ev.jtis.length, active_kid: keys.active().info.kid });
+          return { revokedTokens: ev.jtis.length, activeKid: keys.active().info.kid };
+        },
       },
       h.host,
       h.port,

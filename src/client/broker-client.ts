@@ -52,7 +52,9 @@ export class BrokerClient {
       });
       creds = grpc.credentials.combineChannelCredentials(creds, callCreds);
     }
-    const host = o.address.slice(0, o.address.lastIndexOf(':')).replace(/^\[|\]$/g, '');
+    const rawHost = o.address.slice(0, o.address.lastIndexOf(':')).replace(/^\[|\]$/g, '');
+    // RFC 6066 forbids IP addresses as SNI; loopback brokers present a localhost certificate.
+    const host = rawHost === '127.0.0.1' || rawHost === '::1' ? 'localhost' : rawHost;
     this.client = new grpc.Client(o.address, creds, {
       'grpc.ssl_target_name_override': o.serverName ?? host,
       'grpc.default_authority': o.serverName ?? host,

@@ -46,6 +46,10 @@ export interface HttpServerDeps {
   onError?: (route: string, err: MayflyError, requestId: string) => void;
   feedSubscribers?: string[];
   feedHeartbeatMs?: number;
+  /** Identities allowed on /admin (exact ids). */
+  admins?: string[];
+  /** Emergency key revocation: revokes the key, its tokens, and publishes the change. */
+  revokeKey?: (kid: string, ctx: CallContext) => Promise<{ revokedTokens: number; activeKid: string }>;
 }
 
 export interface HttpListener {
@@ -325,6 +329,38 @@ export function buildHttpApp(deps: HttpServerDeps): FastifyInstance {
       return reply.send({});
     } catch (e) {
       return fail(reply, 'keyset.ack', req, e, false);
+    }
+  });
+
+  // Admin: key rotation on demand and emergency revocation (mTLS as a configured admin).
+  const admin = async (req: FastifyRequest, route: string): Promise<CallContext> => {
+    const ctx = await authenticate(req, route);
+    if (!(deps.admins ?? []).includes(ctx.identity.id) || ctx.identity.method === 'task-token') {
+      deps.audit.write({ event: 'auth.failure', outcome: 'denied', request_id: req.id, peer: ctx.peer, method: route, code: 'ERR_NOT_AUTHORIZED_CLIENT', identity: { id: ctx.identity.id } });
+      throw mayflyError('ERR_NOT_AUTHORIZED_CLIENT', `${ctx.identity.id} is not a configured admin`);
+    }
+    return ctx;
+  };
+  app.post('/admin/keys/rotate', async (req, reply) => {
+    try {
+      const ctx = await admin(req, 'keys.rotate');
+      await deps.keys.rotate();
+      deps.audit.write({ event: 'key.state', outcome: 'success', request_id: req.id, identity: { id: ctx.identity.id }, action: 'rotate requested' });
+      const next = deps.keys.list().find((k) => k.state === 'next');
+      return reply.send({ active_kid: deps.keys.active().info.kid, next_kid: next?.kid, promotion_blocked_since: deps.keys.promotionBlockedSince() });
+    } catch (e) {
+      return fail(reply, 'keys.rotate', req, e, false);
+    }
+  });
+  app.post('/admin/keys/:kid/revoke', async (req, reply) => {
+    try {
+      const ctx = await admin(req, 'keys.revoke');
+      if (!deps.revokeKey) throw mayflyError('ERR_UNAVAILABLE', 'key revocation is not wired');
+      const kid = v.text('kid', (req.params as { kid?: string }).kid, 128);
+      const r = await deps.revokeKey(kid, ctx);
+      return reply.send({ revoked_kid: kid, revoked_tokens: r.revokedTokens, active_kid: r.activeKid });
+    } catch (e) {
+      return fail(reply, 'keys.revoke', req, e, false);
     }
   });
 

@@ -60,11 +60,15 @@ const READ_CHUNK = 1024 * 1024;
 
 /**
  * Verifies an audit log given its path or its lines (a trailing empty
- * element, as left by `split('\n')`, is ignored). Returns the first broken
- * link; never throws for content problems, only when the file cannot be read.
+ * element, as left by `split('\n')`, is ignored). A string that is empty or
+ * contains a newline is taken as the log's content rather than a path (a
+ * non-empty log always ends with a newline); prefer the path, which streams
+ * and hashes damaged lines byte-exactly. Returns the first broken link;
+ * never throws for content problems, only when the file cannot be read.
  */
 export function verifyAuditLog(input: string | readonly string[], options: VerifyOptions = {}): VerifyResult {
-  const src = typeof input === 'string' ? fileLines(input) : arrayLines(input);
+  const src =
+    typeof input !== 'string' ? arrayLines(input) : input === '' || input.includes('\n') ? arrayLines(input.split('\n')) : fileLines(input);
   try {
     return walk(src, options.start ?? GENESIS_HEAD, options.anchor, true);
   } finally {

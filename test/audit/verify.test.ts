@@ -103,6 +103,12 @@ describe('verifyAuditLog', () => {
     });
   });
 
+  it('takes a string with newlines as log content, not a path', () => {
+    expect(verifyAuditLog(LOG.join('\n') + '\n')).toMatchObject({ ok: true, records: N });
+    expect(verifyAuditLog('')).toMatchObject({ ok: true, records: 0 });
+    expect(verifyAuditLog([LOG[1], LOG[0]].join('\n') + '\n').firstBroken).toMatchObject({ line: 1, seq: 2 });
+  });
+
   it('ignores the empty element left by split("\\n") and accepts an empty log', () => {
     expect(verifyAuditLog([...LOG.slice(0, 3), '']).ok).toBe(true);
     expect(verifyAuditLog([])).toMatchObject({ ok: true, records: 0 });

@@ -1,0 +1,453 @@
+#!/usr/bin/env node
+// `npm run bench`: throughput and latency of a real broker process, measured
+// from a separate load-generator process, against references taken in the
+// same run (no-op Ping = transport limit, raw ES256 sign/verify = crypto
+// limit, oidc-provider = peer). Prints markdown to stdout and writes the same
+// to bench/results/latest.md. Exits non-zero if anything fails to start or a
+// call errors; unmet targets only print ✗.
+//
+// Knobs (env): BENCH_WARMUP_S (2), BENCH_DURATION_S (8), BENCH_CONCURRENCY (64),
+// BENCH_CHANNELS (4), BENCH_TASKS (50), BENCH_SUBJECT_TOKENS (2000),
+// BENCH_SKIP_PEER=1, BENCH_KEEP=1 (keep the temp dir), BENCH_OUT (markdown path).
+import { execFileSync, fork, spawn } from 'node:child_process';
+import { createPrivateKey, generateKeyPairSync, randomBytes, sign as cryptoSign, verify as cryptoVerify } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpsServer } from 'node:https';
+import { connect, createServer as createNetServer } from 'node:net';
+import os from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const env = (k, d) => (process.env[k] !== undefined && process.env[k] !== '' ? Number(process.env[k]) : d);
+const WARMUP_MS = env('BENCH_WARMUP_S', 2) * 1000;
+const DURATION_MS = env('BENCH_DURATION_S', 8) * 1000;
+const CONCURRENCY = env('BENCH_CONCURRENCY', 64);
+const CHANNELS = env('BENCH_CHANNELS', 4);
+const OPEN_TASKS = env('BENCH_TASKS', 50);
+const SUBJECT_TOKENS = env('BENCH_SUBJECT_TOKENS', 2000);
+const HTTP_CONCURRENCY = env('BENCH_HTTP_CONCURRENCY', CONCURRENCY);
+const OUT = process.env.BENCH_OUT ?? join(ROOT, 'bench', 'results', 'latest.md');
+const WATCHDOG_MS = 235_000; // the whole bench must finish in < 4 minutes
+const AUDIENCE = 'demo-api'; // allowed for the dev workload by policies/default-rules.yaml
+const OIDC_AUDIENCE = 'bench-api';
+const SCOPES = ['read'];
+
+const log = (...a) => console.error('[bench]', ...a); // progress on stderr, results on stdout
+
+// ---------------------------------------------------------------- cleanup
+const children = new Set();
+let tmpDir = null;
+let cleanedUp = false;
+function cleanup() {
+  if (cleanedUp) return;
+  cleanedUp = true;
+  for (const c of children) {
+    if (c.exitCode === null && c.signalCode === null) {
+      try {
+        c.kill('SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+  }
+  if (tmpDir && !process.env.BENCH_KEEP) {
+    try {
+      rmSync(tmpDir, { recursive: true, force: true });
+    } catch {
+      /* best effort */
+    }
+  } else if (tmpDir) log(`kept ${tmpDir}`);
+}
+process.on('exit', cleanup);
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.on(sig, () => {
+    log(`${sig}: stopping`);
+    cleanup();
+    process.exit(130);
+  });
+}
+function die(msg) {
+  console.error(`\nBENCH FAILED: ${msg}`);
+  cleanup();
+  process.exit(1);
+}
+process.on('uncaughtException', (e) => die(e?.stack ?? String(e)));
+process.on('unhandledRejection', (e) => die(e?.stack ?? String(e)));
+setTimeout(() => die(`watchdog: the bench took longer than ${WATCHDOG_MS / 1000}s`), WATCHDOG_MS).unref();
+
+// ---------------------------------------------------------------- helpers
+function freePort() {
+  return new Promise((res, rej) => {
+    const s = createNetServer();
+    s.on('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => res(port));
+    });
+  });
+}
+
+function canConnect(port) {
+  return new Promise((res) => {
+    const sock = connect({ host: '127.0.0.1', port });
+    sock.once('connect', () => {
+      sock.destroy();
+      res(true);
+    });
+    sock.once('error', () => res(false));
+  });
+}
+
+function tail(file, n = 30) {
+  try {
+    return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-n).join('\n');
+  } catch {
+    return '(no output)';
+  }
+}
+
+async function waitForPorts(child, ports, logFile, what, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (child.exitCode !== null || child.signalCode !== null) die(`${what} exited (${child.exitCode ?? child.signalCode}) before listening:\n${tail(logFile)}`);
+    const ok = await Promise.all(ports.map(canConnect));
+    if (ok.every(Boolean)) return;
+    if (Date.now() > deadline) die(`${what} did not accept connections on ${ports.join(', ')} within ${timeoutMs / 1000}s:\n${tail(logFile)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+function startChild(what, args, logFile) {
+  const fd = openSync(logFile, 'a');
+  const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', fd, fd] });
+  children.add(child);
+  child.on('exit', (code, sig) => {
+    if (!child.expectedExit) die(`${what} exited unexpectedly (${code ?? sig}):\n${tail(logFile)}`);
+  });
+  return child;
+}
+
+async function stopChild(child) {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  child.expectedExit = true;
+  const done = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+  await done;
+  clearTimeout(t);
+  children.delete(child);
+}
+
+/** The load generator: a forked child with a small request/response protocol over IPC. */
+async function startLoadgen() {
+  const child = fork(join(ROOT, 'bench', 'loadgen.mjs'), [], { cwd: ROOT, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  children.add(child);
+  const waiting = new Map();
+  let nextId = 1;
+  child.on('exit', (code, sig) => {
+    if (!child.expectedExit) die(`load generator exited unexpectedly (${code ?? sig})`);
+  });
+  const ready = new Promise((res) => waiting.set(0, { res, rej: die }));
+  child.on('message', (m) => {
+    const w = waiting.get(m.id);
+    if (!w) return;
+    waiting.delete(m.id);
+    if (m.ok) w.res(m.result);
+    else w.rej(new Error(m.error));
+  });
+  await ready;
+  return {
+    child,
+    call(cmd, params = {}) {
+      const id = nextId++;
+      return new Promise((res, rej) => {
+        waiting.set(id, { res, rej });
+        child.send({ id, cmd, ...params });
+      });
+    },
+  };
+}
+
+/** Single-thread ops/s of fn, measured for `durationMs` after a short warm-up. */
+function opsPerSecond(fn, durationMs) {
+  const warmEnd = performance.now() + 300;
+  while (performance.now() < warmEnd) for (let i = 0; i < 50; i++) fn();
+  let n = 0;
+  const start = performance.now();
+  const end = start + durationMs;
+  let t;
+  do {
+    for (let i = 0; i < 50; i++) fn();
+    n += 50;
+    t = performance.now();
+  } while (t < end);
+  return n / ((t - start) / 1000);
+}
+
+const b64u = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+function signEs256(header, payload, key) {
+  const input = `${b64u(header)}.${b64u(payload)}`;
+  return `${input}.${cryptoSign('sha256', Buffer.from(input), { key, dsaEncoding: 'ieee-p1363' }).toString('base64url')}`;
+}
+
+const fmtInt = (x) => (Number.isFinite(x) ? Math.round(x).toLocaleString('en-US') : 'n/a');
+const fmtMs = (x) => (Number.isFinite(x) ? `${x.toFixed(x < 10 ? 2 : 1)} ms` : 'n/a');
+const pct = (x) => `${(x * 100).toFixed(0)}%`;
+const mark = (ok) => (ok === null ? 'n/a' : ok ? '✓' : '✗');
+
+// ---------------------------------------------------------------- main
+const startedAt = new Date();
+const failures = [];
+
+if (!existsSync(join(ROOT, 'dist', 'cli', 'main.js'))) {
+  log('dist/cli/main.js is missing: running npm run build');
+  execFileSync('npm', ['run', 'build'], { cwd: ROOT, stdio: ['ignore', 2, 2] });
+}
+const { issueServerCert } = await import(join(ROOT, 'dist', 'pki', 'dev-pki.js'));
+const { loadDevCa } = await import(join(ROOT, 'dist', 'cli', 'dev-init.js'));
+const YAML = (await import('yaml')).default;
+
+const machine = {
+  node: process.version,
+  platform: `${os.platform()} ${os.release()} ${os.arch()}`,
+  cpus: `${os.cpus().length} × ${os.cpus()[0]?.model?.trim() ?? 'unknown'}`,
+  loadavgBefore: os.loadavg(),
+};
+
+// (c) Raw ES256 with node:crypto, single thread, in this process, before any child runs.
+log('raw ES256 sign/verify (node:crypto, single thread)');
+const { privateKey: rawKey, publicKey: rawPub } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+const sampleInput = Buffer.from(
+  `${b64u({ alg: 'ES256', kid: 'k1', typ: 'JWT' })}.${b64u({ iss: 'https://localhost:8444', sub: 'spiffe://example.org/demo/workload', aud: 'demo-api', scope: 'read', tid: 'tsk_' + 'x'.repeat(22), jti: 'y'.repeat(22), iat: 1, exp: 2 })}`,
+);
+const sampleSig = cryptoSign('sha256', sampleInput, { key: rawKey, dsaEncoding: 'ieee-p1363' });
+const signsPerSec = opsPerSecond(() => cryptoSign('sha256', sampleInput, { key: rawKey, dsaEncoding: 'ieee-p1363' }), 2000);
+const verifiesPerSec = opsPerSecond(() => {
+  if (!cryptoVerify('sha256', sampleInput, { key: rawPub, dsaEncoding: 'ieee-p1363' }, sampleSig)) throw new Error('verify failed');
+}, 2000);
+const cryptoLimit = 1 / (1 / signsPerSec + 1 / verifiesPerSec);
+log(`signs/s ${fmtInt(signsPerSec)}, verifies/s ${fmtInt(verifiesPerSec)}`);
+
+// Dev setup in a temp dir.
+tmpDir = mkdtempSync(join(os.tmpdir(), 'mayfly-bench-'));
+log(`dev init in ${tmpDir}`);
+execFileSync(process.execPath, [join(ROOT, 'bin', 'mayfly.js'), 'dev', 'init', '--dir', tmpDir], { cwd: ROOT, stdio: ['ignore', 2, 2] });
+const ca = loadDevCa(tmpDir);
+const serverCert = issueServerCert(ca, { dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'], commonName: 'localhost', validDays: 2 });
+writeFileSync(join(tmpDir, 'bench-server.pem'), [serverCert.certPem, ...serverCert.chainPem].join(''));
+writeFileSync(join(tmpDir, 'bench-server.key'), serverCert.keyPem, { mode: 0o600 });
+
+// (e) A small HTTPS JWKS issuer (in this process; the broker fetches the JWKS once and caches it).
+const oidcKid = 'bench-oidc-1';
+const { privateKey: oidcKey, publicKey: oidcPub } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+const jwks = JSON.stringify({ keys: [{ ...oidcPub.export({ format: 'jwk' }), kid: oidcKid, alg: 'ES256', use: 'sig' }] });
+let jwksFetches = 0;
+const jwksServer = createHttpsServer({ cert: readFileSync(join(tmpDir, 'bench-server.pem')), key: readFileSync(join(tmpDir, 'bench-server.key')) }, (req, res) => {
+  if (req.url === '/jwks') {
+    jwksFetches++;
+    res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'max-age=3600' }).end(jwks);
+  } else if (req.url === '/.well-known/openid-configuration') {
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ issuer: oidcIssuer, jwks_uri: `${oidcIssuer}/jwks` }));
+  } else res.writeHead(404).end();
+});
+await new Promise((r) => jwksServer.listen(0, '127.0.0.1', r));
+jwksServer.unref();
+const oidcIssuer = `https://127.0.0.1:${jwksServer.address().port}`;
+
+// GitHub-Actions-shaped subject tokens, pre-minted (valid for an hour).
+const nowS = Math.floor(Date.now() / 1000);
+const subjectTokens = [];
+for (let i = 0; i < SUBJECT_TOKENS; i++) {
+  subjectTokens.push(
+    signEs256(
+      { alg: 'ES256', typ: 'JWT', kid: oidcKid },
+      {
+        iss: oidcIssuer,
+        aud: 'mayfly',
+        sub: 'repo:acme/api:ref:refs/heads/main',
+        jti: randomBytes(16).toString('hex'),
+        iat: nowS - 5,
+        nbf: nowS - 5,
+        exp: nowS + 3600,
+        ref: 'refs/heads/main',
+        sha: randomBytes(20).toString('hex'),
+        repository: 'acme/api',
+        repository_id: '123456789',
+        repository_owner: 'acme',
+        repository_owner_id: '1234567',
+        repository_visibility: 'private',
+        run_id: String(9_000_000_000 + i),
+        run_number: String(i + 1),
+        run_attempt: '1',
+        actor: 'octocat',
+        actor_id: '583231',
+        workflow: 'deploy',
+        workflow_ref: 'acme/api/.github/workflows/deploy.yml@refs/heads/main',
+        job_workflow_ref: 'acme/api/.github/workflows/deploy.yml@refs/heads/main',
+        event_name: 'push',
+        ref_type: 'branch',
+        ref_protected: 'true',
+        runner_environment: 'github-hosted',
+      },
+      oidcKey,
+    ),
+  );
+}
+const subjectTokensFile = join(tmpDir, 'subject-tokens.json');
+writeFileSync(subjectTokensFile, JSON.stringify(subjectTokens));
+
+// Broker config: add the bench issuer and a rule for it.
+const configFile = join(tmpDir, 'mayfly.yaml');
+const cfg = YAML.parseDocument(readFileSync(configFile, 'utf8'));
+cfg.set('oidc', { issuers: [{ name: 'bench', issuer: oidcIssuer, audiences: ['mayfly'], algorithms: ['ES256'], jwks_uri: `${oidcIssuer}/jwks`, ca_file: join(tmpDir, 'ca.pem') }] });
+writeFileSync(configFile, cfg.toString());
+const rulesFile = join(tmpDir, 'rules.yaml');
+const rules = YAML.parseDocument(readFileSync(rulesFile, 'utf8'));
+rules.get('rules').add(
+  rules.createNode({
+    name: 'bench-github-oidc',
+    description: 'Benchmark: the bench OIDC issuer (GitHub-shaped tokens) for acme/api.',
+    match: { oidc: { issuer: oidcIssuer, claims: { repository: 'acme/api' } } },
+    audiences: [OIDC_AUDIENCE],
+    scopes: ['read', 'write'],
+    max_ttl_seconds: 600,
+    max_task_ttl_seconds: 3600,
+  }),
+);
+writeFileSync(rulesFile, rules.toString());
+
+// Start the broker.
+const grpcPort = await freePort();
+const httpPort = await freePort();
+const brokerLog = join(tmpDir, 'broker.log');
+log(`starting broker (gRPC ${grpcPort}, HTTPS ${httpPort})`);
+const broker = startChild('broker', [join(ROOT, 'bin', 'mayfly.js'), 'serve', '--config', configFile, '--grpc-listen', `127.0.0.1:${grpcPort}`, '--http-listen', `127.0.0.1:${httpPort}`], brokerLog);
+await waitForPorts(broker, [grpcPort, httpPort], brokerLog, 'broker');
+
+const lg = await startLoadgen();
+await lg.call('init', {
+  grpc: { address: `127.0.0.1:${grpcPort}`, ca: join(tmpDir, 'ca.pem'), cert: join(tmpDir, 'workload.pem'), key: join(tmpDir, 'workload.key'), channels: CHANNELS },
+  subjectTokensFile,
+});
+await lg.call('prepareTasks', { count: OPEN_TASKS }).catch((e) => die(`could not pre-create ${OPEN_TASKS} tasks: ${e.message}\n${tail(brokerLog)}`));
+
+const base = { concurrency: CONCURRENCY, warmupMs: WARMUP_MS, durationMs: DURATION_MS, audience: AUDIENCE, scopes: SCOPES, tokenTtl: 300 };
+const results = {};
+async function scenario(name, label, params) {
+  log(`${label} …`);
+  const r = await lg.call('run', { ...base, scenario: name, ...params }).catch((e) => die(`${label}: ${e.message}\n${tail(brokerLog)}`));
+  if (r.errors > 0) failures.push(`${label}: ${r.errors} call(s) failed; first: ${r.firstError}`);
+  if (r.count === 0) failures.push(`${label}: no call completed in the measurement window`);
+  if (r.dropped > 0) failures.push(`${label}: ${r.dropped} arrival(s) dropped (more than the outstanding cap in flight)`);
+  log(`${label}: ${fmtInt(r.perSecond)}/s p50 ${fmtMs(r.p50)} p99 ${fmtMs(r.p99)} errors ${r.errors}`);
+  results[name] = r;
+  return r;
+}
+
+await scenario('ping', '(a) Ping', {});
+await scenario('issue', '(b) IssueToken on open tasks', {});
+await scenario('pair', '(b) BeginTask+IssueToken pairs', {});
+const halfRate = Math.max(1, results.issue.perSecond / 2);
+await scenario('issue-open', `(d) IssueToken open loop at ${fmtInt(halfRate)}/s`, { rate: halfRate });
+await scenario('exchange', '(e) token exchange over HTTPS', { concurrency: HTTP_CONCURRENCY, url: `https://127.0.0.1:${httpPort}/oauth2/token`, ca: join(tmpDir, 'ca.pem'), audience: OIDC_AUDIENCE, scopes: SCOPES, agents: 4 });
+const loadavgAfterBroker = os.loadavg();
+await stopChild(broker);
+
+// Peer reference: oidc-provider, same load generator, broker stopped.
+let peer = { note: null, result: null };
+if (process.env.BENCH_SKIP_PEER) peer.note = 'skipped (BENCH_SKIP_PEER)';
+else {
+  const peerPort = await freePort();
+  const peerLog = join(tmpDir, 'peer.log');
+  const clientId = 'bench-client';
+  const clientSecret = randomBytes(16).toString('hex');
+  const p = startChild('oidc-provider', [join(ROOT, 'bench', 'peer-oidc.mjs'), String(peerPort), join(tmpDir, 'bench-server.pem'), join(tmpDir, 'bench-server.key'), clientId, clientSecret], peerLog);
+  p.expectedExit = true; // a peer failure is reported as n/a, not fatal
+  const deadline = Date.now() + 20_000;
+  let up = false;
+  while (Date.now() < deadline && p.exitCode === null) {
+    if (await canConnect(peerPort)) {
+      up = true;
+      break;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  if (!up) peer.note = `n/a: oidc-provider did not start: ${tail(peerLog, 3).replace(/\n/g, ' ')}`;
+  else {
+    log('(e) peer: oidc-provider client_credentials …');
+    try {
+      const r = await lg.call('run', { ...base, scenario: 'peer', concurrency: HTTP_CONCURRENCY, url: `https://127.0.0.1:${peerPort}/token`, ca: join(tmpDir, 'ca.pem'), clientId, clientSecret, agents: 4 });
+      if (r.errors > 0 || r.count === 0) peer.note = `n/a: peer calls failed (${r.errors} errors; first: ${r.firstError})`;
+      else peer.result = r;
+      if (r.count > 0) log(`peer: ${fmtInt(r.perSecond)}/s p50 ${fmtMs(r.p50)} p99 ${fmtMs(r.p99)} errors ${r.errors}`);
+    } catch (e) {
+      peer.note = `n/a: ${e.message.split('\n')[0]}`;
+    }
+  }
+  await stopChild(p);
+}
+lg.child.expectedExit = true;
+lg.child.disconnect();
+
+// ---------------------------------------------------------------- report
+const r = results;
+const ping = r.ping.perSecond;
+const md = [];
+md.push(`# Mayfly benchmark`, '');
+md.push(`Run ${startedAt.toISOString()}. Broker (\`mayfly serve\`, dev config, sqlite store, file audit log) and load generator in separate processes on 127.0.0.1; ` +
+  `${CONCURRENCY} calls in flight over ${CHANNELS} BrokerClient instances (gRPC/mTLS with the dev workload SVID), ${HTTP_CONCURRENCY} keep-alive HTTPS sockets for token exchange; ` +
+  `${WARMUP_MS / 1000} s warm-up then ${DURATION_MS / 1000} s measured per scenario. Latency is per call (hrtime) as seen by the load generator.`, '');
+md.push('## Machine', '');
+md.push('| item | value |', '|---|---|');
+md.push(`| node | ${machine.node} |`);
+md.push(`| platform | ${machine.platform} |`);
+md.push(`| cpus | ${machine.cpus} |`);
+md.push(`| loadavg before (1/5/15 min) | ${machine.loadavgBefore.map((x) => x.toFixed(2)).join(' / ')} |`);
+md.push(`| loadavg after broker runs | ${loadavgAfterBroker.map((x) => x.toFixed(2)).join(' / ')} |`, '');
+
+md.push('## Measurements', '');
+md.push('| measurement | throughput | p50 | p99 | completed | errors |', '|---|---|---|---|---|---|');
+const row = (label, x, unit = 'calls/s') => md.push(`| ${label} | ${fmtInt(x.perSecond)} ${unit} | ${fmtMs(x.p50)} | ${fmtMs(x.p99)} | ${fmtInt(x.count)} | ${x.errors} |`);
+row('(a) Ping, no-op unary over mTLS', r.ping);
+row('(b) IssueToken on open tasks (50 tasks)', r.issue);
+row('(b) BeginTask+IssueToken pair (2 sequential calls)', r.pair, 'pairs/s');
+md.push(`| (b) tokens/s from pairs | ${fmtInt(r.pair.perSecond)} tokens/s | | | | |`);
+md.push(`| (d) IssueToken open loop at ${fmtInt(r['issue-open'].rate)}/s (50% of (b)); latency from scheduled send | ${fmtInt(r['issue-open'].perSecond)} calls/s | ${fmtMs(r['issue-open'].p50)} | ${fmtMs(r['issue-open'].p99)} | ${fmtInt(r['issue-open'].count)} | ${r['issue-open'].errors} |`);
+md.push(`| (d) same, latency from actual send | | ${fmtMs(r['issue-open'].serviceP50)} | ${fmtMs(r['issue-open'].serviceP99)} | | |`);
+row('(e) token exchange, POST /oauth2/token (OIDC ES256 subject token)', r.exchange, 'exchanges/s');
+if (peer.result) row('(e) peer: oidc-provider 9 client_credentials, ES256 JWT access token', peer.result, 'tokens/s');
+else md.push(`| (e) peer: oidc-provider 9 client_credentials | ${peer.note} | | | | |`);
+md.push(`| (c) raw ES256 sign, node:crypto, 1 thread | ${fmtInt(signsPerSec)} signs/s | | | | |`);
+md.push(`| (c) raw ES256 verify, node:crypto, 1 thread | ${fmtInt(verifiesPerSec)} verifies/s | | | | |`);
+md.push(`| (c) crypto limit for one exchange (1 verify + 1 sign): 1/(1/s+1/v) | ${fmtInt(cryptoLimit)} /s | | | | |`, '');
+
+md.push('## Targets', '');
+md.push('| measurement | value | vs reference | target | met |', '|---|---|---|---|---|');
+const issueRatio = r.issue.perSecond / ping;
+const pairRatio = r.pair.perSecond / ping;
+const exRatio = r.exchange.perSecond / cryptoLimit;
+md.push(`| Ping calls/s (transport limit, reference) | ${fmtInt(ping)} | — | — | — |`);
+md.push(`| IssueToken calls/s | ${fmtInt(r.issue.perSecond)} | ${pct(issueRatio)} of Ping | ≥ 70% of Ping | ${mark(issueRatio >= 0.7)} |`);
+md.push(`| BeginTask+IssueToken pairs/s | ${fmtInt(r.pair.perSecond)} | ${pct(pairRatio)} of Ping | ≥ 35% of Ping | ${mark(pairRatio >= 0.35)} |`);
+md.push(`| IssueToken p99 at 50% of peak (${fmtInt(r['issue-open'].rate)}/s) | ${fmtMs(r['issue-open'].p99)} | p50 ${fmtMs(r['issue-open'].p50)} | ≤ 10 ms | ${mark(r['issue-open'].p99 <= 10)} |`);
+md.push(`| exchanges/s vs crypto limit | ${fmtInt(r.exchange.perSecond)} | ${pct(exRatio)} of ${fmtInt(cryptoLimit)}/s | ≥ 50% of crypto limit | ${mark(exRatio >= 0.5)} |`);
+if (peer.result) {
+  const peerRatio = r.exchange.perSecond / peer.result.perSecond;
+  md.push(`| exchanges/s vs peer (oidc-provider) | ${fmtInt(r.exchange.perSecond)} | ${peerRatio.toFixed(2)}× of ${fmtInt(peer.result.perSecond)}/s | ≥ 1.5× peer | ${mark(peerRatio >= 1.5)} |`);
+} else md.push(`| exchanges/s vs peer (oidc-provider) | ${fmtInt(r.exchange.perSecond)} | ${peer.note} | ≥ 1.5× peer | n/a |`);
+md.push('');
+md.push('Notes:', '');
+md.push(`- grpc-js shares one subchannel (one HTTP/2 connection) between clients with identical options, so the ${CHANNELS} BrokerClient instances most likely multiplex over one TLS connection; BrokerClientOptions has no channel-options hook to force separate connections.`);
+md.push(`- The JWKS of the bench OIDC issuer was fetched ${jwksFetches} time(s); every exchange verifies its subject token (ES256) and signs a Mayfly token (ES256), and begins a task.`);
+md.push('- The peer does one ES256 sign per token and no subject-token verification; it runs after the broker is stopped, with the same load generator.');
+if (failures.length) md.push('', '**FAILURES**', '', ...failures.map((f) => `- ${f}`));
+md.push('');
+const text = md.join('\n');
+process.stdout.write(text + '\n');
+mkdirSync(dirname(OUT), { recursive: true });
+writeFileSync(OUT, text);
+log(`wrote ${OUT}`);
+if (failures.length) die(`${failures.length} failure(s):\n${failures.join('\n')}`);
+cleanup();
+process.exit(0);

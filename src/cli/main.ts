@@ -6,7 +6,8 @@ import { Command, Option } from 'commander';
 import { loadConfig, resolvePath } from '../config/load.js';
 import { DECISION_CONTRACT_VERSION, type DecisionInput } from '../core/decision.js';
 import { MayflyError } from '../core/errors.js';
-import { verifyAuditLog, formatVerifyResult } from '../audit/verify.js';
+import { verifyAuditFiles, formatVerifyResult } from '../audit/verify.js';
+import { auditSegments } from '../audit/file-sink.js';
 import { BrokerClient } from '../client/broker-client.js';
 import { BuiltinEngine } from '../policy/builtin.js';
 import { explain, formatExplanation } from '../policy/explain.js';
@@ -261,7 +262,8 @@ export function buildCli(): Command {
     .action((o: { config: string; file?: string }) => {
       const { config, baseDir } = loadConfig(o.config);
       const path = o.file ?? resolvePath(resolvePath(baseDir, config.data_dir), config.audit.file);
-      const r = verifyAuditLog(readFileSync(path, 'utf8'));
+      if (!existsSync(path)) throw new MayflyError('ERR_INVALID_ARGUMENT', `no audit log at ${path}`);
+      const r = verifyAuditFiles(auditSegments(path));
       console.log(formatVerifyResult(r));
       if (!r.ok) process.exitCode = 1;
     });

@@ -11,6 +11,7 @@ import type { Identity, TaskEndResult, TaskRecord, TokenRecord } from '../core/t
 import { buildClaims, type MayflyClaims } from '../tokens/claims.js';
 import { mintToken } from '../tokens/mint.js';
 import { verifyMayflyToken } from '../tokens/verify.js';
+import { inputDigest } from '../policy/digest.js';
 import type { CallContext, ServiceDeps } from './deps.js';
 import { IssuanceCounter } from './issuance-counter.js';
 import * as v from './validate.js';
@@ -448,7 +449,7 @@ export class BrokerService {
       engine: decision.engine,
       revision: decision.revision,
       source: decision.source,
-      input_sha256: createHash('sha256').update(JSON.stringify(input)).digest('hex'),
+      input_sha256: inputDigest(input),
       allow: decision.allow,
       reasons: decision.reasons,
       latency_us: decision.latencyUs,

@@ -1,0 +1,670 @@
+/**
+ * MayflyVerifier: what a relying party runs to accept Mayfly access tokens.
+ *
+ * - Signature and claims are checked by `verifyMayflyToken`, the same code the
+ *   broker runs on Introspect, so the SDK and the broker cannot disagree.
+ * - Keys come from the broker's JWKS over HTTPS (cached; an unknown kid causes
+ *   at most one refetch at a time, at most once per `minRefreshIntervalMs`)
+ *   and from the revocation feed, which pushes every key-set change.
+ * - Revocation comes from the broker's revocation feed (WatchRevocations):
+ *   ended tasks (a task event lists the task and all its descendants),
+ *   revoked tokens, revoked signing keys. The verifier subscribes from cursor
+ *   0 (snapshot), resubscribes from its last cursor after a disconnect (the
+ *   broker replays what was missed), and fails closed until the first
+ *   snapshot or replay has been processed, and again when the feed has been
+ *   silent for longer than `maxSilenceMs` (or falls back to Introspect).
+ * - Misuse it detects (a revoked token presented, a certificate-bound token
+ *   presented with another certificate, a single-use token replayed) is
+ *   reported to the broker, fire-and-forget.
+ *
+ * Once synchronized, verification is CPU-only: `verifySync` never waits.
+ */
+import { createHash, type KeyObject } from 'node:crypto';
+import { isMayflyError, MayflyError, mayflyError, type ErrorCode } from '../core/errors.js';
+import { systemClock } from '../core/clock.js';
+import type { Clock } from '../core/ports.js';
+import { backgroundRefreshDelayMs, createHttpsFetch, parseJwks, type FetchLike } from '../identity/jwks-source.js';
+import { b64u } from '../tokens/jws.js';
+import type { MayflyClaims } from '../tokens/claims.js';
+import { verifyMayflyToken } from '../tokens/verify.js';
+import { RevocationEvent_Kind, type IntrospectResponse, type RevocationEvent } from '../transport/gen/mayfly/v1/broker_pb.js';
+
+/** The part of BrokerClient the verifier uses (a BrokerClient fits). */
+export interface VerifierBrokerClient {
+  watchRevocations(
+    req: { cursor: number; subscriberId: string },
+    onEvent: (e: RevocationEvent) => void,
+    onEnd: (err: MayflyError | null) => void,
+  ): { cancel(): void };
+  ackKeySet(subscriberId: string, keysetVersion: string): Promise<unknown>;
+  reportMisuse(kind: string, tokenId: string, detail?: string): Promise<unknown>;
+  introspect(token: string): Promise<Pick<IntrospectResponse, 'active' | 'reason'>>;
+}
+
+export type MisuseKind = 'revoked_use' | 'cnf_mismatch' | 'replay';
+
+/** Things worth logging; the verifier itself never logs. */
+export type VerifierEvent =
+  | { type: 'feed.synchronized'; cursor: number; snapshot: boolean }
+  | { type: 'feed.disconnected'; error: MayflyError | null; retryInMs: number | null }
+  | { type: 'jwks.error'; error: MayflyError }
+  | { type: 'misuse'; kind: MisuseKind; jti: string; reported: boolean };
+
+export interface MayflyVerifierOptions {
+  /** Must equal the broker's configured `issuer` exactly. */
+  issuer: string;
+  /** The audience(s) this relying party accepts (the token's `aud` must be one of them). */
+  audience: string | readonly string[];
+  jwks: {
+    /** The broker's JWKS URL, e.g. https://broker:8444/.well-known/jwks.json. */
+    url: string;
+    /** PEM CA for the broker's HTTPS certificate (default: the system roots). */
+    ca?: string | Buffer | Array<string | Buffer>;
+    /** Unknown kids refetch at most this often (default 30 s). */
+    minRefreshIntervalMs?: number;
+    /** Bound on one fetch (default 3 s). */
+    timeoutMs?: number;
+    /** Injected fetch (tests, custom transports); `ca` is ignored when given. */
+    fetchImpl?: FetchLike;
+  };
+  /** The revocation feed. Without it, only signature, claims and local replay checks apply. */
+  feed?: {
+    client: VerifierBrokerClient;
+    /** Stable id of this verifier instance (key-set acknowledgements, feed lag). */
+    subscriberId: string;
+    /** Longest tolerated silence (no event and no heartbeat), ms (default 15 000; must exceed the broker's heartbeat). */
+    maxSilenceMs?: number;
+    /** What to do once the feed is silent for too long (default fail-closed). */
+    onSilence?: 'fail-closed' | 'introspect';
+    /** How long `verify` waits for a resubscription to finish its replay before judging staleness (default 1 000 ms). */
+    syncWaitMs?: number;
+    /** How long `start()` waits for the first snapshot (default 10 000 ms). */
+    startTimeoutMs?: number;
+    /** Reconnect backoff bounds, ms (default 100 → 5 000, with jitter). */
+    backoff?: { initialMs?: number; maxMs?: number };
+  };
+  /** Tolerance for exp/nbf, seconds (default 60). */
+  clockSkewSeconds?: number;
+  clock?: Clock;
+  /** Remember the jti of single-use tokens to reject a second presentation (default true). */
+  replayCache?: boolean;
+  /**
+   * How long a revoked task id or jti is kept, ms (default 1 h + skew). Must be
+   * at least the broker's `tokens.max_ttl_seconds`: any token of a task was
+   * issued before the task ended, so it expires within that time of the event.
+   */
+  revocationRetentionMs?: number;
+  /** Reject certificate-bound (cnf) tokens when no client certificate is passed to verify (default false). */
+  requireCertificateBinding?: boolean;
+  /** Report detected misuse to the broker (default true; needs `feed.client`). */
+  reportMisuse?: boolean;
+  onEvent?: (e: VerifierEvent) => void;
+}
+
+export interface VerifyOptions {
+  /** Scopes the request needs; all must be granted (ERR_SCOPE_DENIED otherwise). */
+  requiredScopes?: readonly string[];
+  /**
+   * DER of the client's leaf certificate when this service terminates mTLS
+   * (`tlsSocket.getPeerCertificate().raw`). A certificate-bound token (cnf
+   * x5t#S256, RFC 8705) must be presented with the certificate it is bound to.
+   */
+  clientCertDer?: Buffer;
+  /** Treat the token as single-use even if it does not carry mayfly.single_use. */
+  singleUse?: boolean;
+}
+
+export interface VerifierStats {
+  started: boolean;
+  /** The feed has delivered a snapshot or a replay since start. */
+  synchronized: boolean;
+  connected: boolean;
+  catchingUp: boolean;
+  cursor: number;
+  /** Ms since the last feed message (event or heartbeat); null without a feed or before the first one. */
+  silenceMs: number | null;
+  keysetVersion: string;
+  keys: number;
+  revokedTasks: number;
+  revokedTokens: number;
+  revokedKeys: number;
+  replayEntries: number;
+  accepted: number;
+  rejected: Partial<Record<ErrorCode, number>>;
+  feedMessages: number;
+  reconnects: number;
+  jwksFetches: number;
+  jwksErrors: number;
+  misuseReports: number;
+  introspections: number;
+}
+
+const DEFAULT_RETENTION_MS = 3_600_000;
+/** The broker ends a replay with a key-set message whose reason is this (src/service/feed.ts). */
+const REPLAY_END_REASON = 'current';
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
+
+/** base64url(SHA-256(DER)): the RFC 8705 x5t#S256 certificate thumbprint. */
+export function certificateThumbprint(der: Buffer): string {
+  return b64u(createHash('sha256').update(der).digest());
+}
+
+export class MayflyVerifier {
+  private readonly clock: Clock;
+  private readonly skew: number;
+  private readonly retentionMs: number;
+  private readonly fetchImpl: FetchLike;
+  private readonly minRefreshMs: number;
+  private readonly jwksTimeoutMs: number;
+
+  private jwksKeys = new Map<string, KeyObject>();
+  private feedKeys = new Map<string, KeyObject>();
+  private keysetVersion = '';
+  /** id → time after which the entry can be dropped. */
+  private readonly revokedTasks = new Map<string, number>();
+  private readonly revokedJtis = new Map<string, number>();
+  private readonly revokedKids = new Map<string, number>();
+  private readonly seenSingleUse = new Map<string, number>();
+  private readonly reported = new Set<string>();
+
+  private jwksInFlight: Promise<void> | null = null;
+  private lastJwksAttempt = -Infinity;
+  private jwksTimer: NodeJS.Timeout | null = null;
+  private pruneTimer: NodeJS.Timeout | null = null;
+
+  private started = false;
+  private closed = false;
+  private cursor = 0;
+  private synchronized = false;
+  private lastHeardAt: number | null = null;
+  private call: { cancel(): void } | null = null;
+  private generation = 0;
+  private suspended = false;
+  private catchingUp = false;
+  private catchUpWaiters: Array<() => void> = [];
+  private reconnectTimer: NodeJS.Timeout | null = null;
+  private backoffMs: number;
+
+  private readonly counters = { accepted: 0, feedMessages: 0, reconnects: 0, jwksFetches: 0, jwksErrors: 0, misuseReports: 0, introspections: 0 };
+  private readonly rejected: Partial<Record<ErrorCode, number>> = {};
+
+  constructor(private readonly o: MayflyVerifierOptions) {
+    if (!o.issuer) throw mayflyError('ERR_CONFIG_INVALID', 'MayflyVerifier: issuer is required', { field: 'issuer' });
+    if (!o.audience || (typeof o.audience !== 'string' && o.audience.length === 0)) throw mayflyError('ERR_CONFIG_INVALID', 'MayflyVerifier: audience is required', { field: 'audience' });
+    if (!o.jwks?.url) throw mayflyError('ERR_CONFIG_INVALID', 'MayflyVerifier: jwks.url is required', { field: 'jwks.url' });
+    this.clock = o.clock ?? systemClock;
+    this.skew = o.clockSkewSeconds ?? 60;
+    this.retentionMs = o.revocationRetentionMs ?? DEFAULT_RETENTION_MS + this.skew * 1000;
+    this.fetchImpl = o.jwks.fetchImpl ?? createHttpsFetch(o.jwks.ca !== undefined ? { ca: o.jwks.ca } : {});
+    this.minRefreshMs = o.jwks.minRefreshIntervalMs ?? 30_000;
+    this.jwksTimeoutMs = o.jwks.timeoutMs ?? 3000;
+    this.backoffMs = o.feed?.backoff?.initialMs ?? 100;
+  }
+
+  /**
+   * Fetches the JWKS and subscribes to the feed. Resolves once keys are known
+   * and (with a feed) the first snapshot has been processed. Rejects with
+   * ERR_UNAVAILABLE if that takes longer than `feed.startTimeoutMs`; the
+   * verifier keeps retrying in the background either way (call close()).
+   */
+  async start(): Promise<void> {
+    if (this.closed) throw mayflyError('ERR_UNAVAILABLE', 'verifier is closed');
+    if (this.started) return;
+    this.started = true;
+    this.pruneTimer = setInterval(() => this.prune(), 30_000);
+    this.pruneTimer.unref();
+    if (this.o.feed) this.connect();
+    let jwksError: unknown = null;
+    try {
+      await this.refreshJwks(true);
+    } catch (e) {
+      jwksError = e;
+    }
+    if (this.o.feed) {
+      const timeout = this.o.feed.startTimeoutMs ?? 10_000;
+      const deadline = this.clock.now() + timeout;
+      while (!this.synchronized && !this.closed && this.clock.now() < deadline) await this.waitCatchUp(Math.max(1, deadline - this.clock.now()));
+      if (!this.synchronized) throw mayflyError('ERR_UNAVAILABLE', `revocation feed not synchronized within ${timeout} ms`);
+      // The snapshot carries the key set, so a failed JWKS fetch is not fatal here.
+      return;
+    }
+    if (jwksError) throw jwksError;
+  }
+
+  /**
+   * Verifies a token: signature (kid from JWKS or the feed), typ, iss, aud,
+   * exp/nbf, revocation (task, token, key), certificate binding, scopes and
+   * single use. Returns the claims or throws a MayflyError.
+   */
+  async verify(token: string, options: VerifyOptions = {}): Promise<MayflyClaims> {
+    try {
+      if (this.catchingUp && this.synchronized) await this.waitCatchUp(this.o.feed?.syncWaitMs ?? 1000);
+      const mode = this.gate();
+      let claims: MayflyClaims;
+      try {
+        claims = this.check(token, options, mode === 'introspect');
+      } catch (e) {
+        if (!isMayflyError(e, 'ERR_KEY_UNKNOWN') || !this.mayRefresh()) throw e;
+        await this.refreshJwks(false).catch(() => undefined);
+        claims = this.check(token, options, mode === 'introspect');
+      }
+      if (mode === 'introspect') {
+        await this.introspect(token, claims);
+        this.finish(claims, options);
+      }
+      this.counters.accepted++;
+      return claims;
+    } catch (e) {
+      throw this.countRejection(e);
+    }
+  }
+
+  /**
+   * Synchronous verification: never waits and never fetches. An unknown kid
+   * throws ERR_KEY_UNKNOWN (and starts a background JWKS refresh); a silent
+   * feed throws ERR_UNAVAILABLE even with onSilence 'introspect'.
+   */
+  verifySync(token: string, options: VerifyOptions = {}): MayflyClaims {
+    try {
+      if (this.gate() === 'introspect') throw mayflyError('ERR_UNAVAILABLE', 'revocation feed is silent; only the asynchronous verify can fall back to Introspect');
+      let claims: MayflyClaims;
+      try {
+        claims = this.check(token, options, false);
+      } catch (e) {
+        if (isMayflyError(e, 'ERR_KEY_UNKNOWN') && this.mayRefresh()) void this.refreshJwks(false).catch(() => undefined);
+        throw e;
+      }
+      this.counters.accepted++;
+      return claims;
+    } catch (e) {
+      throw this.countRejection(e);
+    }
+  }
+
+  stats(): VerifierStats {
+    const now = this.clock.now();
+    return {
+      started: this.started,
+      synchronized: this.synchronized,
+      connected: this.call !== null,
+      catchingUp: this.catchingUp,
+      cursor: this.cursor,
+      silenceMs: this.o.feed && this.lastHeardAt !== null ? now - this.lastHeardAt : null,
+      keysetVersion: this.keysetVersion,
+      keys: new Set([...this.jwksKeys.keys(), ...this.feedKeys.keys()]).size,
+      revokedTasks: this.revokedTasks.size,
+      revokedTokens: this.revokedJtis.size,
+      revokedKeys: this.revokedKids.size,
+      replayEntries: this.seenSingleUse.size,
+      accepted: this.counters.accepted,
+      rejected: { ...this.rejected },
+      feedMessages: this.counters.feedMessages,
+      reconnects: this.counters.reconnects,
+      jwksFetches: this.counters.jwksFetches,
+      jwksErrors: this.counters.jwksErrors,
+      misuseReports: this.counters.misuseReports,
+      introspections: this.counters.introspections,
+    };
+  }
+
+  /** Stops the feed subscription and timers. The BrokerClient is the caller's to close. */
+  close(): void {
+    this.closed = true;
+    this.dropCall();
+    for (const t of [this.reconnectTimer, this.jwksTimer, this.pruneTimer]) if (t) clearTimeout(t);
+    this.reconnectTimer = this.jwksTimer = this.pruneTimer = null;
+    this.releaseWaiters();
+  }
+
+  /**
+   * Operations/testing hook: drops the feed subscription and does not
+   * reconnect until `resumeFeed()`. While suspended the verifier keeps
+   * accepting tokens until the silence limit, exactly as during an outage.
+   */
+  suspendFeed(): void {
+    this.suspended = true;
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
+    this.dropCall();
+  }
+
+  /** Resubscribes from the last cursor; `verify` waits (up to syncWaitMs) for the replay. */
+  resumeFeed(): void {
+    if (!this.suspended) return;
+    this.suspended = false;
+    this.connect();
+  }
+
+  /** Drops revocation and replay entries whose coverage is past (also runs every 30 s). */
+  prune(): void {
+    const now = this.clock.now();
+    for (const m of [this.revokedTasks, this.revokedJtis, this.revokedKids, this.seenSingleUse]) {
+      for (const [k, until] of m) if (until <= now) m.delete(k);
+    }
+    if (this.reported.size > 10_000) this.reported.clear();
+  }
+
+  // ---- verification ----
+
+  /** Fails closed before the first sync and after too long a silence; 'introspect' when that is the fallback. */
+  private gate(): 'ok' | 'introspect' {
+    if (this.closed) throw mayflyError('ERR_UNAVAILABLE', 'verifier is closed');
+    const feed = this.o.feed;
+    if (!feed) return 'ok';
+    if (!this.synchronized) throw mayflyError('ERR_UNAVAILABLE', 'revocation feed not yet synchronized');
+    const silence = this.clock.now() - (this.lastHeardAt ?? 0);
+    const limit = feed.maxSilenceMs ?? 15_000;
+    if (silence > limit) {
+      if (feed.onSilence === 'introspect') return 'introspect';
+      throw mayflyError('ERR_UNAVAILABLE', `revocation feed silent for ${silence} ms (limit ${limit} ms); failing closed`, { silence_ms: silence });
+    }
+    return 'ok';
+  }
+
+  /** CPU-only checks in a fixed order: signature/claims, revocation, binding, scopes, replay. */
+  private check(token: string, options: VerifyOptions, deferReplay: boolean): MayflyClaims {
+    const now = this.clock.now();
+    const { claims } = verifyMayflyToken(token, (kid) => this.resolveKey(kid), {
+      issuer: this.o.issuer,
+      audience: this.o.audience,
+      now,
+      clockSkewSeconds: this.skew,
+    });
+    // Revocation before scopes, so a revoked token is always recognized (and reported) as such.
+    const parent = typeof claims.mayfly?.parent_tid === 'string' ? claims.mayfly.parent_tid : null;
+    if (this.revokedJtis.has(claims.jti) || this.revokedTasks.has(claims.tid) || (parent !== null && this.revokedTasks.has(parent))) {
+      this.misuse('revoked_use', claims.jti, `task ${claims.tid}`);
+      throw mayflyError('ERR_TOKEN_REVOKED', 'token has been revoked (its task ended or the token was revoked)', { jti: claims.jti });
+    }
+    const bound = claims.cnf?.['x5t#S256'];
+    if (bound !== undefined) {
+      if (options.clientCertDer) {
+        if (certificateThumbprint(options.clientCertDer) !== bound) {
+          this.misuse('cnf_mismatch', claims.jti, 'x5t#S256 does not match the presented certificate');
+          throw mayflyError('ERR_JWT_INVALID', 'certificate-bound token presented with a different certificate', { jti: claims.jti });
+        }
+      } else if (this.o.requireCertificateBinding) {
+        throw mayflyError('ERR_JWT_INVALID', 'certificate-bound token presented without a client certificate', { jti: claims.jti });
+      }
+    }
+    if (options.requiredScopes && options.requiredScopes.length > 0) {
+      const have = new Set(claims.scope.split(' ').filter(Boolean));
+      const missing = options.requiredScopes.filter((s) => !have.has(s));
+      if (missing.length > 0) throw mayflyError('ERR_SCOPE_DENIED', `token lacks required scope(s): ${missing.join(' ')}`);
+    }
+    if (!deferReplay) this.finish(claims, options);
+    return claims;
+  }
+
+  /** The single-use check, last so only a token that passed everything else consumes its jti. */
+  private finish(claims: MayflyClaims, options: VerifyOptions): void {
+    const singleUse = options.singleUse === true || claims.mayfly?.single_use === true;
+    if (!singleUse || this.o.replayCache === false) return;
+    if (this.seenSingleUse.has(claims.jti)) {
+      this.misuse('replay', claims.jti, 'single-use token presented again');
+      throw mayflyError('ERR_TOKEN_REPLAYED', 'single-use token was already used', { jti: claims.jti });
+    }
+    this.seenSingleUse.set(claims.jti, (claims.exp + this.skew) * 1000 + 1000);
+  }
+
+  private resolveKey(kid: string): KeyObject | undefined {
+    if (this.revokedKids.has(kid)) throw mayflyError('ERR_TOKEN_REVOKED', 'token was signed by a revoked key', { kid });
+    return this.feedKeys.get(kid) ?? this.jwksKeys.get(kid);
+  }
+
+  private async introspect(token: string, claims: MayflyClaims): Promise<void> {
+    const client = this.o.feed?.client;
+    if (!client) throw mayflyError('ERR_UNAVAILABLE', 'no broker client to introspect with');
+    this.counters.introspections++;
+    let res: Pick<IntrospectResponse, 'active' | 'reason'>;
+    try {
+      res = await client.introspect(token);
+    } catch (e) {
+      throw mayflyError('ERR_UNAVAILABLE', `revocation feed is silent and Introspect failed: ${(e as Error).message}`, undefined, e);
+    }
+    if (res.active) return;
+    // The broker records a revoked token presented to Introspect as misuse itself.
+    switch (res.reason) {
+      case 'revoked':
+        this.revokedJtis.set(claims.jti, this.clock.now() + this.retentionMs);
+        throw mayflyError('ERR_TOKEN_REVOKED', 'token has been revoked (per Introspect)', { jti: claims.jti });
+      case 'expired':
+        throw mayflyError('ERR_JWT_EXPIRED', 'token is expired (per Introspect)');
+      case 'unknown_signer':
+        throw mayflyError('ERR_KEY_UNKNOWN', 'token was signed by a key the broker does not know (per Introspect)');
+      default:
+        throw mayflyError('ERR_JWT_INVALID', `token is not active (per Introspect: ${res.reason || 'no reason'})`);
+    }
+  }
+
+  private countRejection(e: unknown): MayflyError {
+    const err = MayflyError.from(e);
+    this.rejected[err.code] = (this.rejected[err.code] ?? 0) + 1;
+    return err;
+  }
+
+  private misuse(kind: MisuseKind, jti: string, detail: string): void {
+    const client = this.o.feed?.client;
+    const report = client !== undefined && this.o.reportMisuse !== false && !this.reported.has(`${kind}:${jti}`);
+    if (report) {
+      this.reported.add(`${kind}:${jti}`);
+      this.counters.misuseReports++;
+      void client.reportMisuse(kind, jti, detail).catch(() => undefined);
+    }
+    this.o.onEvent?.({ type: 'misuse', kind, jti, reported: report });
+  }
+
+  // ---- keys ----
+
+  private mayRefresh(): boolean {
+    return this.jwksInFlight !== null || this.clock.now() - this.lastJwksAttempt >= this.minRefreshMs;
+  }
+
+  /** Single-flight JWKS fetch; `force` ignores the rate limit (start, background refresh). */
+  private refreshJwks(force: boolean): Promise<void> {
+    if (this.jwksInFlight) return this.jwksInFlight;
+    if (!force && this.clock.now() - this.lastJwksAttempt < this.minRefreshMs) return Promise.resolve();
+    this.lastJwksAttempt = this.clock.now();
+    this.counters.jwksFetches++;
+    const p = this.fetchJwks()
+      .then((maxAge) => this.scheduleJwks(maxAge))
+      .catch((e: unknown) => {
+        const err = isMayflyError(e) ? e : mayflyError('ERR_UNAVAILABLE', `JWKS fetch from ${this.o.jwks.url} failed: ${(e as Error).message}`, undefined, e);
+        this.counters.jwksErrors++;
+        this.o.onEvent?.({ type: 'jwks.error', error: err });
+        this.scheduleJwks(null);
+        throw err;
+      })
+      .finally(() => {
+        this.jwksInFlight = null;
+      });
+    this.jwksInFlight = p;
+    return p;
+  }
+
+  private async fetchJwks(): Promise<string | null> {
+    const ac = new AbortController();
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        ac.abort();
+        reject(mayflyError('ERR_UNAVAILABLE', `JWKS fetch from ${this.o.jwks.url} timed out after ${this.jwksTimeoutMs} ms`));
+      }, this.jwksTimeoutMs);
+    });
+    try {
+      const res = await Promise.race([this.fetchImpl(this.o.jwks.url, { signal: ac.signal, headers: { accept: 'application/json' } }), timeout]);
+      if (!res.ok) throw mayflyError('ERR_UNAVAILABLE', `JWKS fetch from ${this.o.jwks.url} answered HTTP ${res.status}`);
+      const text = await Promise.race([res.text(), timeout]);
+      let doc: unknown;
+      try {
+        doc = JSON.parse(text);
+      } catch {
+        throw mayflyError('ERR_UNAVAILABLE', `JWKS from ${this.o.jwks.url} is not JSON`);
+      }
+      this.jwksKeys = this.keysOf(doc);
+      return res.headers.get('cache-control');
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private scheduleJwks(cacheControl: string | null): void {
+    if (this.closed) return;
+    if (this.jwksTimer) clearTimeout(this.jwksTimer);
+    this.jwksTimer = setTimeout(() => void this.refreshJwks(true).catch(() => undefined), backgroundRefreshDelayMs(cacheControl));
+    this.jwksTimer.unref();
+  }
+
+  private keysOf(doc: unknown): Map<string, KeyObject> {
+    const out = new Map<string, KeyObject>();
+    for (const [kid, entries] of parseJwks(doc, undefined, 'Mayfly JWKS')) {
+      if (this.revokedKids.has(kid)) continue;
+      const first = entries[0];
+      if (first) out.set(kid, first.key);
+    }
+    return out;
+  }
+
+  // ---- feed ----
+
+  private connect(): void {
+    const feed = this.o.feed;
+    if (!feed || this.closed || this.suspended) return;
+    const gen = ++this.generation;
+    this.catchingUp = true;
+    try {
+      this.call = feed.client.watchRevocations(
+        { cursor: this.cursor, subscriberId: feed.subscriberId },
+        (e) => {
+          if (gen === this.generation) this.onFeedEvent(e);
+        },
+        (err) => {
+          if (gen === this.generation) this.onFeedEnd(err);
+        },
+      );
+    } catch (e) {
+      this.onFeedEnd(MayflyError.from(e));
+    }
+  }
+
+  private dropCall(): void {
+    this.generation++;
+    const call = this.call;
+    this.call = null;
+    this.catchingUp = false;
+    this.releaseWaiters();
+    try {
+      call?.cancel();
+    } catch {
+      /* already gone */
+    }
+  }
+
+  private onFeedEnd(err: MayflyError | null): void {
+    this.call = null;
+    this.generation++;
+    this.catchingUp = false;
+    this.releaseWaiters();
+    if (this.closed || this.suspended) return;
+    const max = this.o.feed?.backoff?.maxMs ?? 5000;
+    const delay = Math.round(this.backoffMs * (0.5 + Math.random() / 2));
+    this.backoffMs = Math.min(max, this.backoffMs * 2);
+    this.o.onEvent?.({ type: 'feed.disconnected', error: err, retryInMs: delay });
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      this.counters.reconnects++;
+      this.connect();
+    }, delay);
+    this.reconnectTimer.unref();
+  }
+
+  private onFeedEvent(e: RevocationEvent): void {
+    const now = this.clock.now();
+    this.lastHeardAt = now;
+    this.counters.feedMessages++;
+    const until = now + this.retentionMs;
+    const cursor = Number(e.cursor);
+    switch (e.kind) {
+      case RevocationEvent_Kind.TASK:
+        for (const id of e.taskIds) this.revokedTasks.set(id, until);
+        for (const id of e.tokenIds) this.revokedJtis.set(id, until);
+        break;
+      case RevocationEvent_Kind.TOKEN:
+        for (const id of e.tokenIds) this.revokedJtis.set(id, until);
+        break;
+      case RevocationEvent_Kind.KEY:
+        if (e.kid) this.revokeKid(e.kid, until);
+        for (const id of e.tokenIds) this.revokedJtis.set(id, until);
+        if (e.jwksJson) this.applyKeySet(e.jwksJson, '');
+        break;
+      case RevocationEvent_Kind.KEYSET:
+        this.applyKeySet(e.jwksJson, e.kid);
+        if (e.reason === REPLAY_END_REASON) this.caughtUp(cursor, false);
+        break;
+      case RevocationEvent_Kind.SNAPSHOT:
+        for (const id of e.taskIds) this.revokedTasks.set(id, until);
+        for (const id of e.tokenIds) this.revokedJtis.set(id, until);
+        for (const kid of e.kids) this.revokeKid(kid, until);
+        this.applyKeySet(e.jwksJson, e.kid);
+        this.cursor = Math.max(this.cursor, cursor);
+        this.caughtUp(cursor, true);
+        return;
+      default:
+        // Heartbeats (and kinds this version does not know) only prove the feed is alive.
+        return;
+    }
+    this.cursor = Math.max(this.cursor, cursor);
+  }
+
+  private revokeKid(kid: string, until: number): void {
+    this.revokedKids.set(kid, Math.max(until, this.revokedKids.get(kid) ?? 0));
+    this.feedKeys.delete(kid);
+    this.jwksKeys.delete(kid);
+  }
+
+  /** Replaces the feed's key set and acknowledges its version (the broker's key-promotion gate). */
+  private applyKeySet(json: string, version: string): void {
+    if (!json) return;
+    try {
+      this.feedKeys = this.keysOf(JSON.parse(json));
+    } catch (e) {
+      this.o.onEvent?.({ type: 'jwks.error', error: mayflyError('ERR_UNAVAILABLE', `feed key set could not be parsed: ${(e as Error).message}`) });
+      return;
+    }
+    const feed = this.o.feed;
+    if (version && feed) {
+      this.keysetVersion = version;
+      void feed.client.ackKeySet(feed.subscriberId, version).catch(() => undefined);
+    }
+  }
+
+  private caughtUp(cursor: number, snapshot: boolean): void {
+    const first = !this.synchronized;
+    this.synchronized = true;
+    this.catchingUp = false;
+    this.backoffMs = this.o.feed?.backoff?.initialMs ?? 100;
+    this.releaseWaiters();
+    if (first || snapshot) this.o.onEvent?.({ type: 'feed.synchronized', cursor, snapshot });
+  }
+
+  private releaseWaiters(): void {
+    const w = this.catchUpWaiters;
+    this.catchUpWaiters = [];
+    for (const fn of w) fn();
+  }
+
+  /** Resolves when the current (re)subscription has caught up or ended, or after `ms`. */
+  private waitCatchUp(ms: number): Promise<void> {
+    if (!this.catchingUp) return this.o.feed && !this.synchronized && !this.closed ? sleep(Math.min(ms, 50)) : Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const t = setTimeout(done, ms);
+      t.unref();
+      function done() {
+        clearTimeout(t);
+        resolve();
+      }
+      this.catchUpWaiters.push(done);
+    });
+  }
+}

@@ -1,0 +1,194 @@
+/**
+ * X.509-SVID rules enforced on real mTLS connections: each malformed client
+ * certificate is refused with its exact code (UNAUTHENTICATED on the wire)
+ * and an auth.failure audit record; valid SVIDs from either trust domain,
+ * including an EC P-256 one made by the openssl CLI, are accepted.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadDevCa } from '../../src/cli/dev-init.js';
+import type { ErrorCode } from '../../src/core/errors.js';
+import { createDevCa, issueX509Svid, type DevCa, type SvidOptions } from '../../src/pki/dev-pki.js';
+import { OpensslPki, opensslDate } from '../helpers/openssl.js';
+import { codeOf, grpcCreds, rawUnary, startTestBroker, type TestBroker } from './helpers.js';
+
+let tb: TestBroker;
+let exampleCa: DevCa;
+let otherCa: DevCa;
+let leafKey: string;
+let ossl: OpensslPki;
+
+beforeAll(async () => {
+  otherCa = createDevCa({ trustDomain: 'other.org' });
+  tb = await startTestBroker({
+    configPatch: (cfg, dir) => {
+      writeFileSync(join(dir, 'other-ca.pem'), otherCa.certPem);
+      (cfg['trust_domains'] as Record<string, unknown>)['other.org'] = { bundle_file: 'other-ca.pem' };
+    },
+    extraRules: [
+      {
+        name: 'e2e-extra-workloads',
+        match: { spiffe: ['spiffe://other.org/x', 'spiffe://example.org/ec-workload', 'spiffe://example.org/good'] },
+        audiences: ['demo-api'],
+        scopes: ['read'],
+        max_ttl_seconds: 300,
+      },
+    ],
+  });
+  exampleCa = loadDevCa(tb.dir);
+  // Leaves never sign anything here; reusing one key saves an RSA keygen per certificate.
+  leafKey = readFileSync(join(tb.dir, 'workload.key'), 'utf8');
+  ossl = new OpensslPki();
+});
+
+afterAll(async () => {
+  ossl?.cleanup();
+  await tb?.stop();
+});
+
+function svid(ca: DevCa, opts: Omit<SvidOptions, 'keyPem'>): { cert: string; key: string } {
+  const s = issueX509Svid(ca, { keyPem: leafKey, ...opts });
+  return { cert: [s.certPem, ...s.chainPem.slice(1)].join(''), key: s.keyPem };
+}
+
+/** Begins a task with `cred`; returns the code of the refusal and the auth.failure record it left. */
+async function refusal(cred: { cert: string; key: string } | null): Promise<{ code: ErrorCode; audit: Record<string, unknown>[] }> {
+  const mark = tb.auditMark();
+  const client = tb.client(cred ?? { none: true });
+  const code = await codeOf(client.beginTask({ purpose: 'should not start' }));
+  const audit = tb.auditSince(mark).filter((r) => r['event'] === 'auth.failure');
+  return { code, audit };
+}
+
+describe('invalid X.509-SVIDs are refused on gRPC', () => {
+  const HOUR = 3600_000;
+  const cases: Array<{ name: string; code: ErrorCode; make: () => { cert: string; key: string } }> = [
+    { name: 'a CA certificate as leaf', code: 'ERR_SVID_INVALID', make: () => svid(exampleCa, { spiffeId: 'spiffe://example.org/ca-leaf', isCA: true }) },
+    { name: 'keyUsage without digitalSignature', code: 'ERR_SVID_INVALID', make: () => svid(exampleCa, { spiffeId: 'spiffe://example.org/no-ds', keyUsage: { keyEncipherment: true } }) },
+    { name: 'keyUsage with keyCertSign', code: 'ERR_SVID_INVALID', make: () => svid(exampleCa, { spiffeId: 'spiffe://example.org/kcs', keyUsage: { digitalSignature: true, keyCertSign: true } }) },
+    { name: 'no keyUsage at all', code: 'ERR_SVID_INVALID', make: () => svid(exampleCa, { spiffeId: 'spiffe://example.org/no-ku', keyUsage: null }) },
+    { name: 'EKU without clientAuth', code: 'ERR_SVID_INVALID', make: () => svid(exampleCa, { spiffeId: 'spiffe://example.org/server-only', extKeyUsage: { serverAuth: true } }) },
+    { name: 'two URI SANs', code: 'ERR_SVID_INVALID', make: () => svid(exampleCa, { spiffeId: 'spiffe://example.org/a', extraUris: ['spiffe://example.org/b'] }) },
+    { name: 'no URI SAN', code: 'ERR_SVID_INVALID', make: () => svid(exampleCa, { spiffeId: 'spiffe://example.org/none', uris: [], dnsNames: ['workload.example.org'] }) },
+    { name: 'trust-domain ID on a leaf', code: 'ERR_SVID_INVALID', make: () => svid(exampleCa, { spiffeId: 'spiffe://example.org' }) },
+    { name: 'uppercase trust domain', code: 'ERR_SPIFFE_ID_INVALID', make: () => svid(exampleCa, { spiffeId: 'spiffe://Example.org/x' }) },
+    { name: '".." path segment', code: 'ERR_SPIFFE_ID_INVALID', make: () => svid(exampleCa, { spiffeId: 'spiffe://example.org/a/../b' }) },
+    { name: 'query in the ID', code: 'ERR_SPIFFE_ID_INVALID', make: () => svid(exampleCa, { spiffeId: 'spiffe://example.org/x?admin=true' }) },
+    { name: 'not a spiffe URI', code: 'ERR_SPIFFE_ID_INVALID', make: () => svid(exampleCa, { spiffeId: 'https://example.org/x' }) },
+    { name: 'expired', code: 'ERR_SVID_INVALID', make: () => svid(exampleCa, { spiffeId: 'spiffe://example.org/expired', notBefore: new Date(Date.now() - 2 * HOUR), notAfter: new Date(Date.now() - HOUR) }) },
+    { name: 'not yet valid', code: 'ERR_SVID_INVALID', make: () => svid(exampleCa, { spiffeId: 'spiffe://example.org/future', notBefore: new Date(Date.now() + HOUR), notAfter: new Date(Date.now() + 2 * HOUR) }) },
+    { name: 'other.org ID signed by the example.org CA', code: 'ERR_SVID_INVALID', make: () => svid(exampleCa, { spiffeId: 'spiffe://other.org/x' }) },
+    { name: 'example.org ID signed by the other.org CA', code: 'ERR_SVID_INVALID', make: () => svid(otherCa, { spiffeId: 'spiffe://example.org/x' }) },
+    { name: 'ID of an unconfigured trust domain', code: 'ERR_SVID_INVALID', make: () => svid(exampleCa, { spiffeId: 'spiffe://unknown.org/x' }) },
+  ];
+
+  for (const c of cases) {
+    it(`${c.name} → ${c.code}`, async () => {
+      const { code, audit } = await refusal(c.make());
+      expect(code).toBe(c.code);
+      expect(audit).toHaveLength(1);
+      expect(audit[0]!['code']).toBe(c.code);
+      expect(audit[0]!['outcome']).toBe('denied');
+      expect(audit[0]!['method']).toBe('BeginTask');
+    });
+  }
+
+  it('a self-signed certificate (no chain to any bundle) → ERR_SVID_INVALID', async () => {
+    const rogue = createDevCa({ trustDomain: 'example.org', keyPem: leafKey });
+    expect((await refusal(svid(rogue, { spiffeId: 'spiffe://example.org/demo/workload' }))).code).toBe('ERR_SVID_INVALID');
+  });
+
+  it('no client certificate and no bearer → ERR_UNAUTHENTICATED, audited', async () => {
+    const { code, audit } = await refusal(null);
+    expect(code).toBe('ERR_UNAUTHENTICATED');
+    expect(audit.map((r) => r['code'])).toEqual(['ERR_UNAUTHENTICATED']);
+  });
+
+  it('the wire status of a refused SVID is UNAUTHENTICATED with the stable code in metadata', async () => {
+    const bad = svid(exampleCa, { spiffeId: 'spiffe://example.org/a', extraUris: ['spiffe://example.org/b'] });
+    const raw = new grpc.Client(tb.grpcAddr, grpc.credentials.createSsl(tb.ca, Buffer.from(bad.key), Buffer.from(bad.cert)), { 'grpc.ssl_target_name_override': 'localhost' });
+    try {
+      const r = await rawUnary(raw, '/mayfly.v1.Broker/Ping', Buffer.alloc(0));
+      expect(r.error?.code).toBe(grpc.status.UNAUTHENTICATED);
+      expect(r.error?.metadata.get('mayfly-error-code')[0]).toBe('ERR_SVID_INVALID');
+    } finally {
+      raw.close();
+    }
+  });
+});
+
+describe('valid SVIDs are accepted', () => {
+  it('a forge-made RSA SVID of example.org', async () => {
+    const c = tb.client(svid(exampleCa, { spiffeId: 'spiffe://example.org/good' }));
+    const t = await c.beginTask({ purpose: 'valid rsa svid' });
+    const tok = await c.issueToken({ taskId: t.taskId, audience: 'demo-api', scopes: ['read'] });
+    expect(tok.scopes).toEqual(['read']);
+  });
+
+  it('an other.org SVID signed by the other.org CA (second trust domain)', async () => {
+    const c = tb.client(svid(otherCa, { spiffeId: 'spiffe://other.org/x' }));
+    const t = await c.beginTask({ purpose: 'second trust domain' });
+    const tok = await c.issueToken({ taskId: t.taskId, audience: 'demo-api', scopes: ['read'] });
+    const claims = JSON.parse((await c.introspect(tok.token)).claimsJson) as Record<string, unknown>;
+    expect(claims['sub']).toBe('spiffe://other.org/x');
+  });
+
+  it('an EC P-256 SVID made by the openssl CLI and signed with the dev CA key', async () => {
+    const devCa = {
+      name: 'mayfly-dev-ca',
+      certPath: join(tb.dir, 'ca.pem'),
+      keyPath: join(tb.dir, 'ca.key'),
+      certPem: readFileSync(join(tb.dir, 'ca.pem'), 'utf8'),
+      certDer: Buffer.alloc(0),
+    };
+    const der = ossl.leaf(devCa, 'ec-workload', { san: 'URI:spiffe://example.org/ec-workload' });
+    const certPem = `-----BEGIN CERTIFICATE-----\n${der.toString('base64').replace(/(.{64})/g, '$1\n')}\n-----END CERTIFICATE-----\n`;
+    const keyPem = readFileSync(join(ossl.dir, 'ec-workload.key'), 'utf8');
+    expect(keyPem).toContain('BEGIN PRIVATE KEY');
+    const c = tb.client({ cert: certPem, key: keyPem });
+    const t = await c.beginTask({ purpose: 'openssl ec svid' });
+    const tok = await c.issueToken({ taskId: t.taskId, audience: 'demo-api', scopes: ['read'] });
+    const claims = JSON.parse((await c.introspect(tok.token)).claimsJson) as Record<string, unknown>;
+    expect(claims['sub']).toBe('spiffe://example.org/ec-workload');
+
+    // The same openssl path with an expired validity window is refused.
+    const expired = ossl.leaf(devCa, 'ec-expired', {
+      san: 'URI:spiffe://example.org/ec-workload',
+      startDate: opensslDate(Date.now() - 7200_000),
+      endDate: opensslDate(Date.now() - 3600_000),
+    });
+    const expiredPem = `-----BEGIN CERTIFICATE-----\n${expired.toString('base64').replace(/(.{64})/g, '$1\n')}\n-----END CERTIFICATE-----\n`;
+    expect((await refusal({ cert: expiredPem, key: readFileSync(join(ossl.dir, 'ec-expired.key'), 'utf8') })).code).toBe('ERR_SVID_INVALID');
+  });
+});
+
+describe('the HTTP listener applies the same SVID rules', () => {
+  it('introspection with an invalid client certificate → 400 invalid_grant naming ERR_SVID_INVALID, audited', async () => {
+    const bad = svid(exampleCa, { spiffeId: 'spiffe://example.org/ca-leaf', isCA: true });
+    writeFileSync(join(tb.dir, 'bad-http.pem'), bad.cert);
+    writeFileSync(join(tb.dir, 'bad-http.key'), bad.key);
+    const mark = tb.auditMark();
+    const r = await tb.http('/oauth2/introspect', { form: { token: 'x.y.z' }, cert: 'bad-http' });
+    expect(r.status).toBe(400);
+    expect(r.json).toMatchObject({ error: 'invalid_grant', mayfly_code: 'ERR_SVID_INVALID' });
+    const recs = tb.auditSince(mark).filter((x) => x['event'] === 'auth.failure');
+    expect(recs.map((x) => [x['method'], x['code']])).toEqual([['introspect', 'ERR_SVID_INVALID']]);
+  });
+
+  it('no certificate and no bearer on /v1/tasks/complete → 401 ERR_UNAUTHENTICATED', async () => {
+    const r = await tb.http('/v1/tasks/complete', { json: { task_id: 'AAAAAAAAAAAAAAAAAAAAAAAA' } });
+    expect(r.status).toBe(401);
+    expect(r.json).toMatchObject({ error: 'ERR_UNAUTHENTICATED' });
+  });
+
+  it('the raw credential helper still connects with the demo workload', async () => {
+    const raw = new grpc.Client(tb.grpcAddr, grpcCreds(tb), { 'grpc.ssl_target_name_override': 'localhost' });
+    try {
+      expect((await rawUnary(raw, '/mayfly.v1.Broker/Ping', Buffer.alloc(0))).error).toBeNull();
+    } finally {
+      raw.close();
+    }
+  });
+});

@@ -8,7 +8,9 @@
 //
 // Knobs (env): BENCH_WARMUP_S (2), BENCH_DURATION_S (8), BENCH_CONCURRENCY (64),
 // BENCH_CHANNELS (4), BENCH_TASKS (50), BENCH_SUBJECT_TOKENS (2000),
-// BENCH_SKIP_PEER=1, BENCH_KEEP=1 (keep the temp dir), BENCH_OUT (markdown path).
+// BENCH_SKIP_PEER=1, BENCH_KEEP=1 (keep the temp dir), BENCH_OUT (markdown path),
+// BENCH_PROFILE=<dir> (broker runs with --cpu-prof, profile written there on stop;
+// summarise with `node bench/profile-top.mjs <file.cpuprofile>`).
 import { execFileSync, fork, spawn } from 'node:child_process';
 import { createPrivateKey, generateKeyPairSync, randomBytes, sign as cryptoSign, verify as cryptoVerify } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -191,6 +193,23 @@ function signEs256(header, payload, key) {
   return `${input}.${cryptoSign('sha256', Buffer.from(input), { key, dsaEncoding: 'ieee-p1363' }).toString('base64url')}`;
 }
 
+/** utime+stime of a process in seconds (Linux /proc), or NaN. */
+let clkTck = 100;
+try {
+  clkTck = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+} catch {
+  /* default */
+}
+function cpuSeconds(pid) {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+    return (Number(rest[11]) + Number(rest[12])) / clkTck;
+  } catch {
+    return NaN;
+  }
+}
+
 const fmtInt = (x) => (Number.isFinite(x) ? Math.round(x).toLocaleString('en-US') : 'n/a');
 const fmtMs = (x) => (Number.isFinite(x) ? `${x.toFixed(x < 10 ? 2 : 1)} ms` : 'n/a');
 const pct = (x) => `${(x * 100).toFixed(0)}%`;
@@ -322,7 +341,8 @@ const grpcPort = await freePort();
 const httpPort = await freePort();
 const brokerLog = join(tmpDir, 'broker.log');
 log(`starting broker (gRPC ${grpcPort}, HTTPS ${httpPort})`);
-const broker = startChild('broker', [join(ROOT, 'bin', 'mayfly.js'), 'serve', '--config', configFile, '--grpc-listen', `127.0.0.1:${grpcPort}`, '--http-listen', `127.0.0.1:${httpPort}`], brokerLog);
+const profileArgs = process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${resolve(process.env.BENCH_PROFILE)}`] : [];
+const broker = startChild('broker', [...profileArgs, join(ROOT, 'bin', 'mayfly.js'), 'serve', '--config', configFile, '--grpc-listen', `127.0.0.1:${grpcPort}`, '--http-listen', `127.0.0.1:${httpPort}`], brokerLog);
 await waitForPorts(broker, [grpcPort, httpPort], brokerLog, 'broker');
 
 const lg = await startLoadgen();
@@ -336,11 +356,16 @@ const base = { concurrency: CONCURRENCY, warmupMs: WARMUP_MS, durationMs: DURATI
 const results = {};
 async function scenario(name, label, params) {
   log(`${label} …`);
+  const cpu0 = [cpuSeconds(broker.pid), cpuSeconds(lg.child.pid)];
+  const w0 = performance.now();
   const r = await lg.call('run', { ...base, scenario: name, ...params }).catch((e) => die(`${label}: ${e.message}\n${tail(brokerLog)}`));
+  const wall = (performance.now() - w0) / 1000;
+  r.brokerCpu = (cpuSeconds(broker.pid) - cpu0[0]) / wall;
+  r.loadgenCpu = (cpuSeconds(lg.child.pid) - cpu0[1]) / wall;
   if (r.errors > 0) failures.push(`${label}: ${r.errors} call(s) failed; first: ${r.firstError}`);
   if (r.count === 0) failures.push(`${label}: no call completed in the measurement window`);
   if (r.dropped > 0) failures.push(`${label}: ${r.dropped} arrival(s) dropped (more than the outstanding cap in flight)`);
-  log(`${label}: ${fmtInt(r.perSecond)}/s p50 ${fmtMs(r.p50)} p99 ${fmtMs(r.p99)} errors ${r.errors}`);
+  log(`${label}: ${fmtInt(r.perSecond)}/s p50 ${fmtMs(r.p50)} p99 ${fmtMs(r.p99)} errors ${r.errors} broker CPU ${pct(r.brokerCpu)} loadgen CPU ${pct(r.loadgenCpu)}`);
   results[name] = r;
   return r;
 }
@@ -377,7 +402,12 @@ else {
   else {
     log('(e) peer: oidc-provider client_credentials …');
     try {
+      const cpu0 = [cpuSeconds(p.pid), cpuSeconds(lg.child.pid)];
+      const w0 = performance.now();
       const r = await lg.call('run', { ...base, scenario: 'peer', concurrency: HTTP_CONCURRENCY, url: `https://127.0.0.1:${peerPort}/token`, ca: join(tmpDir, 'ca.pem'), clientId, clientSecret, agents: 4 });
+      const wall = (performance.now() - w0) / 1000;
+      r.brokerCpu = (cpuSeconds(p.pid) - cpu0[0]) / wall;
+      r.loadgenCpu = (cpuSeconds(lg.child.pid) - cpu0[1]) / wall;
       if (r.errors > 0 || r.count === 0) peer.note = `n/a: peer calls failed (${r.errors} errors; first: ${r.firstError})`;
       else peer.result = r;
       if (r.count > 0) log(`peer: ${fmtInt(r.perSecond)}/s p50 ${fmtMs(r.p50)} p99 ${fmtMs(r.p99)} errors ${r.errors}`);
@@ -407,20 +437,21 @@ md.push(`| loadavg before (1/5/15 min) | ${machine.loadavgBefore.map((x) => x.to
 md.push(`| loadavg after broker runs | ${loadavgAfterBroker.map((x) => x.toFixed(2)).join(' / ')} |`, '');
 
 md.push('## Measurements', '');
-md.push('| measurement | throughput | p50 | p99 | completed | errors |', '|---|---|---|---|---|---|');
-const row = (label, x, unit = 'calls/s') => md.push(`| ${label} | ${fmtInt(x.perSecond)} ${unit} | ${fmtMs(x.p50)} | ${fmtMs(x.p99)} | ${fmtInt(x.count)} | ${x.errors} |`);
+md.push('| measurement | throughput | p50 | p99 | completed | errors | server CPU | loadgen CPU |', '|---|---|---|---|---|---|---|---|');
+const cpus = (x) => `${pct(x.brokerCpu)} | ${pct(x.loadgenCpu)}`;
+const row = (label, x, unit = 'calls/s') => md.push(`| ${label} | ${fmtInt(x.perSecond)} ${unit} | ${fmtMs(x.p50)} | ${fmtMs(x.p99)} | ${fmtInt(x.count)} | ${x.errors} | ${cpus(x)} |`);
 row('(a) Ping, no-op unary over mTLS', r.ping);
 row('(b) IssueToken on open tasks (50 tasks)', r.issue);
 row('(b) BeginTask+IssueToken pair (2 sequential calls)', r.pair, 'pairs/s');
-md.push(`| (b) tokens/s from pairs | ${fmtInt(r.pair.perSecond)} tokens/s | | | | |`);
-md.push(`| (d) IssueToken open loop at ${fmtInt(r['issue-open'].rate)}/s (50% of (b)); latency from scheduled send | ${fmtInt(r['issue-open'].perSecond)} calls/s | ${fmtMs(r['issue-open'].p50)} | ${fmtMs(r['issue-open'].p99)} | ${fmtInt(r['issue-open'].count)} | ${r['issue-open'].errors} |`);
-md.push(`| (d) same, latency from actual send | | ${fmtMs(r['issue-open'].serviceP50)} | ${fmtMs(r['issue-open'].serviceP99)} | | |`);
+md.push(`| (b) tokens/s from pairs | ${fmtInt(r.pair.perSecond)} tokens/s | | | | | | |`);
+md.push(`| (d) IssueToken open loop at ${fmtInt(r['issue-open'].rate)}/s (50% of (b)); latency from scheduled send | ${fmtInt(r['issue-open'].perSecond)} calls/s | ${fmtMs(r['issue-open'].p50)} | ${fmtMs(r['issue-open'].p99)} | ${fmtInt(r['issue-open'].count)} | ${r['issue-open'].errors} | ${cpus(r['issue-open'])} |`);
+md.push(`| (d) same, latency from actual send | | ${fmtMs(r['issue-open'].serviceP50)} | ${fmtMs(r['issue-open'].serviceP99)} | | | | |`);
 row('(e) token exchange, POST /oauth2/token (OIDC ES256 subject token)', r.exchange, 'exchanges/s');
 if (peer.result) row('(e) peer: oidc-provider 9 client_credentials, ES256 JWT access token', peer.result, 'tokens/s');
-else md.push(`| (e) peer: oidc-provider 9 client_credentials | ${peer.note} | | | | |`);
-md.push(`| (c) raw ES256 sign, node:crypto, 1 thread | ${fmtInt(signsPerSec)} signs/s | | | | |`);
-md.push(`| (c) raw ES256 verify, node:crypto, 1 thread | ${fmtInt(verifiesPerSec)} verifies/s | | | | |`);
-md.push(`| (c) crypto limit for one exchange (1 verify + 1 sign): 1/(1/s+1/v) | ${fmtInt(cryptoLimit)} /s | | | | |`, '');
+else md.push(`| (e) peer: oidc-provider 9 client_credentials | ${peer.note} | | | | | | |`);
+md.push(`| (c) raw ES256 sign, node:crypto, 1 thread | ${fmtInt(signsPerSec)} signs/s | | | | | | |`);
+md.push(`| (c) raw ES256 verify, node:crypto, 1 thread | ${fmtInt(verifiesPerSec)} verifies/s | | | | | | |`);
+md.push(`| (c) crypto limit for one exchange (1 verify + 1 sign): 1/(1/s+1/v) | ${fmtInt(cryptoLimit)} /s | | | | | | |`, '');
 
 md.push('## Targets', '');
 md.push('| measurement | value | vs reference | target | met |', '|---|---|---|---|---|');
@@ -438,6 +469,8 @@ if (peer.result) {
 } else md.push(`| exchanges/s vs peer (oidc-provider) | ${fmtInt(r.exchange.perSecond)} | ${peer.note} | ≥ 1.5× peer | n/a |`);
 md.push('');
 md.push('Notes:', '');
+if (machine.loadavgBefore[0] > os.cpus().length * 0.5) md.push(`- **The machine was busy before the run (1-min loadavg ${machine.loadavgBefore[0].toFixed(2)} on ${os.cpus().length} CPUs): other processes compete with the broker and the load generator, so absolute numbers (and the references) are depressed and noisy. Compare ratios, and rerun on an idle machine.**`);
+md.push('- CPU columns: user+system CPU of the server process (broker, or oidc-provider for the peer row) and of the load generator over the scenario including warm-up, as a share of one core (from /proc).');
 md.push(`- grpc-js shares one subchannel (one HTTP/2 connection) between clients with identical options, so the ${CHANNELS} BrokerClient instances most likely multiplex over one TLS connection; BrokerClientOptions has no channel-options hook to force separate connections.`);
 md.push(`- The JWKS of the bench OIDC issuer was fetched ${jwksFetches} time(s); every exchange verifies its subject token (ES256) and signs a Mayfly token (ES256), and begins a task.`);
 md.push('- The peer does one ES256 sign per token and no subject-token verification; it runs after the broker is stopped, with the same load generator.');

@@ -147,7 +147,8 @@ function judge(rule: CompiledRule, input: DecisionInput): Verdict {
     }
   }
   if (audience === undefined) {
-    if (action === 'begin_task') return { rule, rank: 3, details: [] };
+    // Task-level actions (begin, delegate) carry no audience; token-level ones must.
+    if (action === 'begin_task' || action === 'delegate') return { rule, rank: 3, details: [] };
     return { rule, rank: 2, details: ['no audience requested'] };
   }
   if (!rule.audiences.some((p) => p.test(audience))) {
@@ -159,7 +160,8 @@ function judge(rule: CompiledRule, input: DecisionInput): Verdict {
 function grant(rule: CompiledRule, input: DecisionInput): DecisionOutput {
   const { action, scopes: requested } = input.request;
   const granted = [...new Set(requested.filter((s) => rule.scopes.includes(s)))];
-  if (granted.length === 0 && !(action === 'begin_task' && requested.length === 0)) {
+  const taskLevel = action === 'begin_task' || action === 'delegate';
+  if (granted.length === 0 && !(taskLevel && requested.length === 0)) {
     return {
       allow: false,
       reasons: [`rule "${rule.name}": none of the requested scopes [${requested.join(', ')}] are allowed (rule allows [${rule.scopes.join(', ')}])`],
@@ -168,7 +170,7 @@ function grant(rule: CompiledRule, input: DecisionInput): DecisionOutput {
   const reasons = [`rule "${rule.name}" allows ${action}`];
   const dropped = requested.filter((s) => !rule.scopes.includes(s));
   if (dropped.length > 0) reasons.push(`rule "${rule.name}": scopes [${dropped.join(', ')}] not allowed and dropped`);
-  const maxTtl = action === 'begin_task' ? (rule.maxTaskTtlSeconds ?? rule.maxTtlSeconds) : rule.maxTtlSeconds;
+  const maxTtl = taskLevel ? (rule.maxTaskTtlSeconds ?? rule.maxTtlSeconds) : rule.maxTtlSeconds;
   return { allow: true, reasons, scopes: granted, max_ttl_seconds: maxTtl };
 }
 

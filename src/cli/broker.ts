@@ -236,6 +236,7 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
     };
     const onError = (where: string, err: MayflyError, rid: string) => {
       if (err.kind === 'internal') log.error({ request_id: rid, where, code: err.code, err: err.message, cause: (err.cause as Error | undefined)?.message }, 'request failed');
+      else if (err.kind === 'unauthenticated' || err.kind === 'permission_denied') log.info({ request_id: rid, where, code: err.code, reason: err.message }, 'request denied');
       else log.debug({ request_id: rid, where, code: err.code, reason: err.message }, 'request rejected');
     };
 

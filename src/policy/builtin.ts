@@ -121,7 +121,7 @@ function checkIdentity(rule: CompiledRule, identity: DecisionInput['identity']):
   }
   for (const [claim, pats] of m.claims) {
     total++;
-    const raw = identity.claims[claim];
+    const raw = claimAt(identity.claims, claim);
     const text = claimText(raw);
     if (raw === undefined || raw === null) details.push(`claim ${claim} is missing (want ${showPatterns(pats)})`);
     else if (text === undefined) details.push(`claim ${claim} is not a string, number or boolean`);
@@ -129,7 +129,8 @@ function checkIdentity(rule: CompiledRule, identity: DecisionInput['identity']):
   }
   for (const claim of m.present) {
     total++;
-    if (identity.claims[claim] === undefined || identity.claims[claim] === null) details.push(`claim ${claim} is not present`);
+    const at = claimAt(identity.claims, claim);
+    if (at === undefined || at === null) details.push(`claim ${claim} is not present`);
   }
   if (details.length === 0) return { score: 1, details };
   return { score: total === 0 ? 0 : (total - details.length) / total, details };
@@ -203,6 +204,34 @@ export function parseRulesText(text: string): unknown {
   } catch (err) {
     throw configError(`cannot parse rules document: ${(err as Error).message}`);
   }
+}
+
+/**
+ * A claim by name. A top-level claim wins; otherwise the name is a dotted path
+ * into nested objects, where a key may itself contain dots (Kubernetes puts
+ * `namespace` under `kubernetes.io`), so the longest matching key is taken at
+ * each level: `kubernetes.io.serviceaccount.name`.
+ */
+export function claimAt(claims: Record<string, unknown>, name: string): unknown {
+  if (Object.prototype.hasOwnProperty.call(claims, name)) return claims[name];
+  const parts = name.split('.');
+  let cur: unknown = claims;
+  let i = 0;
+  while (i < parts.length) {
+    if (typeof cur !== 'object' || cur === null || Array.isArray(cur)) return undefined;
+    let found = false;
+    for (let j = parts.length; j > i; j--) {
+      const key = parts.slice(i, j).join('.');
+      if (Object.prototype.hasOwnProperty.call(cur, key)) {
+        cur = (cur as Record<string, unknown>)[key];
+        i = j;
+        found = true;
+        break;
+      }
+    }
+    if (!found) return undefined;
+  }
+  return cur;
 }
 
 /** PolicyEngine over built-in rules. */

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { isMayflyError } from '../../src/core/errors.js';
-import { BuiltinEngine, DEFAULT_DENY_SOURCE } from '../../src/policy/builtin.js';
+import { BuiltinEngine, claimAt, DEFAULT_DENY_SOURCE } from '../../src/policy/builtin.js';
 import { DecisionPoint } from '../../src/policy/decision-point.js';
 import { compilePattern, globToRegExpSource } from '../../src/policy/patterns.js';
 import { policySectionSchema } from '../../src/config/sections/policy.js';
@@ -191,5 +191,49 @@ describe('loading', () => {
 
   it('default rules file parses as YAML text too', () => {
     expect(readFileSync(new URL('../../policies/default-rules.yaml', import.meta.url), 'utf8')).toContain('DEVELOPMENT DEFAULTS');
+  });
+});
+
+describe('nested claims (Kubernetes kubernetes.io)', () => {
+  const k8sClaims = {
+    iss: 'https://kubernetes.default.svc.cluster.local',
+    sub: 'system:serviceaccount:payments:api',
+    'kubernetes.io': { namespace: 'payments', serviceaccount: { name: 'api', uid: 'u-1' } },
+  };
+  it.each([
+    ['kubernetes.io.namespace', 'payments'],
+    ['kubernetes.io.serviceaccount.name', 'api'],
+    ['sub', 'system:serviceaccount:payments:api'],
+    ['kubernetes.io.pod.name', undefined],
+    ['kubernetes', undefined],
+  ])('claimAt(%s)', (name, want) => {
+    expect(claimAt(k8sClaims, name)).toBe(want);
+  });
+
+  it('rules match nested claims and name the one that failed', async () => {
+    const engine = BuiltinEngine.fromText(`
+rules:
+  - name: payments-api
+    match:
+      oidc:
+        issuer: https://kubernetes.default.svc.cluster.local
+        claims:
+          kubernetes.io.namespace: payments
+          kubernetes.io.serviceaccount.name: api
+    audiences: [db]
+    scopes: [db.read]
+    max_ttl_seconds: 300
+`);
+    const input = (claims: Record<string, unknown>) => ({
+      version: 'mayfly.decision/v1' as const,
+      identity: { kind: 'oidc' as const, id: `${k8sClaims.iss}#${k8sClaims.sub}`, issuer: k8sClaims.iss, method: 'oidc', claims },
+      request: { action: 'issue_token' as const, audience: 'db', scopes: ['db.read'], ttl_seconds: 60, labels: {} },
+      context: { time: 0, broker_id: 't', recent_issuance: { last_minute: 0, last_hour: 0 } },
+    });
+    expect((await engine.evaluate(input(k8sClaims))).output).toMatchObject({ allow: true, scopes: ['db.read'] });
+    const other = { ...k8sClaims, 'kubernetes.io': { namespace: 'billing', serviceaccount: { name: 'api' } } };
+    const denied = (await engine.evaluate(input(other))).output as { allow: boolean; reasons: string[] };
+    expect(denied.allow).toBe(false);
+    expect(denied.reasons.join(' ')).toMatch(/claim kubernetes\.io\.namespace "billing" does not match/);
   });
 });

@@ -18,7 +18,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import { connect, createServer as createNetServer } from 'node:net';
 import os from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const env = (k, d) => (process.env[k] !== undefined && process.env[k] !== '' ? Number(process.env[k]) : d);
@@ -210,6 +210,25 @@ function cpuSeconds(pid) {
   }
 }
 
+/** Machine-wide busy CPU seconds (all cores, /proc/stat) and CPU pressure stall µs (/proc/pressure/cpu "some"). */
+function machineCpu() {
+  let busy = NaN;
+  let stallUs = NaN;
+  try {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+    // user nice system idle iowait irq softirq steal: busy = all but idle and iowait
+    busy = (f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] ?? 0)) / clkTck;
+  } catch {
+    /* not Linux */
+  }
+  try {
+    stallUs = Number(/total=(\d+)/.exec(readFileSync('/proc/pressure/cpu', 'utf8').split('\n')[0])[1]);
+  } catch {
+    /* no PSI */
+  }
+  return { busy, stallUs };
+}
+
 const fmtInt = (x) => (Number.isFinite(x) ? Math.round(x).toLocaleString('en-US') : 'n/a');
 const fmtMs = (x) => (Number.isFinite(x) ? `${x.toFixed(x < 10 ? 2 : 1)} ms` : 'n/a');
 const pct = (x) => `${(x * 100).toFixed(0)}%`;
@@ -342,8 +361,31 @@ const httpPort = await freePort();
 const brokerLog = join(tmpDir, 'broker.log');
 log(`starting broker (gRPC ${grpcPort}, HTTPS ${httpPort})`);
 const profileArgs = process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${resolve(process.env.BENCH_PROFILE)}`] : [];
-const broker = startChild('broker', [...profileArgs, join(ROOT, 'bin', 'mayfly.js'), 'serve', '--config', configFile, '--grpc-listen', `127.0.0.1:${grpcPort}`, '--http-listen', `127.0.0.1:${httpPort}`], brokerLog);
+const probeFile = join(tmpDir, 'probe.json');
+process.env.MAYFLY_BENCH_PROBE = probeFile; // inherited by the broker; read by bench/broker-probe.mjs
+const broker = startChild('broker', [...profileArgs, '--import', pathToFileURL(join(ROOT, 'bench', 'broker-probe.mjs')).href, join(ROOT, 'bin', 'mayfly.js'), 'serve', '--config', configFile, '--grpc-listen', `127.0.0.1:${grpcPort}`, '--http-listen', `127.0.0.1:${httpPort}`], brokerLog);
 await waitForPorts(broker, [grpcPort, httpPort], brokerLog, 'broker');
+
+/** Event-loop delay and GC pauses of the broker since the previous call (bench/broker-probe.mjs). */
+let probeSeq = 0;
+async function probe() {
+  broker.kill('SIGUSR2');
+  const deadline = Date.now() + 3000;
+  while (Date.now() < deadline) {
+    try {
+      const s = JSON.parse(readFileSync(probeFile, 'utf8'));
+      if (s.seq > probeSeq) {
+        probeSeq = s.seq;
+        return s;
+      }
+    } catch {
+      /* not written yet */
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return null;
+}
+await probe();
 
 const lg = await startLoadgen();
 await lg.call('init', {
@@ -356,12 +398,18 @@ const base = { concurrency: CONCURRENCY, warmupMs: WARMUP_MS, durationMs: DURATI
 const results = {};
 async function scenario(name, label, params) {
   log(`${label} …`);
+  await probe();
   const cpu0 = [cpuSeconds(broker.pid), cpuSeconds(lg.child.pid)];
+  const m0 = machineCpu();
   const w0 = performance.now();
   const r = await lg.call('run', { ...base, scenario: name, ...params }).catch((e) => die(`${label}: ${e.message}\n${tail(brokerLog)}`));
   const wall = (performance.now() - w0) / 1000;
   r.brokerCpu = (cpuSeconds(broker.pid) - cpu0[0]) / wall;
   r.loadgenCpu = (cpuSeconds(lg.child.pid) - cpu0[1]) / wall;
+  const m1 = machineCpu();
+  r.otherCpu = Math.max(0, (m1.busy - m0.busy) / wall - r.brokerCpu - r.loadgenCpu);
+  r.cpuStall = (m1.stallUs - m0.stallUs) / 1e6 / wall;
+  r.probe = await probe();
   if (r.errors > 0) failures.push(`${label}: ${r.errors} call(s) failed; first: ${r.firstError}`);
   if (r.count === 0) failures.push(`${label}: no call completed in the measurement window`);
   if (r.dropped > 0) failures.push(`${label}: ${r.dropped} arrival(s) dropped (more than the outstanding cap in flight)`);
@@ -376,6 +424,9 @@ await scenario('pair', '(b) BeginTask+IssueToken pairs', {});
 const halfRate = Math.max(1, results.issue.perSecond / 2);
 await scenario('issue-open', `(d) IssueToken open loop at ${fmtInt(halfRate)}/s`, { rate: halfRate });
 await scenario('exchange', '(e) token exchange over HTTPS', { concurrency: HTTP_CONCURRENCY, url: `https://127.0.0.1:${httpPort}/oauth2/token`, ca: join(tmpDir, 'ca.pem'), audience: OIDC_AUDIENCE, scopes: SCOPES, agents: 4 });
+// Ping again at the end: the transport reference is the mean of both, so drift in machine load shows.
+await scenario('ping2', '(a) Ping again (drift check)', { scenario: 'ping' });
+results.ping = { ...results.ping, before: results.ping.perSecond, after: results.ping2.perSecond, perSecond: (results.ping.perSecond + results.ping2.perSecond) / 2 };
 const loadavgAfterBroker = os.loadavg();
 await stopChild(broker);
 
@@ -440,7 +491,8 @@ md.push('## Measurements', '');
 md.push('| measurement | throughput | p50 | p99 | completed | errors | server CPU | loadgen CPU |', '|---|---|---|---|---|---|---|---|');
 const cpus = (x) => `${pct(x.brokerCpu)} | ${pct(x.loadgenCpu)}`;
 const row = (label, x, unit = 'calls/s') => md.push(`| ${label} | ${fmtInt(x.perSecond)} ${unit} | ${fmtMs(x.p50)} | ${fmtMs(x.p99)} | ${fmtInt(x.count)} | ${x.errors} | ${cpus(x)} |`);
-row('(a) Ping, no-op unary over mTLS', r.ping);
+row('(a) Ping, no-op unary over mTLS (first run)', { ...r.ping, perSecond: r.ping.before });
+row('(a) Ping again after all broker scenarios (drift check)', r.ping2);
 row('(b) IssueToken on open tasks (50 tasks)', r.issue);
 row('(b) BeginTask+IssueToken pair (2 sequential calls)', r.pair, 'pairs/s');
 md.push(`| (b) tokens/s from pairs | ${fmtInt(r.pair.perSecond)} tokens/s | | | | | | |`);
@@ -453,12 +505,25 @@ md.push(`| (c) raw ES256 sign, node:crypto, 1 thread | ${fmtInt(signsPerSec)} si
 md.push(`| (c) raw ES256 verify, node:crypto, 1 thread | ${fmtInt(verifiesPerSec)} verifies/s | | | | | | |`);
 md.push(`| (c) crypto limit for one exchange (1 verify + 1 sign): 1/(1/s+1/v) | ${fmtInt(cryptoLimit)} /s | | | | | | |`, '');
 
+md.push('## Broker event loop and machine contention per scenario', '');
+md.push('Measured inside the broker process by bench/broker-probe.mjs (preloaded with `node --import`; 5 ms resolution), over the whole scenario including warm-up. A large max/p99 here means the broker\'s event loop stalled (synchronous work: SQLite commits and checkpoints, audit writes, signing) and every in-flight call waited.', '');
+md.push('"other CPU" = machine-wide busy CPU (/proc/stat) minus broker and load generator, in cores; "CPU stall" = share of wall time in which some runnable task waited for a CPU (/proc/pressure/cpu). Both should be ~0 on a quiet machine.', '');
+md.push('| scenario | loop delay p50 | loop delay p99 | loop delay max | GC pauses total | GC max pause | other CPU | CPU stall |', '|---|---|---|---|---|---|---|---|');
+for (const [name, label] of [['ping', '(a) Ping'], ['issue', '(b) IssueToken'], ['pair', '(b) BeginTask+IssueToken'], ['issue-open', '(d) IssueToken at 50%'], ['exchange', '(e) token exchange'], ['ping2', '(a) Ping again']]) {
+  const p = r[name]?.probe;
+  const x = r[name];
+  const contention = x ? `${Number.isFinite(x.otherCpu) ? x.otherCpu.toFixed(2) : 'n/a'} | ${Number.isFinite(x.cpuStall) ? pct(x.cpuStall) : 'n/a'}` : 'n/a | n/a';
+  if (!p) md.push(`| ${label} | n/a | n/a | n/a | n/a | n/a | ${contention} |`);
+  else md.push(`| ${label} | ${fmtMs(p.loopP50)} | ${fmtMs(p.loopP99)} | ${fmtMs(p.loopMax)} | ${fmtMs(p.gcMs)} (${p.gcCount}) | ${fmtMs(p.gcMax)} | ${contention} |`);
+}
+md.push('');
+
 md.push('## Targets', '');
 md.push('| measurement | value | vs reference | target | met |', '|---|---|---|---|---|');
 const issueRatio = r.issue.perSecond / ping;
 const pairRatio = r.pair.perSecond / ping;
 const exRatio = r.exchange.perSecond / cryptoLimit;
-md.push(`| Ping calls/s (transport limit, reference) | ${fmtInt(ping)} | — | — | — |`);
+md.push(`| Ping calls/s (transport limit, reference = mean of first and last run) | ${fmtInt(ping)} | ${fmtInt(r.ping.before)} / ${fmtInt(r.ping.after)} | — | — |`);
 md.push(`| IssueToken calls/s | ${fmtInt(r.issue.perSecond)} | ${pct(issueRatio)} of Ping | ≥ 70% of Ping | ${mark(issueRatio >= 0.7)} |`);
 md.push(`| BeginTask+IssueToken pairs/s | ${fmtInt(r.pair.perSecond)} | ${pct(pairRatio)} of Ping | ≥ 35% of Ping | ${mark(pairRatio >= 0.35)} |`);
 md.push(`| IssueToken p99 at 50% of peak (${fmtInt(r['issue-open'].rate)}/s) | ${fmtMs(r['issue-open'].p99)} | p50 ${fmtMs(r['issue-open'].p50)} | ≤ 10 ms | ${mark(r['issue-open'].p99 <= 10)} |`);

@@ -42,6 +42,8 @@ export interface HttpOptions {
   method?: 'GET' | 'POST';
   /** application/x-www-form-urlencoded body. */
   form?: Record<string, string>;
+  /** A raw application/x-www-form-urlencoded body (e.g. with a repeated parameter). */
+  rawForm?: string;
   /** application/json body. */
   json?: unknown;
   bearer?: string;
@@ -161,8 +163,8 @@ export function httpCall(url: string, ca: Buffer, dir: string, o: HttpOptions = 
   const u = new URL(url);
   let body: string | undefined;
   const headers: Record<string, string> = { accept: 'application/json' };
-  if (o.form) {
-    body = new URLSearchParams(o.form).toString();
+  if (o.form || o.rawForm !== undefined) {
+    body = o.rawForm ?? new URLSearchParams(o.form).toString();
     headers['content-type'] = 'application/x-www-form-urlencoded';
   } else if (o.json !== undefined) {
     body = JSON.stringify(o.json);

@@ -78,6 +78,8 @@ describe('mayfly audit verify (CLI)', () => {
     /** Index (0-based) of a task.begin denial in the middle of the log. */
     const target = () => lines().findIndex((l) => JSON.parse(l).event === 'task.begin' && JSON.parse(l).outcome === 'denied');
     type Outcome = { code: number; stdout: string; stderr: string };
+    /** The CLI names the first broken line as `line N` (one file) or `<file>:N` (segments). */
+    const brokenAt = (line: number | string) => new RegExp(`BROKEN at (line |\\S+:)(${line})[ :]`);
     const results = new Map<string, Outcome>();
 
     /** Every variant but the first is verified from a copy via --file, concurrently (the CLI takes ~1 s to start). */
@@ -138,31 +140,31 @@ describe('mayfly audit verify (CLI)', () => {
     it('an edited field in audit.log → exit 1 naming that line', () => {
       const r = results.get('edit')!;
       expect(r.code).toBe(1);
-      expect(r.stdout).toContain(`BROKEN at line ${target() + 1} `);
+      expect(r.stdout).toMatch(brokenAt(target() + 1));
     });
 
     it("an edited field with the line's own hash recomputed → exit 1 (the next line's prev no longer links)", () => {
       const r = results.get('rehash')!;
       expect(r.code).toBe(1);
-      expect(r.stdout).toMatch(new RegExp(`BROKEN at line (${target() + 1}|${target() + 2}) `));
+      expect(r.stdout).toMatch(brokenAt(`${target() + 1}|${target() + 2}`));
     });
 
     it('a deleted line → exit 1 naming where the chain breaks', () => {
       const r = results.get('delete')!;
       expect(r.code).toBe(1);
-      expect(r.stdout).toContain(`BROKEN at line ${target() + 1} `);
+      expect(r.stdout).toMatch(brokenAt(target() + 1));
     });
 
     it('two swapped lines → exit 1 naming the first moved line', () => {
       const r = results.get('swap')!;
       expect(r.code).toBe(1);
-      expect(r.stdout).toContain(`BROKEN at line ${target() + 1} `);
+      expect(r.stdout).toMatch(brokenAt(target() + 1));
     });
 
     it('a truncated (half-written) line → exit 1', () => {
       const r = results.get('truncate')!;
       expect(r.code).toBe(1);
-      expect(r.stdout).toContain(`BROKEN at line ${target() + 1}`);
+      expect(r.stdout).toMatch(brokenAt(target() + 1));
     });
 
     it('audit.log itself is restored and verifies again', async () => {

@@ -1,0 +1,190 @@
+/**
+ * MayflyVerifier state machine with a scripted feed, an injected JWKS fetch
+ * and a manual clock: sync gate, silence, reconnect cursors, key sets and
+ * acks, key revocation, pruning, single-flight JWKS refresh.
+ */
+import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { create } from '@bufbuild/protobuf';
+import { describe, expect, it } from 'vitest';
+import { ManualClock } from '../../src/core/clock.js';
+import { MayflyError } from '../../src/core/errors.js';
+import { buildClaims } from '../../src/tokens/claims.js';
+import { signCompact } from '../../src/tokens/jws.js';
+import { RevocationEvent_Kind, RevocationEventSchema, type RevocationEvent } from '../../src/transport/gen/mayfly/v1/broker_pb.js';
+import { MayflyVerifier, type VerifierBrokerClient } from '../../src/verifier/index.js';
+import type { FetchLike } from '../../src/identity/jwks-source.js';
+import { codeOf } from './harness.js';
+
+const ISS = 'https://broker.test';
+
+function keypair(kid: string) {
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  return { kid, privateKey, jwk: { ...publicKey.export({ format: 'jwk' }), kid, alg: 'ES256', use: 'sig' } };
+}
+const jwks = (...ks: Array<{ jwk: object }>) => JSON.stringify({ keys: ks.map((k) => k.jwk) });
+
+function mint(key: { kid: string; privateKey: KeyObject }, now: number, o: { tid?: string; jti?: string; parent?: string } = {}) {
+  const claims = buildClaims({ issuer: ISS, subject: 'spiffe://t/w', audience: 'api', scopes: ['read'], jti: o.jti ?? `j-${Math.random()}`, taskId: o.tid ?? 't1', issuedAtMs: now, expiresAtMs: now + 300_000, parentTaskId: o.parent ?? null });
+  return signCompact({ alg: 'ES256', typ: 'at+jwt', kid: key.kid }, claims, key.privateKey);
+}
+
+class FakeFeed implements VerifierBrokerClient {
+  subs: Array<{ cursor: number; onEvent: (e: RevocationEvent) => void; onEnd: (err: MayflyError | null) => void; cancelled: boolean }> = [];
+  acks: string[] = [];
+  misuse: string[] = [];
+  watchRevocations(req: { cursor: number }, onEvent: (e: RevocationEvent) => void, onEnd: (err: MayflyError | null) => void) {
+    const s = { cursor: req.cursor, onEvent, onEnd, cancelled: false };
+    this.subs.push(s);
+    return { cancel: () => void (s.cancelled = true) };
+  }
+  get live() {
+    return this.subs[this.subs.length - 1]!;
+  }
+  send(kind: RevocationEvent_Kind, o: Partial<{ cursor: number; taskIds: string[]; tokenIds: string[]; kid: string; kids: string[]; jwksJson: string; reason: string }> = {}) {
+    this.live.onEvent(create(RevocationEventSchema, { kind, cursor: BigInt(o.cursor ?? 0), taskIds: o.taskIds ?? [], tokenIds: o.tokenIds ?? [], kid: o.kid ?? '', kids: o.kids ?? [], jwksJson: o.jwksJson ?? '', reason: o.reason ?? '' }));
+  }
+  async ackKeySet(_s: string, v: string) {
+    this.acks.push(v);
+    return {};
+  }
+  async reportMisuse(kind: string, jti: string) {
+    this.misuse.push(`${kind}:${jti}`);
+    return {};
+  }
+  async introspect() {
+    return { active: true, reason: '' };
+  }
+}
+
+function setup(opts: { jwksDoc?: () => string } = {}) {
+  const clock = new ManualClock(Date.UTC(2026, 5, 1));
+  const k1 = keypair('k1');
+  const feed = new FakeFeed();
+  let fetches = 0;
+  const fetchImpl: FetchLike = async () => {
+    fetches++;
+    await new Promise((r) => setTimeout(r, 5));
+    const body = opts.jwksDoc ? opts.jwksDoc() : jwks(k1);
+    return { ok: true, status: 200, headers: { get: () => null }, text: async () => body };
+  };
+  const v = new MayflyVerifier({ issuer: ISS, audience: 'api', clock, jwks: { url: 'https://broker.test/jwks', fetchImpl, minRefreshIntervalMs: 10_000 }, feed: { client: feed, subscriberId: 'rp', maxSilenceMs: 5000, backoff: { initialMs: 1, maxMs: 4 } } });
+  return { clock, k1, feed, v, fetches: () => fetches };
+}
+
+describe('MayflyVerifier (scripted feed)', () => {
+  it('fails closed until the snapshot, applies it, acks its key set version', async () => {
+    const { clock, k1, feed, v } = setup();
+    const started = v.start();
+    await new Promise((r) => setTimeout(r, 10));
+    expect(feed.subs[0]!.cursor).toBe(0);
+    const token = mint(k1, clock.now());
+    expect(await codeOf(() => v.verifySync(token))).toBe('ERR_UNAVAILABLE');
+    feed.send(RevocationEvent_Kind.SNAPSHOT, { cursor: 7, taskIds: ['dead'], kid: 'v1', jwksJson: jwks(k1) });
+    await started;
+    expect(feed.acks).toEqual(['v1']);
+    expect(v.verifySync(token).tid).toBe('t1');
+    expect(await codeOf(() => v.verifySync(mint(k1, clock.now(), { tid: 'dead' })))).toBe('ERR_TOKEN_REVOKED');
+    // The parent's revocation is honoured even if a child id were missing from an event.
+    expect(await codeOf(() => v.verifySync(mint(k1, clock.now(), { tid: 'kid-task', parent: 'dead' })))).toBe('ERR_TOKEN_REVOKED');
+    expect(v.stats().cursor).toBe(7);
+    v.close();
+  });
+
+  it('silence beyond maxSilenceMs fails closed; a heartbeat restores service', async () => {
+    const { clock, k1, feed, v } = setup();
+    const started = v.start();
+    await new Promise((r) => setTimeout(r, 10));
+    feed.send(RevocationEvent_Kind.SNAPSHOT, { cursor: 1, kid: 'v1', jwksJson: jwks(k1) });
+    await started;
+    const token = mint(k1, clock.now());
+    clock.advance(5001);
+    expect(await codeOf(v.verify(mint(k1, clock.now())))).toBe('ERR_UNAVAILABLE');
+    feed.send(RevocationEvent_Kind.HEARTBEAT, { cursor: 99 });
+    expect(v.verifySync(token).jti).toBeTruthy();
+    expect(v.stats().cursor).toBe(1); // heartbeats never move the cursor
+    v.close();
+  });
+
+  it('resubscribes from the last cursor after a disconnect; replay end is the "current" key set', async () => {
+    const { clock, k1, feed, v } = setup();
+    const started = v.start();
+    await new Promise((r) => setTimeout(r, 10));
+    feed.send(RevocationEvent_Kind.SNAPSHOT, { cursor: 3, kid: 'v1', jwksJson: jwks(k1) });
+    await started;
+    feed.send(RevocationEvent_Kind.TOKEN, { cursor: 4, tokenIds: ['j-x'] });
+    feed.live.onEnd(null);
+    for (let i = 0; i < 100 && feed.subs.length < 2; i++) await new Promise((r) => setTimeout(r, 2));
+    expect(feed.subs[1]!.cursor).toBe(4);
+    expect(v.stats().catchingUp).toBe(true);
+    const token = mint(k1, clock.now(), { tid: 't9' });
+    const pending = v.verify(token);
+    feed.send(RevocationEvent_Kind.TASK, { cursor: 5, taskIds: ['t9'] });
+    feed.send(RevocationEvent_Kind.KEYSET, { cursor: 5, kid: 'v1', reason: 'current', jwksJson: jwks(k1) });
+    expect(await codeOf(pending)).toBe('ERR_TOKEN_REVOKED');
+    expect(feed.misuse.length).toBe(1);
+    expect(v.stats()).toMatchObject({ catchingUp: false, cursor: 5, reconnects: 1, revokedTasks: 1, revokedTokens: 1 });
+    v.close();
+  });
+
+  it('key sets replace keys and are acked; a revoked kid is dropped and never comes back', async () => {
+    const k2 = keypair('k2');
+    let doc = '';
+    const s = setup({ jwksDoc: () => doc });
+    doc = jwks(s.k1);
+    const { clock, k1, feed, v } = s;
+    const started = v.start();
+    await new Promise((r) => setTimeout(r, 10));
+    feed.send(RevocationEvent_Kind.SNAPSHOT, { cursor: 1, kid: 'v1', jwksJson: jwks(k1) });
+    await started;
+    const t2 = mint(k2, clock.now());
+    expect(await codeOf(() => v.verifySync(t2))).toBe('ERR_KEY_UNKNOWN');
+    feed.send(RevocationEvent_Kind.KEYSET, { cursor: 2, kid: 'v2', jwksJson: jwks(k1, k2), reason: 'key set changed' });
+    expect(feed.acks).toEqual(['v1', 'v2']);
+    expect(v.verifySync(t2).jti).toBeTruthy();
+    const t1 = mint(k1, clock.now());
+    feed.send(RevocationEvent_Kind.KEY, { cursor: 3, kid: 'k1', jwksJson: jwks(k2) });
+    expect(await codeOf(() => v.verifySync(t1))).toBe('ERR_TOKEN_REVOKED');
+    // Even a stale JWKS that still lists k1 cannot bring it back.
+    doc = jwks(k1, k2);
+    clock.advance(20_000);
+    feed.send(RevocationEvent_Kind.HEARTBEAT);
+    expect(await codeOf(v.verify(mint(keypair('k3'), clock.now())))).toBe('ERR_KEY_UNKNOWN');
+    expect(await codeOf(v.verify(t1))).toBe('ERR_TOKEN_REVOKED');
+    v.close();
+  });
+
+  it('unknown kids: concurrent verifies share one JWKS fetch, and refetches are rate limited', async () => {
+    const s = setup();
+    const started = s.v.start();
+    await new Promise((r) => setTimeout(r, 10));
+    s.feed.send(RevocationEvent_Kind.SNAPSHOT, { cursor: 1, kid: 'v1', jwksJson: jwks(s.k1) });
+    await started;
+    const base = s.fetches();
+    s.clock.advance(10_001);
+    s.feed.send(RevocationEvent_Kind.HEARTBEAT);
+    const forged = mint(keypair('zz'), s.clock.now());
+    const codes = await Promise.all(Array.from({ length: 20 }, () => codeOf(s.v.verify(forged))));
+    expect(new Set(codes)).toEqual(new Set(['ERR_KEY_UNKNOWN']));
+    expect(s.fetches() - base).toBe(1);
+    await codeOf(s.v.verify(forged));
+    expect(s.fetches() - base).toBe(1);
+    s.v.close();
+  });
+
+  it('prunes revocations after the retention and replay entries after expiry', async () => {
+    const { clock, k1, feed, v } = setup();
+    const started = v.start();
+    await new Promise((r) => setTimeout(r, 10));
+    feed.send(RevocationEvent_Kind.SNAPSHOT, { cursor: 1, kid: 'v1', jwksJson: jwks(k1), taskIds: ['a', 'b'], tokenIds: ['x'] });
+    await started;
+    await v.verify(mint(k1, clock.now()), { singleUse: true });
+    expect(v.stats()).toMatchObject({ revokedTasks: 2, revokedTokens: 1, replayEntries: 1 });
+    clock.advance(400_000); // past the token's exp + skew
+    v.prune();
+    expect(v.stats()).toMatchObject({ revokedTasks: 2, replayEntries: 0 });
+    clock.advance(3_600_000);
+    v.prune();
+    expect(v.stats()).toMatchObject({ revokedTasks: 0, revokedTokens: 0 });
+    v.close();
+  });
+});

@@ -124,6 +124,52 @@ describe('task lifecycle', () => {
   });
 });
 
+describe('a task token presented back to the broker as bearer', () => {
+  it('acts on its own task only: completes it over HTTP, cannot touch another task of the same owner', async () => {
+    const t1 = await workload.beginTask({ purpose: 'bearer task 1' });
+    const t2 = await workload.beginTask({ purpose: 'bearer task 2' });
+    const tok1 = await workload.issueToken({ taskId: t1.taskId, audience: 'demo-api', scopes: ['read'] });
+    const holder = tb.client({ bearer: tok1.token });
+    expect(await codeOf(holder.issueToken({ taskId: t2.taskId, audience: 'demo-api', scopes: ['read'] }))).toBe('ERR_NOT_TASK_OWNER');
+    expect(await codeOf(holder.completeTask(t2.taskId))).toBe('ERR_NOT_TASK_OWNER');
+    const named = await tb.http('/v1/tasks/complete', { json: { task_id: t2.taskId }, bearer: tok1.token });
+    expect(named.status).toBe(403);
+    expect(named.json).toMatchObject({ error: 'ERR_NOT_TASK_OWNER' });
+    const done = await tb.http('/v1/tasks/complete', { json: {}, bearer: tok1.token });
+    expect(done.status).toBe(200);
+    expect(done.json).toMatchObject({ task_id: t1.taskId, revoked_tokens: 1 });
+    // Revoked now: the same token no longer authenticates anywhere.
+    expect(await codeOf(tb.client({ bearer: tok1.token }).ping())).toBe('ERR_UNAUTHENTICATED');
+    const again = await tb.http('/v1/tasks/complete', { json: {}, bearer: tok1.token });
+    expect(again.status).toBe(401);
+    await workload.completeTask(t2.taskId);
+  });
+
+  it('a malformed Authorization header → ERR_UNAUTHENTICATED, audited as auth.failure', async () => {
+    const mark = tb.auditMark();
+    const r = await tb.http('/v1/tasks/complete', { json: {}, bearer: 'not a token' });
+    expect(r.status).toBe(401);
+    expect(r.json).toMatchObject({ error: 'ERR_UNAUTHENTICATED' });
+    expect(tb.auditSince(mark).filter((x) => x['event'] === 'auth.failure').map((x) => x['code'])).toEqual(['ERR_UNAUTHENTICATED']);
+  });
+
+  // KNOWN BUG (src/service/broker.ts authenticateTaskToken + issueToken/beginTask, see the e2e report):
+  // a relying party that received a read token bound to the workload's certificate (cnf.x5t#S256) can
+  // present it as a bearer, without that certificate, and mint a write token on the task, or start new
+  // tasks as the workload. Marked it.fails so the suite stays green until src is fixed; flip to it() then.
+  it.fails('cannot widen its own scope or start tasks as the owner (cert-bound token, no certificate)', async () => {
+    const t = await workload.beginTask({ purpose: 'bearer escalation' });
+    const read = await workload.issueToken({ taskId: t.taskId, audience: 'demo-api', scopes: ['read'] });
+    const relyingParty = tb.client({ bearer: read.token });
+    try {
+      expect(await codeOf(relyingParty.issueToken({ taskId: t.taskId, audience: 'demo-api', scopes: ['write'] }))).toMatch(/^ERR_(UNAUTHENTICATED|SCOPE_DENIED|NOT_TASK_OWNER)$/);
+      expect(await codeOf(relyingParty.beginTask({ purpose: 'started by a relying party' }))).toMatch(/^ERR_(UNAUTHENTICATED|NOT_TASK_OWNER|POLICY_DENIED)$/);
+    } finally {
+      await workload.completeTask(t.taskId);
+    }
+  });
+});
+
 describe('bad input', () => {
   let taskId: string;
   beforeAll(async () => {

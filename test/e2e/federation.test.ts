@@ -201,6 +201,31 @@ describe('RFC 8693 token exchange over HTTPS', () => {
   });
 });
 
+describe('the exchanged access token handed to a relying party', () => {
+  // A task token authenticates as the task owner, but without the CI claims: claim-matching rules do not
+  // match it, so a relying party cannot re-exchange it for wider scopes or new tasks (contrast the SPIFFE
+  // case in core-flow.test.ts, where the rule matches on the ID alone).
+  it('cannot be re-exchanged for wider scopes on its task, nor start a new task', async () => {
+    const first = await exchange(exchangeForm(mint(), { scope: 'deploy' }));
+    expect(first.status).toBe(200);
+    const access = first.json!['access_token'] as string;
+    const taskId = first.json!['mayfly_task_id'] as string;
+    try {
+      const wider = await exchange({ grant_type: GRANT, subject_token: access, subject_token_type: ACCESS_TYPE, audience: AUD, scope: 'read', mayfly_task_id: taskId });
+      expect(wider.status).toBe(400);
+      expect(wider.json).toMatchObject({ error: 'unauthorized_client', mayfly_code: 'ERR_POLICY_DENIED' });
+      const fresh = await exchange({ grant_type: GRANT, subject_token: access, subject_token_type: ACCESS_TYPE, audience: AUD, scope: 'deploy' });
+      expect(fresh.status).toBe(400);
+      expect(fresh.json).toMatchObject({ error: 'unauthorized_client', mayfly_code: 'ERR_POLICY_DENIED' });
+      const viaGrpc = tb.client({ bearer: access });
+      expect(await codeOf(viaGrpc.issueToken({ taskId, audience: AUD, scopes: ['read'] }))).toBe('ERR_POLICY_DENIED');
+    } finally {
+      const done = await tb.http('/v1/tasks/complete', { json: {}, bearer: access });
+      expect(done.status).toBe(200);
+    }
+  });
+});
+
 describe('the OIDC token as a gRPC bearer', () => {
   it('begins a task and issues a token without a client certificate', async () => {
     const subject = mint();

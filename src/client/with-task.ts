@@ -187,7 +187,11 @@ class Task implements TaskHandle {
   }
 
   complete(): Promise<void> {
-    this.completion ??= this.doComplete();
+    // A failed completion (broker unreachable) can be retried; a successful one is remembered.
+    this.completion ??= this.doComplete().catch((e: unknown) => {
+      this.completion = null;
+      throw e;
+    });
     return this.completion;
   }
 

@@ -263,7 +263,9 @@ export class MayflyVerifier {
   /**
    * Synchronous verification: never waits and never fetches. An unknown kid
    * throws ERR_KEY_UNKNOWN (and starts a background JWKS refresh); a silent
-   * feed throws ERR_UNAVAILABLE even with onSilence 'introspect'.
+   * feed throws ERR_UNAVAILABLE even with onSilence 'introspect'. While a
+   * resubscription is replaying it answers from the state it has (bounded by
+   * maxSilenceMs like any staleness); `verify` waits for the replay instead.
    */
   verifySync(token: string, options: VerifyOptions = {}): MayflyClaims {
     try {

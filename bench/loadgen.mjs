@@ -218,7 +218,16 @@ const handlers = {
         for (const a of agents) a.destroy();
         const ca = readFileSync(m.ca);
         const nAgents = m.agents ?? 1;
-        agents = Array.from({ length: nAgents }, () => new Agent({ keepAlive: true, maxSockets: Math.ceil(m.concurrency / nAgents), ca, servername: 'localhost' }));
+        let connections = 0;
+        agents = Array.from({ length: nAgents }, () => {
+          const a = new Agent({ keepAlive: true, maxSockets: Math.ceil(m.concurrency / nAgents), ca, servername: 'localhost' });
+          const create = a.createConnection.bind(a);
+          a.createConnection = (...args) => {
+            connections++;
+            return create(...args);
+          };
+          return a;
+        });
         const url = new URL(m.url);
         let op;
         if (m.scenario === 'exchange') {
@@ -241,6 +250,7 @@ const handlers = {
           op = (w) => post(agents[w % nAgents], url, body, { authorization: basic });
         }
         const r = await closedLoop(m, op);
+        r.connections = connections;
         for (const a of agents) a.destroy();
         agents = [];
         return r;

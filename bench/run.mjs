@@ -568,6 +568,7 @@ md.push('Notes:', '');
 if (machine.loadavgBefore[0] > os.cpus().length * 0.5) md.push(`- **The machine was busy before the run (1-min loadavg ${machine.loadavgBefore[0].toFixed(2)} on ${os.cpus().length} CPUs): other processes compete with the broker and the load generator, so absolute numbers (and the references) are depressed and noisy. Compare ratios, and rerun on an idle machine.**`);
 md.push('- CPU columns: user+system CPU of the server process (broker, or oidc-provider for the peer row) and of the load generator over the scenario including warm-up, as a share of one core (from /proc).');
 md.push(`- grpc-js shares one subchannel (one HTTP/2 connection) between clients with identical options, so the ${CHANNELS} BrokerClient instances most likely multiplex over one TLS connection; BrokerClientOptions has no channel-options hook to force separate connections.`);
+md.push(`- HTTPS connections opened by the load generator (TLS handshakes, warm-up included): exchange ${r.exchange.connections ?? 'n/a'}, peer ${peer.result?.connections ?? 'n/a'} (${HTTP_CONCURRENCY} would mean every socket was kept alive).`);
 md.push(`- The JWKS of the bench OIDC issuer was fetched ${jwksFetches} time(s); every exchange verifies its subject token (ES256) and signs a Mayfly token (ES256), and begins a task.`);
 md.push('- The peer does one ES256 sign per token and no subject-token verification; it runs after the broker is stopped, with the same load generator.');
 if (failures.length) md.push('', '**FAILURES**', '', ...failures.map((f) => `- ${f}`));

@@ -2,10 +2,17 @@
 // change to the broker itself: measures event-loop delay and GC pauses. On
 // SIGUSR2 it writes the stats since the previous SIGUSR2 to $MAYFLY_BENCH_PROBE
 // (atomically, with an increasing seq) and resets them.
-import { renameSync, writeFileSync } from 'node:fs';
+//
+// With $MAYFLY_BENCH_PROFILE_DIR set, it also CPU-profiles each scenario: on
+// SIGUSR2 it ends the running profile (written as <dir>/<name>.cpuprofile) and,
+// if $MAYFLY_BENCH_PROBE.next names a scenario, starts the next one.
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector';
+import { join } from 'node:path';
 import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
 
 const out = process.env.MAYFLY_BENCH_PROBE;
+const profileDir = process.env.MAYFLY_BENCH_PROFILE_DIR;
 if (out) {
   const loop = monitorEventLoopDelay({ resolution: 5 });
   loop.enable();
@@ -19,8 +26,37 @@ if (out) {
       gcCount++;
     }
   }).observe({ entryTypes: ['gc'] });
+
+  let session = null;
+  let profiling = null;
+  const post = (method, params = {}) => new Promise((res, rej) => session.post(method, params, (err, r) => (err ? rej(err) : res(r))));
+  async function switchProfile() {
+    if (!profileDir) return;
+    if (!session) {
+      session = new Session();
+      session.connect();
+      await post('Profiler.enable');
+      await post('Profiler.setSamplingInterval', { interval: 200 });
+    }
+    if (profiling) {
+      const { profile } = await post('Profiler.stop');
+      writeFileSync(join(profileDir, `${profiling}.cpuprofile`), JSON.stringify(profile));
+      profiling = null;
+    }
+    let next = '';
+    try {
+      next = readFileSync(`${out}.next`, 'utf8').trim();
+    } catch {
+      /* none */
+    }
+    if (next) {
+      await post('Profiler.start');
+      profiling = next.replace(/[^a-z0-9_-]/gi, '_');
+    }
+  }
+
   let seq = 0;
-  process.on('SIGUSR2', () => {
+  process.on('SIGUSR2', async () => {
     const s = {
       seq: ++seq,
       loopP50: loop.percentile(50) / 1e6,
@@ -34,6 +70,11 @@ if (out) {
     gcMs = 0;
     gcMax = 0;
     gcCount = 0;
+    try {
+      await switchProfile();
+    } catch (e) {
+      s.profileError = String(e?.message ?? e);
+    }
     writeFileSync(`${out}.tmp`, JSON.stringify(s));
     renameSync(`${out}.tmp`, out);
   });

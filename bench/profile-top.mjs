@@ -29,10 +29,12 @@ prof.samples.forEach((id, i) => {
     total.set(k, (total.get(k) ?? 0) + d);
   }
 });
+const idle = [...self].filter(([k]) => k.startsWith('(idle)')).reduce((a, [, v]) => a + v, 0);
+const busy = all - idle;
 const show = (title, m) => {
-  console.log(`\n## ${title} (of ${(all / 1e6).toFixed(1)} s sampled)\n`);
-  console.log('| % | ms | function |\n|---|---|---|');
-  for (const [k, v] of [...m].sort((a, b) => b[1] - a[1]).slice(0, Number(n))) console.log(`| ${((100 * v) / all).toFixed(1)} | ${(v / 1000).toFixed(0)} | ${k} |`);
+  console.log(`\n## ${title} (% of ${(busy / 1e6).toFixed(1)} s busy; ${(all / 1e6).toFixed(1)} s sampled, ${(idle / 1e6).toFixed(1)} s idle)\n`);
+  console.log('| % busy | ms | function |\n|---|---|---|');
+  for (const [k, v] of [...m].filter(([k]) => !k.startsWith('(idle)') && !k.startsWith('(root)')).sort((a, b) => b[1] - a[1]).slice(0, Number(n))) console.log(`| ${((100 * v) / busy).toFixed(1)} | ${(v / 1000).toFixed(0)} | ${k} |`);
 };
 show('self time', self);
 show('inclusive time', total);

@@ -9,8 +9,8 @@
 // Knobs (env): BENCH_WARMUP_S (2), BENCH_DURATION_S (8), BENCH_CONCURRENCY (64),
 // BENCH_CHANNELS (4), BENCH_TASKS (50), BENCH_SUBJECT_TOKENS (2000),
 // BENCH_SKIP_PEER=1, BENCH_KEEP=1 (keep the temp dir), BENCH_OUT (markdown path),
-// BENCH_PROFILE=<dir> (broker runs with --cpu-prof, profile written there on stop;
-// summarise with `node bench/profile-top.mjs <file.cpuprofile>`).
+// BENCH_PROFILE=<dir> (one CPU profile of the broker per scenario, <dir>/<scenario>.cpuprofile,
+// taken by bench/broker-probe.mjs; summarise with `node bench/profile-top.mjs <file>`).
 import { execFileSync, fork, spawn } from 'node:child_process';
 import { createPrivateKey, generateKeyPairSync, randomBytes, sign as cryptoSign, verify as cryptoVerify } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -366,17 +366,21 @@ const grpcPort = await freePort();
 const httpPort = await freePort();
 const brokerLog = join(tmpDir, 'broker.log');
 log(`starting broker (gRPC ${grpcPort}, HTTPS ${httpPort})`);
-const profileArgs = process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${resolve(process.env.BENCH_PROFILE)}`] : [];
+if (process.env.BENCH_PROFILE) {
+  mkdirSync(resolve(process.env.BENCH_PROFILE), { recursive: true });
+  process.env.MAYFLY_BENCH_PROFILE_DIR = resolve(process.env.BENCH_PROFILE);
+}
 const probeFile = join(tmpDir, 'probe.json');
 process.env.MAYFLY_BENCH_PROBE = probeFile; // inherited by the broker; read by bench/broker-probe.mjs
-const broker = startChild('broker', [...profileArgs, '--import', pathToFileURL(join(ROOT, 'bench', 'broker-probe.mjs')).href, join(ROOT, 'bin', 'mayfly.js'), 'serve', '--config', configFile, '--grpc-listen', `127.0.0.1:${grpcPort}`, '--http-listen', `127.0.0.1:${httpPort}`], brokerLog);
+const broker = startChild('broker', ['--import', pathToFileURL(join(ROOT, 'bench', 'broker-probe.mjs')).href, join(ROOT, 'bin', 'mayfly.js'), 'serve', '--config', configFile, '--grpc-listen', `127.0.0.1:${grpcPort}`, '--http-listen', `127.0.0.1:${httpPort}`], brokerLog);
 await waitForPorts(broker, [grpcPort, httpPort], brokerLog, 'broker');
 
 /** Event-loop delay and GC pauses of the broker since the previous call (bench/broker-probe.mjs). */
 let probeSeq = 0;
-async function probe() {
+async function probe(nextProfile = '') {
+  writeFileSync(`${probeFile}.next`, nextProfile);
   broker.kill('SIGUSR2');
-  const deadline = Date.now() + 3000;
+  const deadline = Date.now() + 10_000;
   while (Date.now() < deadline) {
     try {
       const s = JSON.parse(readFileSync(probeFile, 'utf8'));
@@ -421,7 +425,7 @@ const base = { concurrency: CONCURRENCY, warmupMs: WARMUP_MS, durationMs: DURATI
 const results = {};
 async function scenario(name, label, params) {
   log(`${label} …`);
-  await probe();
+  await probe(name);
   const r = await measured(broker.pid, { ...base, scenario: name, ...params }).catch((e) => die(`${label}: ${e.message}\n${tail(brokerLog)}`));
   r.probe = await probe();
   if (r.errors > 0) failures.push(`${label}: ${r.errors} call(s) failed; first: ${r.firstError}`);

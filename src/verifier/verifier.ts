@@ -80,6 +80,12 @@ export interface MayflyVerifierOptions {
     syncWaitMs?: number;
     /** How long `start()` waits for the first snapshot (default 10 000 ms). */
     startTimeoutMs?: number;
+    /**
+     * Resubscribe when an open subscription has been silent this long, ms
+     * (default max(1 000, maxSilenceMs / 2)): a half-open connection never
+     * ends by itself, and the broker heartbeats every few seconds.
+     */
+    resubscribeAfterSilenceMs?: number;
     /** Reconnect backoff bounds, ms (default 100 → 5 000, with jitter). */
     backoff?: { initialMs?: number; maxMs?: number };
   };
@@ -172,6 +178,8 @@ export class MayflyVerifier {
   private lastJwksAttempt = -Infinity;
   private jwksTimer: NodeJS.Timeout | null = null;
   private pruneTimer: NodeJS.Timeout | null = null;
+  private watchdog: NodeJS.Timeout | null = null;
+  private callOpenedAt = 0;
 
   private started = false;
   private closed = false;
@@ -214,7 +222,11 @@ export class MayflyVerifier {
     this.started = true;
     this.pruneTimer = setInterval(() => this.prune(), 30_000);
     this.pruneTimer.unref();
-    if (this.o.feed) this.connect();
+    if (this.o.feed) {
+      this.connect();
+      this.watchdog = setInterval(() => this.checkSilence(), 250);
+      this.watchdog.unref();
+    }
     let jwksError: unknown = null;
     try {
       await this.refreshJwks(true);
@@ -314,8 +326,8 @@ export class MayflyVerifier {
   close(): void {
     this.closed = true;
     this.dropCall();
-    for (const t of [this.reconnectTimer, this.jwksTimer, this.pruneTimer]) if (t) clearTimeout(t);
-    this.reconnectTimer = this.jwksTimer = this.pruneTimer = null;
+    for (const t of [this.reconnectTimer, this.jwksTimer, this.pruneTimer, this.watchdog]) if (t) clearTimeout(t);
+    this.reconnectTimer = this.jwksTimer = this.pruneTimer = this.watchdog = null;
     this.releaseWaiters();
   }
 
@@ -535,6 +547,7 @@ export class MayflyVerifier {
     if (!feed || this.closed || this.suspended) return;
     const gen = ++this.generation;
     this.catchingUp = true;
+    this.callOpenedAt = this.clock.now();
     try {
       this.call = feed.client.watchRevocations(
         { cursor: this.cursor, subscriberId: feed.subscriberId },
@@ -547,6 +560,22 @@ export class MayflyVerifier {
       );
     } catch (e) {
       this.onFeedEnd(MayflyError.from(e));
+    }
+  }
+
+  /** Watchdog: an open but silent subscription is dropped and resubscribed from the last cursor. */
+  private checkSilence(): void {
+    const feed = this.o.feed;
+    if (!feed || !this.call || this.closed || this.suspended) return;
+    const limit = feed.resubscribeAfterSilenceMs ?? Math.max(1000, Math.floor((feed.maxSilenceMs ?? 15_000) / 2));
+    const since = this.clock.now() - Math.max(this.lastHeardAt ?? 0, this.callOpenedAt);
+    if (since <= limit) return;
+    const call = this.call;
+    this.onFeedEnd(mayflyError('ERR_UNAVAILABLE', `revocation feed silent for ${since} ms on an open subscription; resubscribing`));
+    try {
+      call.cancel();
+    } catch {
+      /* already gone */
     }
   }
 

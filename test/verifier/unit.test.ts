@@ -126,6 +126,23 @@ describe('MayflyVerifier (scripted feed)', () => {
     v.close();
   });
 
+  it('a silent open subscription (half-open connection) is dropped and resubscribed from the last cursor', async () => {
+    const { clock, k1, feed, v } = setup();
+    const started = v.start();
+    await new Promise((r) => setTimeout(r, 10));
+    feed.send(RevocationEvent_Kind.SNAPSHOT, { cursor: 8, kid: 'v1', jwksJson: jwks(k1) });
+    await started;
+    clock.advance(2600); // default watchdog: max(1 s, maxSilenceMs / 2) = 2.5 s
+    for (let i = 0; i < 200 && feed.subs.length < 2; i++) await new Promise((r) => setTimeout(r, 5));
+    expect(feed.subs.length).toBe(2);
+    expect(feed.subs[0]!.cancelled).toBe(true);
+    expect(feed.subs[1]!.cursor).toBe(8);
+    // No reconnect storm: the new subscription gets its own grace period.
+    await new Promise((r) => setTimeout(r, 600));
+    expect(feed.subs.length).toBe(2);
+    v.close();
+  });
+
   it('key sets replace keys and are acked; a revoked kid is dropped and never comes back', async () => {
     const k2 = keypair('k2');
     let doc = '';

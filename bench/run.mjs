@@ -231,6 +231,22 @@ function machineCpu() {
   return { busy, stallUs };
 }
 
+/** Established TCP connections to 127.0.0.1:port (client side), from /proc/net/tcp; NaN if unavailable. */
+function connectionsTo(port) {
+  try {
+    const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
+    return readFileSync('/proc/net/tcp', 'utf8')
+      .split('\n')
+      .slice(1)
+      .filter((l) => {
+        const f = l.trim().split(/\s+/);
+        return f[2] === `0100007F:${hexPort}` && f[3] === '01';
+      }).length;
+  } catch {
+    return NaN;
+  }
+}
+
 const fmtInt = (x) => (Number.isFinite(x) ? Math.round(x).toLocaleString('en-US') : 'n/a');
 const fmtMs = (x) => (Number.isFinite(x) ? `${x.toFixed(x < 10 ? 2 : 1)} ms` : 'n/a');
 const pct = (x) => `${(x * 100).toFixed(0)}%`;
@@ -428,6 +444,7 @@ async function scenario(name, label, params) {
   await probe(name);
   const r = await measured(broker.pid, { ...base, scenario: name, ...params }).catch((e) => die(`${label}: ${e.message}\n${tail(brokerLog)}`));
   r.probe = await probe();
+  r.grpcConnections = connectionsTo(grpcPort);
   if (r.errors > 0) failures.push(`${label}: ${r.errors} call(s) failed; first: ${r.firstError}`);
   if (r.count === 0) failures.push(`${label}: no call completed in the measurement window`);
   if (r.dropped > 0) failures.push(`${label}: ${r.dropped} arrival(s) dropped (more than the outstanding cap in flight)`);
@@ -569,9 +586,11 @@ if (peer.result) {
 } else md.push(`| token exchange vs peer | ${fmtUs(r.exchange.cpuPerCall)} | ${peer.note} | ≥ 1.5× peer | n/a |`);
 md.push('');
 md.push('Notes:', '');
-if (machine.loadavgBefore[0] > os.cpus().length * 0.5) md.push(`- **The machine was busy before the run (1-min loadavg ${machine.loadavgBefore[0].toFixed(2)} on ${os.cpus().length} CPUs): other processes compete with the broker and the load generator, so absolute numbers (and the references) are depressed and noisy. Compare ratios, and rerun on an idle machine.**`);
+if (machine.loadavgBefore[0] > os.cpus().length * 0.5) md.push(`- **The machine was busy before the run (1-min loadavg ${machine.loadavgBefore[0].toFixed(2)} on ${os.cpus().length} CPUs): other processes compete with the broker and the load generator, so absolute numbers (and the references, measured at different moments) are depressed and noisy; prefer the CPU-normalised table, and rerun on an idle machine.**`);
 md.push('- CPU columns: user+system CPU of the server process (broker, or oidc-provider for the peer row) and of the load generator over the scenario including warm-up, as a share of one core (from /proc).');
-md.push(`- grpc-js shares one subchannel (one HTTP/2 connection) between clients with identical options, so the ${CHANNELS} BrokerClient instances most likely multiplex over one TLS connection; BrokerClientOptions has no channel-options hook to force separate connections.`);
+md.push(`- gRPC: ${CHANNELS} BrokerClient instances; established TCP connections to the broker's gRPC port after the IssueToken scenario: ${r.issue.grpcConnections} (from /proc/net/tcp). Calls are spread round-robin over the clients.`);
+const lgPing = r.ping2.loadgenCpu / r.ping2.perSecond;
+if (lgPing > r.ping2.cpuPerCall) md.push(`- The Ping reference is bounded by the load generator, not the broker: the grpc-js client spends ${fmtUs(lgPing)} CPU per Ping against the broker's ${fmtUs(r.ping2.cpuPerCall)}. Wall-clock ratios against Ping therefore flatter the broker; the CPU-normalised table compares broker CPU only.`);
 md.push(`- HTTPS connections opened by the load generator (TLS handshakes, warm-up included): exchange ${r.exchange.connections ?? 'n/a'}, peer ${peer.result?.connections ?? 'n/a'} (${HTTP_CONCURRENCY} would mean every socket was kept alive).`);
 md.push(`- The JWKS of the bench OIDC issuer was fetched ${jwksFetches} time(s); every exchange verifies its subject token (ES256) and signs a Mayfly token (ES256), and begins a task.`);
 md.push('- The peer does one ES256 sign per token and no subject-token verification; it runs after the broker is stopped, with the same load generator.');

@@ -127,6 +127,34 @@ describe('task lifecycle', () => {
   });
 });
 
+describe('delegation', () => {
+  it('child tasks narrow scopes, carry the actor chain, respect the depth limit and end with the root', async () => {
+    const root = await workload.beginTask({ purpose: 'agent run', scopes: ['read', 'write'] });
+    const child = await workload.beginTask({ purpose: 'sub-agent', parentTaskId: root.taskId, scopes: ['read'], actor: 'agent:planner' });
+    expect(child.depth).toBe(1);
+    expect(child.parentTaskId).toBe(root.taskId);
+    expect(child.expiresAt).toBeLessThanOrEqual(root.expiresAt);
+    expect(await codeOf(workload.issueToken({ taskId: child.taskId, audience: 'demo-api', scopes: ['write'] }))).toBe('ERR_SCOPE_DENIED');
+    const childTok = await workload.issueToken({ taskId: child.taskId, audience: 'demo-api', scopes: ['read'] });
+    const claims = decodeJwt(childTok.token);
+    expect(claims['act']).toEqual({ sub: 'agent:planner', act: { sub: 'spiffe://example.org/demo/workload' } });
+    expect((claims['mayfly'] as Record<string, unknown>)['parent_tid']).toBe(root.taskId);
+
+    expect(await codeOf(workload.beginTask({ purpose: 'wider', parentTaskId: child.taskId, scopes: ['write'] }))).toBe('ERR_DELEGATION_DENIED');
+    const grandchild = await workload.beginTask({ purpose: 'sub-sub-agent', parentTaskId: child.taskId, scopes: ['read'] });
+    expect(grandchild.depth).toBe(2);
+    // The demo rule allows max_delegation_depth 2.
+    expect(await codeOf(workload.beginTask({ purpose: 'too deep', parentTaskId: grandchild.taskId, scopes: ['read'] }))).toBe('ERR_POLICY_DENIED');
+    const gcTok = await workload.issueToken({ taskId: grandchild.taskId, audience: 'demo-api', scopes: ['read'] });
+
+    const done = await workload.completeTask(root.taskId);
+    expect([...done.taskIds].sort()).toEqual([root.taskId, child.taskId, grandchild.taskId].sort());
+    expect(done.revokedTokens).toBe(2);
+    for (const t of [childTok, gcTok]) expect((await workload.introspect(t.token)).reason).toBe('revoked');
+    expect(await codeOf(workload.beginTask({ purpose: 'late child', parentTaskId: root.taskId, scopes: ['read'] }))).toBe('ERR_TASK_NOT_ACTIVE');
+  });
+});
+
 describe('a task token presented back to the broker as bearer', () => {
   it('acts on its own task only: completes it over HTTP, cannot touch another task of the same owner', async () => {
     const t1 = await workload.beginTask({ purpose: 'bearer task 1' });

@@ -4,7 +4,9 @@
  * and an auth.failure audit record; valid SVIDs from either trust domain,
  * including an EC P-256 one made by the openssl CLI, are accepted.
  */
+import { X509Certificate } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -164,17 +166,79 @@ describe('valid SVIDs are accepted', () => {
   });
 });
 
+describe('an SVID that expires while its connection stays open', () => {
+  it('is refused on the next call, on gRPC and on a kept-alive HTTPS connection', async () => {
+    const s = issueX509Svid(exampleCa, { keyPem: leafKey, spiffeId: 'spiffe://example.org/good', validSeconds: 2 });
+    const notAfter = new X509Certificate(s.certPem).validTo;
+    const c = tb.client({ cert: s.certPem, key: s.keyPem });
+    await c.ping();
+    const t = await c.beginTask({ purpose: 'short-lived svid' });
+
+    const agent = new HttpsAgent({ keepAlive: true, maxSockets: 1, ca: tb.ca, cert: s.certPem, key: s.keyPem, servername: 'localhost' });
+    const post = () =>
+      new Promise<{ status: number; body: Record<string, unknown>; socket: unknown }>((resolve, reject) => {
+        const req = httpsRequest(
+          { host: '127.0.0.1', port: tb.broker.http.address.port, path: '/oauth2/introspect', method: 'POST', agent, headers: { 'content-type': 'application/x-www-form-urlencoded' } },
+          (res) => {
+            let text = '';
+            res.on('data', (d: Buffer) => (text += d.toString()));
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) as Record<string, unknown>, socket: req.socket }));
+          },
+        );
+        req.on('error', reject);
+        req.end('token=a.b.c');
+      });
+    try {
+      const first = await post();
+      expect(first.status).toBe(200);
+      expect(first.body['active']).toBe(false);
+      // X.509 times have one-second resolution: wait until the verifier's clock is past notAfter.
+      await new Promise((r) => setTimeout(r, Math.max(0, Date.parse(notAfter) - Date.now()) + 1100));
+      expect(await codeOf(c.ping())).toBe('ERR_SVID_INVALID');
+      expect(await codeOf(c.issueToken({ taskId: t.taskId, audience: 'demo-api', scopes: ['read'] }))).toBe('ERR_SVID_INVALID');
+      const second = await post();
+      expect(second.socket).toBe(first.socket);
+      expect(second.body['mayfly_code']).toBe('ERR_SVID_INVALID');
+    } finally {
+      agent.destroy();
+    }
+  });
+});
+
 describe('the HTTP listener applies the same SVID rules', () => {
-  it('introspection with an invalid client certificate → 400 invalid_grant naming ERR_SVID_INVALID, audited', async () => {
+  const badHttpCert = () => {
     const bad = svid(exampleCa, { spiffeId: 'spiffe://example.org/ca-leaf', isCA: true });
     writeFileSync(join(tb.dir, 'bad-http.pem'), bad.cert);
     writeFileSync(join(tb.dir, 'bad-http.key'), bad.key);
+    return 'bad-http';
+  };
+
+  it('introspection with an invalid client certificate is refused naming ERR_SVID_INVALID, audited', async () => {
+    const cert = badHttpCert();
     const mark = tb.auditMark();
-    const r = await tb.http('/oauth2/introspect', { form: { token: 'x.y.z' }, cert: 'bad-http' });
-    expect(r.status).toBe(400);
-    expect(r.json).toMatchObject({ error: 'invalid_grant', mayfly_code: 'ERR_SVID_INVALID' });
+    const r = await tb.http('/oauth2/introspect', { form: { token: 'x.y.z' }, cert });
+    expect(r.status).toBeGreaterThanOrEqual(400);
+    expect(r.json!['mayfly_code']).toBe('ERR_SVID_INVALID');
+    expect(r.json!['active']).toBeUndefined();
     const recs = tb.auditSince(mark).filter((x) => x['event'] === 'auth.failure');
     expect(recs.map((x) => [x['method'], x['code']])).toEqual([['introspect', 'ERR_SVID_INVALID']]);
+  });
+
+  // KNOWN BUG (src/transport/errors.ts OAUTH_BY_KIND.unauthenticated = 'invalid_grant'): a caller that fails
+  // client authentication at /oauth2/introspect or /oauth2/revoke (tls_client_auth or bearer, as advertised in
+  // discovery) gets 400 invalid_grant; RFC 7662 §2.3 / RFC 7009 §2.1 with RFC 6749 §5.2 require 401
+  // invalid_client (with WWW-Authenticate). The 401 branch in toOAuthError is unreachable. Flip to it() once fixed.
+  it.fails('introspection and revocation with failed client authentication → 401 invalid_client', async () => {
+    const cert = badHttpCert();
+    for (const path of ['/oauth2/introspect', '/oauth2/revoke']) {
+      const r = await tb.http(path, { form: { token: 'x.y.z' }, cert });
+      expect(r.status, path).toBe(401);
+      expect(r.json!['error'], path).toBe('invalid_client');
+      expect(r.headers['www-authenticate'], path).toBeDefined();
+    }
+    const anon = await tb.http('/oauth2/introspect', { form: { token: 'x.y.z' } });
+    expect(anon.status).toBe(401);
+    expect(anon.json!['error']).toBe('invalid_client');
   });
 
   it('no certificate and no bearer on /v1/tasks/complete → 401 ERR_UNAUTHENTICATED', async () => {

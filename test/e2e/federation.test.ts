@@ -194,6 +194,32 @@ describe('RFC 8693 token exchange over HTTPS', () => {
     expect(r.json!['error_description']).toContain('audience');
   });
 
+  it('a body over 64 KiB → 400 invalid_request with ERR_TOO_LARGE', async () => {
+    const r = await exchange(exchangeForm(mint(), { mayfly_purpose: 'p'.repeat(70 * 1024) }));
+    expect(r.status).toBe(400);
+    expect(r.json).toMatchObject({ error: 'invalid_request', mayfly_code: 'ERR_TOO_LARGE' });
+  });
+
+  it('an oversized subject token (over 16 KiB) → 400 invalid_grant', async () => {
+    const huge = mint({ padding: 'x'.repeat(20 * 1024) });
+    const r = await exchange(exchangeForm(huge));
+    expect(r.status).toBe(400);
+    expect(r.json!['error']).toBe('invalid_grant');
+    expect(r.json!['mayfly_code']).toMatch(/^ERR_(JWT_INVALID|TOO_LARGE)$/);
+  });
+
+  it('requested_lifetime is capped by the rule (600 s) and absurd values are refused', async () => {
+    const ok = await exchange(exchangeForm(mint(), { requested_lifetime: '3000' }));
+    expect(ok.status, ok.text).toBe(200);
+    expect(ok.json!['expires_in']).toBeLessThanOrEqual(600);
+    await tb.http('/v1/tasks/complete', { json: {}, bearer: ok.json!['access_token'] as string });
+    const absurd = await exchange(exchangeForm(mint(), { requested_lifetime: '999999999' }));
+    expect(absurd.status).toBe(400);
+    expect(absurd.json).toMatchObject({ error: 'invalid_request', mayfly_code: 'ERR_TTL_INVALID' });
+    const notNumber = await exchange(exchangeForm(mint(), { requested_lifetime: '10m' }));
+    expect(notNumber.json).toMatchObject({ error: 'invalid_request', mayfly_code: 'ERR_TTL_INVALID' });
+  });
+
   it('an invalid scope token → 400 invalid_scope', async () => {
     const r = await exchange(exchangeForm(mint(), { scope: 'deploy "bad' }));
     expect(r.status).toBe(400);

@@ -340,6 +340,8 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
         if (stopped) return;
         stopped = true;
         audit.write({ event: 'broker.stop', outcome: 'success' });
+        // End feed streams first so the gRPC drain does not wait on them.
+        feed!.stop();
         for (const fn of cleanups.reverse()) {
           try {
             await fn();

@@ -109,3 +109,6 @@ export interface KeyInfo {
   /** When the last token signed by this key expires (retiring → retired is allowed after this + skew). */
   lastTokenExpiresAt: EpochMs | null;
 }
+
+/** Reason of the feed's keyset message that closes a replay: from there on the subscriber is caught up. */
+export const REPLAY_END_REASON = 'current';

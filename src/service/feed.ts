@@ -6,7 +6,7 @@
  * (the promotion gate of the key lifecycle).
  */
 import type { Clock, Store } from '../core/ports.js';
-import type { RevocationEvent } from '../core/types.js';
+import { REPLAY_END_REASON, type RevocationEvent } from '../core/types.js';
 import type { EventPublisher } from './deps.js';
 
 export type FeedKind = 'task' | 'token' | 'keyset' | 'key' | 'snapshot' | 'heartbeat';
@@ -38,6 +38,7 @@ export interface FeedOptions {
 interface Subscriber {
   id: string;
   send: (m: FeedMessage) => void;
+  end?: () => void;
   /** Buffer for live events while the backlog is replayed. */
   pending: FeedMessage[] | null;
   lastCursor: number;
@@ -70,9 +71,12 @@ export class RevocationFeed implements EventPublisher {
     this.timer.unref();
   }
 
+  /** Stops heartbeats and ends every subscriber's stream, so shutdown does not wait on them. */
   stop(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
+    for (const s of this.subs) s.end?.();
+    this.subs.clear();
   }
 
   /** Called with each durable event. Fans out at once (the propagation path). */
@@ -93,8 +97,8 @@ export class RevocationFeed implements EventPublisher {
    * or a snapshot of live revocations if the cursor predates retention, then
    * streams live events. Never drops an event between replay and live.
    */
-  async subscribe(subscriberId: string, cursor: number, send: (m: FeedMessage) => void): Promise<Subscription> {
-    const sub: Subscriber = { id: subscriberId, send, pending: [], lastCursor: cursor, connectedAt: this.clock.now() };
+  async subscribe(subscriberId: string, cursor: number, send: (m: FeedMessage) => void, end?: () => void): Promise<Subscription> {
+    const sub: Subscriber = { id: subscriberId, send, ...(end ? { end } : {}), pending: [], lastCursor: cursor, connectedAt: this.clock.now() };
     this.subs.add(sub);
     try {
       const range = await this.store.cursorRange();
@@ -113,7 +117,7 @@ export class RevocationFeed implements EventPublisher {
         }
         sub.lastCursor = from;
         // Tell the subscriber the current key set even if no keyset event was replayed.
-        sub.send({ kind: 'keyset', cursor: from, at: this.clock.now(), taskIds: [], jtis: [], kid: ks.version, reason: 'current', kids: ks.kids, jwksJson: ks.json });
+        sub.send({ kind: 'keyset', cursor: from, at: this.clock.now(), taskIds: [], jtis: [], kid: ks.version, reason: REPLAY_END_REASON, kids: ks.kids, jwksJson: ks.json });
       }
       const pending = sub.pending ?? [];
       sub.pending = null;

@@ -23,6 +23,7 @@ import { createHash, type KeyObject } from 'node:crypto';
 import { isMayflyError, MayflyError, mayflyError, type ErrorCode } from '../core/errors.js';
 import { systemClock } from '../core/clock.js';
 import type { Clock } from '../core/ports.js';
+import { REPLAY_END_REASON } from '../core/types.js';
 import { backgroundRefreshDelayMs, createHttpsFetch, parseJwks, type FetchLike } from '../identity/jwks-source.js';
 import { b64u } from '../tokens/jws.js';
 import type { MayflyClaims } from '../tokens/claims.js';
@@ -146,8 +147,6 @@ export interface VerifierStats {
 }
 
 const DEFAULT_RETENTION_MS = 3_600_000;
-/** The broker ends a replay with a key-set message whose reason is this (src/service/feed.ts). */
-const REPLAY_END_REASON = 'current';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
 

@@ -3,6 +3,7 @@ import { beforeEach, describe, expect, it } from 'vitest';
 import { ManualClock, systemRandom } from '../../src/core/clock.js';
 import { MayflyError } from '../../src/core/errors.js';
 import type { Identity, RevocationEvent } from '../../src/core/types.js';
+import type { AuditEntry } from '../../src/core/ports.js';
 import { MemoryAuditSink } from '../../src/audit/memory-sink.js';
 import { BuiltinEngine } from '../../src/policy/builtin.js';
 import { DecisionPoint } from '../../src/policy/decision-point.js';
@@ -215,7 +216,7 @@ describe('BrokerService', () => {
 
   it('every decision audit record carries engine, revision, input digest, outcome and latency', async () => {
     await s.service.beginTask(ctx(workload), { purpose: 'p' });
-    const rec = s.audit.records.at(-1)!;
+    const rec = s.audit.records.at(-1)! as unknown as AuditEntry;
     expect(rec.decision).toMatchObject({ engine: 'builtin', source: 'demo', allow: true });
     expect(rec.decision!.revision).toMatch(/^[0-9a-f]{64}$/);
     expect(rec.decision!.input_sha256).toMatch(/^[0-9a-f]{64}$/);

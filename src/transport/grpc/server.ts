@@ -158,9 +158,14 @@ export async function startGrpcServer(deps: GrpcServerDeps, host: string, port: 
           }
           const subscriberId = (req.subscriberId || ctx.identity.id).slice(0, 200);
           deps.audit.write({ event: 'feed.subscribe', outcome: 'success', request_id: requestId, peer: ctx.peer, subscriber_id: subscriberId, cursor: Number(req.cursor), identity: { kind: ctx.identity.kind, id: ctx.identity.id, method: ctx.identity.method } });
-          const sub = await deps.feed.subscribe(subscriberId, Number(req.cursor), (m) => {
-            call.write(Buffer.from(toBinary(pb.RevocationEventSchema, toProtoEvent(m))));
-          });
+          const sub = await deps.feed.subscribe(
+            subscriberId,
+            Number(req.cursor),
+            (m) => {
+              call.write(Buffer.from(toBinary(pb.RevocationEventSchema, toProtoEvent(m))));
+            },
+            () => call.end(),
+          );
           const end = () => sub.close();
           call.on('cancelled', end);
           call.on('close', end);

@@ -310,10 +310,15 @@ export function buildHttpApp(deps: HttpServerDeps): FastifyInstance {
     res.write(': mayfly revocation feed\n\n');
     deps.audit.write({ event: 'feed.subscribe', outcome: 'success', request_id: req.id, peer: ctx.peer, subscriber_id: subscriberId, cursor, transport: 'sse', identity: { kind: ctx.identity.kind, id: ctx.identity.id } });
     try {
-      const sub = await deps.feed.subscribe(subscriberId, cursor, (m) => {
-        const id = m.kind === 'heartbeat' ? '' : `id: ${m.cursor}\n`;
-        res.write(`${id}event: ${m.kind}\ndata: ${JSON.stringify(m)}\n\n`);
-      });
+      const sub = await deps.feed.subscribe(
+        subscriberId,
+        cursor,
+        (m) => {
+          const id = m.kind === 'heartbeat' ? '' : `id: ${m.cursor}\n`;
+          res.write(`${id}event: ${m.kind}\ndata: ${JSON.stringify(m)}\n\n`);
+        },
+        () => res.end(),
+      );
       req.raw.on('close', () => sub.close());
     } catch {
       res.end();

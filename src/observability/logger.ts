@@ -8,24 +8,12 @@
 import { randomBytes } from 'node:crypto';
 import { pino, type DestinationStream, type Logger as PinoLogger, type LevelWithSilentOrString } from 'pino';
 import type { Random } from '../core/ports.js';
-import { scrubTokens } from '../audit/record.js';
+import { scrubTokens, SENSITIVE_FIELDS } from '../audit/record.js';
 
 export type Logger = PinoLogger;
 
-const SECRET_FIELDS = [
-  'token',
-  'access_token',
-  'subject_token',
-  'actor_token',
-  'refresh_token',
-  'id_token',
-  'authorization',
-  'private_key',
-  'privateKey',
-  'client_secret',
-  'secret',
-  'password',
-];
+// The audit list, less the bare `key` (log lines name kids and config keys freely), plus camelCase spellings pino matches literally.
+const SECRET_FIELDS = [...SENSITIVE_FIELDS.filter((f) => f !== 'key'), 'privateKey', 'accessToken', 'subjectToken'];
 
 /** Paths pino redacts: each secret field at top level and one level deep, and HTTP/gRPC authorization headers. */
 export const REDACT_PATHS: readonly string[] = [

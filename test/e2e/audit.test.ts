@@ -9,6 +9,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { verifyAuditLog } from '../../src/audit/verify.js';
 import { codeOf, startTestBroker, type TestBroker } from './helpers.js';
 
 const ROOT = resolve(fileURLToPath(new URL('.', import.meta.url)), '..', '..');
@@ -167,9 +168,10 @@ describe('mayfly audit verify (CLI)', () => {
       expect(r.stdout).toMatch(brokenAt(target() + 1));
     });
 
-    it('audit.log itself is restored and verifies again', async () => {
+    it('audit.log itself is restored and verifies again', () => {
       expect(readFileSync(auditPath, 'utf8')).toBe(original);
-      expect((await verify()).code).toBe(0);
+      // In-process (the CLI already accepted this exact content in the first test).
+      expect(verifyAuditLog(original).ok).toBe(true);
     });
   });
 });

@@ -195,6 +195,21 @@ const handlers = {
     return { tasks: tasks.length };
   },
 
+  /** Mints `count` tokens on the open tasks, `concurrency` in flight; returns them (scenario (h)). */
+  async mint(m) {
+    const out = new Array(m.count);
+    let next = 0;
+    const worker = async (w) => {
+      for (let i = next++; i < m.count; i = next++) {
+        const r = await clients[w % clients.length].issueToken({ taskId: tasks[i % tasks.length], audience: m.audience, scopes: m.scopes, ttlSeconds: m.tokenTtl });
+        if (!r.token || r.token.split('.').length !== 3) throw new Error('IssueToken returned no JWT');
+        out[i] = r.token;
+      }
+    };
+    await Promise.all(Array.from({ length: m.concurrency }, (_, w) => worker(w)));
+    return { tokens: out };
+  },
+
   async run(m) {
     const cl = (w) => clients[w % clients.length];
     const tokenReq = (taskId) => ({ taskId, audience: m.audience, scopes: m.scopes, ttlSeconds: m.tokenTtl });

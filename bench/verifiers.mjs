@@ -1,0 +1,167 @@
+// Relying parties for bench/run.mjs scenario (g), revocation propagation.
+// Runs as a forked child: N MayflyVerifier instances, each with its own
+// BrokerClient (own gRPC channel, dev relying-party SVID) subscribed to the
+// broker's WatchRevocations (default heartbeat and silence limits).
+// IPC protocol, as bench/loadgen.mjs:
+//   parent -> {id, cmd: 'init', count, issuer, audience, jwksUrl, grpcAddress, ca, cert, key}
+//   parent -> {id, cmd: 'accept', token}   every verifier must accept the token; then it is "armed"
+//   parent -> {id, cmd: 'awaitRevoked', timeoutMs}
+//             resolves with {tLast} = process.hrtime.bigint() (as a string) when the LAST
+//             verifier has rejected the armed token with ERR_TOKEN_REVOKED
+//   child  -> {id, ok: true, result} | {id, ok: false, error}
+// Detection: each verifier's feed callback is wrapped; after the verifier has
+// processed a feed message (synchronously, as MayflyVerifier does), the
+// wrapper calls that verifier's verify(armed token). So the time recorded is
+// when the revocation was applied and visible through the public API, with
+// no polling delay. Misuse reports are disabled (reportMisuse: false): they
+// would send N ReportMisuse calls to the broker in the middle of the
+// measurement. CLOCK_MONOTONIC (process.hrtime) is shared by processes on
+// one Linux host, so the parent subtracts its own t0.
+import { readFileSync } from 'node:fs';
+import { BrokerClient } from '../dist/client/broker-client.js';
+import { MayflyVerifier } from '../dist/verifier/index.js';
+
+if (!process.send) {
+  console.error('bench/verifiers.mjs is started by bench/run.mjs (it needs an IPC channel)');
+  process.exit(2);
+}
+
+let verifiers = [];
+let clients = [];
+/** The token being watched: {token, rejected: boolean[], left, tLast, error, waiters}. */
+let armed = null;
+
+function onMessageFor(i) {
+  const a = armed;
+  if (!a || a.rejected[i]) return;
+  if (a.checking[i]) {
+    a.recheck[i] = true; // a message arrived while a check was in flight: check again after it
+    return;
+  }
+  a.checking[i] = true;
+  verifiers[i].verify(a.token).then(
+    () => {
+      a.checking[i] = false; // not revoked yet at this verifier: wait for its next feed message
+      if (a.recheck[i]) {
+        a.recheck[i] = false;
+        onMessageFor(i);
+      }
+    },
+    (e) => {
+      a.checking[i] = false;
+      if (e?.code !== 'ERR_TOKEN_REVOKED') {
+        a.error ??= `verifier ${i}: ${e?.code ?? ''} ${e?.message ?? e}`;
+        settle(a);
+        return;
+      }
+      const t = process.hrtime.bigint();
+      a.rejected[i] = true;
+      if (--a.left === 0) {
+        a.tLast = t;
+        settle(a);
+      }
+    },
+  );
+}
+
+function settle(a) {
+  const w = a.waiters;
+  a.waiters = [];
+  for (const fn of w) fn();
+}
+
+const handlers = {
+  async init(m) {
+    const ca = readFileSync(m.ca);
+    const cert = readFileSync(m.cert);
+    const key = readFileSync(m.key);
+    const t0 = performance.now();
+    for (let i = 0; i < m.count; i++) {
+      const client = new BrokerClient({ address: m.grpcAddress, ca, cert, key, timeoutMs: 10_000 });
+      clients.push(client);
+      // The verifier only sees the VerifierBrokerClient surface; wrap the feed callback.
+      const wrapped = {
+        watchRevocations: (req, onEvent, onEnd) =>
+          client.watchRevocations(
+            req,
+            (e) => {
+              onEvent(e);
+              onMessageFor(i);
+            },
+            onEnd,
+          ),
+        ackKeySet: (s, v) => client.ackKeySet(s, v),
+        reportMisuse: (k, t, d) => client.reportMisuse(k, t, d),
+        introspect: (t) => client.introspect(t),
+      };
+      verifiers.push(
+        new MayflyVerifier({
+          issuer: m.issuer,
+          audience: m.audience,
+          jwks: { url: m.jwksUrl, ca },
+          feed: { client: wrapped, subscriberId: `bench-rp-${i}` },
+          reportMisuse: false,
+        }),
+      );
+    }
+    await Promise.all(verifiers.map((v) => v.start()));
+    const reconnects = verifiers.reduce((s, v) => s + v.stats().reconnects, 0);
+    return { verifiers: verifiers.length, startMs: performance.now() - t0, reconnects };
+  },
+
+  async accept(m) {
+    armed = null;
+    await Promise.all(verifiers.map((v) => v.verify(m.token)));
+    armed = { token: m.token, rejected: new Array(verifiers.length).fill(false), checking: new Array(verifiers.length).fill(false), recheck: new Array(verifiers.length).fill(false), left: verifiers.length, tLast: null, error: null, waiters: [] };
+    return { accepted: verifiers.length };
+  },
+
+  async awaitRevoked(m) {
+    const a = armed;
+    if (!a) throw new Error('no token armed');
+    if (a.tLast === null && a.error === null) {
+      await new Promise((resolve) => {
+        const t = setTimeout(resolve, m.timeoutMs ?? 5000);
+        a.waiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+    armed = null;
+    if (a.error) throw new Error(a.error);
+    if (a.tLast === null) throw new Error(`only ${a.rejected.filter(Boolean).length} of ${verifiers.length} verifiers rejected the token within ${m.timeoutMs ?? 5000} ms`);
+    return { tLast: a.tLast.toString() };
+  },
+
+  stats() {
+    const s = verifiers.map((v) => v.stats());
+    return {
+      feedMessages: s.reduce((x, y) => x + y.feedMessages, 0),
+      reconnects: s.reduce((x, y) => x + y.reconnects, 0),
+      accepted: s.reduce((x, y) => x + y.accepted, 0),
+      notSynchronized: s.filter((y) => !y.synchronized).length,
+    };
+  },
+
+  close() {
+    for (const v of verifiers) v.close();
+    for (const c of clients) c.close();
+    verifiers = [];
+    clients = [];
+    return {};
+  },
+};
+
+process.on('message', async (m) => {
+  try {
+    const fn = handlers[m.cmd];
+    if (!fn) throw new Error(`unknown command ${m.cmd}`);
+    const result = await fn(m);
+    process.send({ id: m.id, ok: true, result });
+  } catch (e) {
+    process.send({ id: m.id, ok: false, error: `${e?.code ?? ''} ${e?.stack ?? e?.message ?? String(e)}`.trim() });
+  }
+});
+process.on('disconnect', () => process.exit(0));
+process.send({ id: 0, ok: true, result: 'ready' });

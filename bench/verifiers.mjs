@@ -7,7 +7,9 @@
 //   parent -> {id, cmd: 'accept', token}   every verifier must accept the token; then it is "armed"
 //   parent -> {id, cmd: 'awaitRevoked', timeoutMs}
 //             resolves with {tLast} = process.hrtime.bigint() (as a string) when the LAST
-//             verifier has rejected the armed token with ERR_TOKEN_REVOKED
+//             verifier has rejected the armed token with ERR_TOKEN_REVOKED, plus
+//             {firstArrival, lastArrival}: when the first / last of the revoking feed
+//             messages arrived (before the verifier processed it), for a breakdown
 //   child  -> {id, ok: true, result} | {id, ok: false, error}
 // Detection: each verifier's feed callback is wrapped; after the verifier has
 // processed a feed message (synchronously, as MayflyVerifier does), the
@@ -31,9 +33,10 @@ let clients = [];
 /** The token being watched: {token, rejected: boolean[], left, tLast, error, waiters}. */
 let armed = null;
 
-function onMessageFor(i) {
+function onMessageFor(i, arrivedAt) {
   const a = armed;
   if (!a || a.rejected[i]) return;
+  a.lastArrival[i] = arrivedAt;
   if (a.checking[i]) {
     a.recheck[i] = true; // a message arrived while a check was in flight: check again after it
     return;
@@ -56,6 +59,10 @@ function onMessageFor(i) {
       }
       const t = process.hrtime.bigint();
       a.rejected[i] = true;
+      // Arrival of the feed message after which this verifier rejected (before the verifier processed it).
+      const arr = a.lastArrival[i];
+      if (a.firstArrival === null || arr < a.firstArrival) a.firstArrival = arr;
+      if (a.lastArrivalMax === null || arr > a.lastArrivalMax) a.lastArrivalMax = arr;
       if (--a.left === 0) {
         a.tLast = t;
         settle(a);
@@ -85,8 +92,9 @@ const handlers = {
           client.watchRevocations(
             req,
             (e) => {
+              const arrivedAt = process.hrtime.bigint();
               onEvent(e);
-              onMessageFor(i);
+              onMessageFor(i, arrivedAt);
             },
             onEnd,
           ),
@@ -112,7 +120,7 @@ const handlers = {
   async accept(m) {
     armed = null;
     await Promise.all(verifiers.map((v) => v.verify(m.token)));
-    armed = { token: m.token, rejected: new Array(verifiers.length).fill(false), checking: new Array(verifiers.length).fill(false), recheck: new Array(verifiers.length).fill(false), left: verifiers.length, tLast: null, error: null, waiters: [] };
+    armed = { token: m.token, rejected: new Array(verifiers.length).fill(false), checking: new Array(verifiers.length).fill(false), recheck: new Array(verifiers.length).fill(false), lastArrival: new Array(verifiers.length).fill(0n), firstArrival: null, lastArrivalMax: null, left: verifiers.length, tLast: null, error: null, waiters: [] };
     return { accepted: verifiers.length };
   },
 
@@ -131,7 +139,7 @@ const handlers = {
     armed = null;
     if (a.error) throw new Error(a.error);
     if (a.tLast === null) throw new Error(`only ${a.rejected.filter(Boolean).length} of ${verifiers.length} verifiers rejected the token within ${m.timeoutMs ?? 5000} ms`);
-    return { tLast: a.tLast.toString() };
+    return { tLast: a.tLast.toString(), firstArrival: a.firstArrival.toString(), lastArrival: a.lastArrivalMax.toString() };
   },
 
   stats() {

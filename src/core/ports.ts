@@ -141,6 +141,7 @@ export type AuditEvent =
   | 'token.misuse'
   | 'identity.revoke'
   | 'auth.failure'
+  | 'request.invalid'
   | 'key.create'
   | 'key.state'
   | 'key.revoke'

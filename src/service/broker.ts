@@ -75,6 +75,9 @@ export class BrokerService {
       const actor = v.text('actor', p.actor, v.LIMITS.actorMax, false);
       const now = this.d.clock.now();
 
+      if (ctx.identity.method === 'task-token' && parentId !== ctx.identity.claims['tid']) {
+        throw mayflyError('ERR_NOT_AUTHORIZED_CLIENT', 'a task token may only start child tasks of its own task');
+      }
       let parent: TaskRecord | null = null;
       if (parentId) {
         parent = await this.loadOwnedTask(ctx.identity, parentId, rec);
@@ -147,6 +150,13 @@ export class BrokerService {
 
       const task = await this.loadOwnedTask(ctx.identity, taskId, rec);
       this.assertActive(task, now);
+      if (ctx.identity.method === 'task-token') {
+        // A bearer task token can only be exchanged for a narrower one: same audience, a subset of its scopes.
+        const held = String(ctx.identity.claims['scope'] ?? '').split(' ').filter(Boolean);
+        if (aud !== ctx.identity.claims['aud']) throw mayflyError('ERR_AUDIENCE_DENIED', 'a task token can only be exchanged for a token of its own audience');
+        const wider = requested.filter((sc) => !held.includes(sc));
+        if (wider.length > 0) throw mayflyError('ERR_SCOPE_DENIED', `a task token cannot widen its scopes; not held: ${wider.join(' ')}`);
+      }
       if (task.scopeCeiling) {
         const outside = requested.filter((s) => !task.scopeCeiling!.includes(s));
         if (outside.length > 0) throw mayflyError('ERR_SCOPE_DENIED', `scopes not available to this task: ${outside.join(' ')}`);
@@ -303,12 +313,13 @@ export class BrokerService {
       throw mayflyError('ERR_UNAUTHENTICATED', `task token is not active (${r.reason ?? 'invalid'})`);
     }
     const c = r.claims;
+    // RFC 8705 §3: a certificate-bound token is only good together with its certificate.
+    if (c.cnf) throw mayflyError('ERR_UNAUTHENTICATED', 'this task token is bound to a client certificate; present it over mTLS with that certificate');
     return {
       kind: c.sub.startsWith('spiffe://') ? 'spiffe' : 'oidc',
       id: c.sub,
       method: 'task-token',
       claims: { tid: c.tid, jti: c.jti, aud: c.aud, scope: c.scope },
-      ...(c.cnf ? { certThumbprint: c.cnf['x5t#S256'] } : {}),
       credentialExpiresAt: c.exp * 1000,
     };
   }
@@ -349,7 +360,7 @@ export class BrokerService {
       const target = v.text('identity', p.identity, 2048);
       const reason = v.text('reason', p.reason, 256, false) || 'identity revoked by admin';
       rec.target = target;
-      if (!this.d.config.admins.includes(ctx.identity.id)) {
+      if (!this.d.config.admins.includes(ctx.identity.id) || ctx.identity.method === 'task-token') {
         throw mayflyError('ERR_NOT_AUTHORIZED_CLIENT', `${ctx.identity.id} is not a configured admin`);
       }
       const res = await this.d.store.endTasksOfOwner(target, reason, this.d.clock.now());

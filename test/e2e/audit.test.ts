@@ -44,7 +44,10 @@ beforeAll(async () => {
   expect(await codeOf(c.beginTask({ purpose: '' }))).toBe('ERR_INVALID_ARGUMENT');
   const introspected = await tb.http('/oauth2/introspect', { form: { token: b.token }, cert: 'relying-party' });
   expect(introspected.json!['active']).toBe(true);
-  const completed = await tb.http('/v1/tasks/complete', { json: {}, bearer: a.token });
+  // A certificate-bound token presented as a bearer without its certificate: refused, and not logged either.
+  const unbound = await tb.http('/v1/tasks/complete', { json: {}, bearer: a.token });
+  expect(unbound.status).toBe(401);
+  const completed = await tb.http('/v1/tasks/complete', { json: { task_id: t1.taskId }, cert: 'workload' });
   expect(completed.status).toBe(200);
   expect(completed.json!['revoked_tokens']).toBe(2);
   expect((await c.introspect(a.token)).reason).toBe('revoked');

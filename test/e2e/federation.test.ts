@@ -239,12 +239,17 @@ describe('the exchanged access token handed to a relying party', () => {
     try {
       const wider = await exchange({ grant_type: GRANT, subject_token: access, subject_token_type: ACCESS_TYPE, audience: AUD, scope: 'read', mayfly_task_id: taskId });
       expect(wider.status).toBe(400);
-      expect(wider.json).toMatchObject({ error: 'unauthorized_client', mayfly_code: 'ERR_POLICY_DENIED' });
+      // A task token only narrows: same audience, a subset of its scopes, on its own task.
+      expect(wider.json).toMatchObject({ error: 'invalid_scope', mayfly_code: 'ERR_SCOPE_DENIED' });
       const fresh = await exchange({ grant_type: GRANT, subject_token: access, subject_token_type: ACCESS_TYPE, audience: AUD, scope: 'deploy' });
       expect(fresh.status).toBe(400);
-      expect(fresh.json).toMatchObject({ error: 'unauthorized_client', mayfly_code: 'ERR_POLICY_DENIED' });
+      expect(fresh.json).toMatchObject({ error: 'unauthorized_client', mayfly_code: 'ERR_NOT_AUTHORIZED_CLIENT' });
       const viaGrpc = tb.client({ bearer: access });
-      expect(await codeOf(viaGrpc.issueToken({ taskId, audience: AUD, scopes: ['read'] }))).toBe('ERR_POLICY_DENIED');
+      expect(await codeOf(viaGrpc.issueToken({ taskId, audience: AUD, scopes: ['read'] }))).toBe('ERR_SCOPE_DENIED');
+      expect(await codeOf(viaGrpc.issueToken({ taskId, audience: 'elsewhere', scopes: ['deploy'] }))).toBe('ERR_AUDIENCE_DENIED');
+      // Within its audience and scopes the request still goes to policy, which sees method task-token and
+      // none of the CI claims (they were verified for the OIDC token, not carried by the task token): denied.
+      expect(await codeOf(viaGrpc.issueToken({ taskId, audience: AUD, scopes: ['deploy'], ttlSeconds: 60 }))).toBe('ERR_POLICY_DENIED');
     } finally {
       const done = await tb.http('/v1/tasks/complete', { json: {}, bearer: access });
       expect(done.status).toBe(200);

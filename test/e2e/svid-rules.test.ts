@@ -228,7 +228,7 @@ describe('the HTTP listener applies the same SVID rules', () => {
   // client authentication at /oauth2/introspect or /oauth2/revoke (tls_client_auth or bearer, as advertised in
   // discovery) gets 400 invalid_grant; RFC 7662 §2.3 / RFC 7009 §2.1 with RFC 6749 §5.2 require 401
   // invalid_client (with WWW-Authenticate). The 401 branch in toOAuthError is unreachable. Flip to it() once fixed.
-  it.fails('introspection and revocation with failed client authentication → 401 invalid_client', async () => {
+  it('introspection and revocation with failed client authentication → 401 invalid_client', async () => {
     const cert = badHttpCert();
     for (const path of ['/oauth2/introspect', '/oauth2/revoke']) {
       const r = await tb.http(path, { form: { token: 'x.y.z' }, cert });

@@ -194,13 +194,22 @@ describe('BrokerService', () => {
     expect(s.events.at(-1)).toMatchObject({ kind: 'task', taskIds: [task.id] });
   });
 
-  it('task tokens authenticate only for their own task', async () => {
-    const a = await s.service.beginTask(ctx(workload), { purpose: 'a' });
-    const b = await s.service.beginTask(ctx(workload), { purpose: 'b' });
-    const t = await s.service.issueToken(ctx(workload), { taskId: a.id, audience: 'demo-api', scopes: ['read'] });
+  it('task tokens authenticate only for their own task, and only narrow', async () => {
+    const bearerCaller = { ...workload, certThumbprint: undefined }; // e.g. a JWT-SVID caller: tokens are not certificate-bound
+    const a = await s.service.beginTask(ctx(bearerCaller), { purpose: 'a' });
+    const b = await s.service.beginTask(ctx(bearerCaller), { purpose: 'b' });
+    const t = await s.service.issueToken(ctx(bearerCaller), { taskId: a.id, audience: 'demo-api', scopes: ['read'] });
     const id = await s.service.authenticateTaskToken(t.token);
     expect(id).toMatchObject({ id: workload.id, method: 'task-token' });
     expect(await code(s.service.completeTask(ctx(id), { taskId: b.id }))).toBe('ERR_NOT_TASK_OWNER');
+    expect(await code(s.service.issueToken(ctx(id), { taskId: a.id, audience: 'demo-api', scopes: ['write'] }))).toBe('ERR_SCOPE_DENIED');
+    expect(await code(s.service.issueToken(ctx(id), { taskId: a.id, audience: 'other', scopes: ['read'] }))).toBe('ERR_AUDIENCE_DENIED');
+    expect(await code(s.service.beginTask(ctx(id), { purpose: 'root as owner' }))).toBe('ERR_NOT_AUTHORIZED_CLIENT');
+    expect((await s.service.beginTask(ctx(id), { purpose: 'child', parentTaskId: a.id, scopes: ['read'] })).parentId).toBe(a.id);
+    expect(await code(s.service.revokeIdentity(ctx({ ...id, id: 'spiffe://example.org/ops/admin' }), { identity: workload.id }))).toBe('ERR_NOT_AUTHORIZED_CLIENT');
+    // A certificate-bound token is useless as a bearer without its certificate.
+    const bound = await s.service.issueToken(ctx(workload), { taskId: (await s.service.beginTask(ctx(workload), { purpose: 'c' })).id, audience: 'demo-api', scopes: ['read'] });
+    expect(await code(s.service.authenticateTaskToken(bound.token))).toBe('ERR_UNAUTHENTICATED');
     expect((await s.service.completeTask(ctx(id), { taskId: a.id })).revokedTokens).toBe(1);
     expect(await code(s.service.authenticateTaskToken(t.token))).toBe('ERR_UNAUTHENTICATED');
   });

@@ -84,6 +84,7 @@ export async function startGrpcServer(deps: GrpcServerDeps, host: string, port: 
           try {
             req = fromBinary(input, call.request);
           } catch (cause) {
+            deps.audit.write({ event: 'request.invalid', outcome: 'denied', request_id: requestId, peer: call.getPeer(), method, code: 'ERR_INVALID_ARGUMENT', reason: `malformed ${input.typeName} message` });
             throw mayflyError('ERR_INVALID_ARGUMENT', `malformed ${input.typeName} message`, undefined, cause);
           }
           const ctx = await identify(call, requestId, method);

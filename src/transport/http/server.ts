@@ -87,6 +87,15 @@ export function buildHttpApp(deps: HttpServerDeps): FastifyInstance {
 
   const base = deps.issuer.replace(/\/$/, '');
 
+  app.addHook('preHandler', async (req, reply) => {
+    if (req.method === 'POST' && req.url.startsWith('/oauth2/')) {
+      const type = String(req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+      if (type !== 'application/x-www-form-urlencoded') {
+        return reply.code(400).header('cache-control', 'no-store').send({ error: 'invalid_request', error_description: 'OAuth endpoints take application/x-www-form-urlencoded bodies (RFC 6749 §3.2)', mayfly_code: 'ERR_INVALID_ARGUMENT' });
+      }
+    }
+  });
+
   /** Authenticates the caller by client certificate, else bearer token; audits failures. */
   const authenticate = async (req: FastifyRequest, route: string): Promise<CallContext> => {
     const peer = `${req.socket.remoteAddress}:${req.socket.remotePort}`;
@@ -120,10 +129,14 @@ export function buildHttpApp(deps: HttpServerDeps): FastifyInstance {
     }
   };
 
-  const fail = (reply: FastifyReply, route: string, req: FastifyRequest, e: unknown, oauth: boolean) => {
+  const fail = (reply: FastifyReply, route: string, req: FastifyRequest, e: unknown, oauth: boolean, clientAuth = false) => {
     const err = MayflyError.from(e);
     deps.onError?.(route, err, req.id);
     reply.header('cache-control', 'no-store');
+    if (oauth && clientAuth && err.kind === 'unauthenticated') {
+      // RFC 7662 §2.3 / RFC 7009 §2.1 (RFC 6749 §5.2): the caller itself failed to authenticate.
+      return reply.code(401).header('www-authenticate', 'Bearer, TLS').send({ error: 'invalid_client', error_description: publicMessage(err), mayfly_code: err.code });
+    }
     if (oauth) {
       const o = toOAuthError(err);
       if (o.status === 401) reply.header('www-authenticate', 'Bearer');
@@ -251,8 +264,13 @@ export function buildHttpApp(deps: HttpServerDeps): FastifyInstance {
 
   // RFC 7662. Callers authenticate (mTLS or bearer); a task-token holder sees only its own task's tokens.
   app.post('/oauth2/introspect', async (req, reply) => {
+    let ctx: CallContext;
     try {
-      const ctx = await authenticate(req, 'introspect');
+      ctx = await authenticate(req, 'introspect');
+    } catch (e) {
+      return fail(reply, 'introspect', req, e, true, true);
+    }
+    try {
       const token = formField(req.body, 'token');
       const res = await deps.broker.introspect(ctx, { token });
       reply.header('cache-control', 'no-store');
@@ -266,8 +284,13 @@ export function buildHttpApp(deps: HttpServerDeps): FastifyInstance {
 
   // RFC 7009: 200 for unknown tokens too.
   app.post('/oauth2/revoke', async (req, reply) => {
+    let ctx: CallContext;
     try {
-      const ctx = await authenticate(req, 'revoke');
+      ctx = await authenticate(req, 'revoke');
+    } catch (e) {
+      return fail(reply, 'revoke', req, e, true, true);
+    }
+    try {
       await deps.broker.revokeToken(ctx, { token: formField(req.body, 'token') });
       return reply.header('cache-control', 'no-store').send({});
     } catch (e) {

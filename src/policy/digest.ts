@@ -5,24 +5,9 @@
  * always hashes the same whatever order its keys were written in.
  */
 import { createHash } from 'node:crypto';
+import { canonicalJson } from '../core/canonical-json.js';
 
-/** Serialises `value` as JSON with object keys sorted recursively. */
-export function canonicalJson(value: unknown): string {
-  return JSON.stringify(sortKeys(value)) ?? 'null';
-}
-
-function sortKeys(value: unknown): unknown {
-  if (Array.isArray(value)) return value.map((v) => (v === undefined ? null : sortKeys(v)));
-  if (value !== null && typeof value === 'object') {
-    const out: Record<string, unknown> = {};
-    for (const k of Object.keys(value).sort()) {
-      const v = (value as Record<string, unknown>)[k];
-      if (v !== undefined) out[k] = sortKeys(v);
-    }
-    return out;
-  }
-  return value;
-}
+export { canonicalJson };
 
 /** SHA-256 (hex) of raw policy bytes: a wasm module, a bundle or a rules file. */
 export function hashPolicy(buf: Uint8Array | string): string {

@@ -267,6 +267,9 @@ export class SqliteStore implements Store {
   private closed = false;
   /** Group commit: issuance writes queued in one event-loop turn share one transaction (see `batched`). */
   private batch: Array<{ what: string; fn: () => void; resolve: () => void; reject: (e: unknown) => void }> = [];
+  /** Runs a write in a savepoint when called inside the batch transaction (better-sqlite3 nests transactions as savepoints). */
+  private readonly savepoint: (fn: () => void) => void;
+  private readonly batchTx: (run: () => void) => void;
 
   private constructor(
     private readonly db: Db,
@@ -326,6 +329,8 @@ export class SqliteStore implements Store {
       syncNormal: p('PRAGMA synchronous = NORMAL'),
     };
     const s = this.s;
+    this.savepoint = db.transaction((fn: () => void) => fn());
+    this.batchTx = db.transaction((run: () => void) => run());
     this.recordTokenTx = db.transaction((t: TokenRecord) => {
       if (s.bumpTask.run(t.taskId).changes !== 1) {
         const row = s.taskStatus.get(t.taskId) as { status: string } | undefined;
@@ -400,15 +405,15 @@ export class SqliteStore implements Store {
     if (items.length === 0) return;
     const outcomes: unknown[] = new Array(items.length);
     try {
-      this.db.transaction(() => {
+      this.batchTx(() => {
         items.forEach((it, i) => {
           try {
-            this.db.transaction(it.fn)(); // nested: a savepoint
+            this.savepoint(it.fn);
           } catch (err) {
             outcomes[i] = err;
           }
         });
-      })();
+      });
     } catch (err) {
       for (const it of items) it.reject(storeError(this.path, it.what, err));
       return;

@@ -802,7 +802,8 @@ const md = [];
 md.push(`# Mayfly benchmark`, '');
 md.push(`Run ${startedAt.toISOString()}. Broker (\`mayfly serve\`, dev config, sqlite store, file audit log) and load generator in separate processes on 127.0.0.1; ` +
   `${CONCURRENCY} calls in flight over ${CHANNELS} BrokerClient instances (gRPC/mTLS with the dev workload SVID), ${HTTP_CONCURRENCY} keep-alive HTTPS sockets for token exchange; ` +
-  `${WARMUP_MS / 1000} s warm-up then ${DURATION_MS / 1000} s measured per scenario. Latency is per call (hrtime) as seen by the load generator.`, '');
+  `${WARMUP_MS / 1000} s warm-up then ${DURATION_MS / 1000} s measured per scenario. Latency is per call (hrtime) as seen by the load generator. ` +
+  `(f) and (i) restart the broker on the same data dir with OPA / a ${ROTATION_KEYS.rotation_period_seconds} s key rotation, after (b′), a restart with the unchanged config; (g) and (h) run against the first broker.`, '');
 md.push('## Machine', '');
 md.push('| item | value |', '|---|---|');
 md.push(`| node | ${machine.node} |`);

@@ -8,5 +8,6 @@ export default defineConfig({
     pool: 'forks',
     // Two cores on CI machines: keep parallelism modest so socket tests are not starved.
     maxWorkers: 2,
+    reporters: ['default', './test/support/summary-reporter.ts'],
   },
 });

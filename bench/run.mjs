@@ -913,6 +913,12 @@ for (const [tag, x, what, extra] of [['(f)', r['issue-opa'], 'with OPA', ''], ['
 md.push(`| (g) revocation propagation p99, ${rv.verifiers} verifiers | ${fmtMs(rv.p99)} | p50 ${fmtMs(rv.p50)}, max ${fmtMs(rv.max)}, ${fmtInt(rv.count)} revocations | ≤ 25 ms | ${mark(rv.count > 0 ? rv.p99 <= 25 : null)} |`);
 md.push(`| (h) verifier, first-time tokens | ${fmtInt(vr.firstTime.perSecond)} verifies/s | ${pct(vr.firstTime.perSecond / vr.raw.wall)} of raw ES256 verify (${fmtInt(vr.raw.wall)}/s) | — | — |`);
 md.push(`| (h) verifier, repeated token | ${fmtInt(vr.repeat.perSecond)} verifies/s | ${pct(vr.repeat.perSecond / vr.raw.wall)} of raw ES256 verify | — | — |`);
+{
+  const stalls = ['issue-ctl', 'issue-opa', 'issue-rot'].map((k) => r[k].cpuStall).filter(Number.isFinite);
+  if (stalls.length === 3 && Math.max(...stalls) - Math.min(...stalls) > 0.2) {
+    md.push('', `**Machine contention differed between (b′), (f) and (i)** (CPU stall ${['issue-ctl', 'issue-opa', 'issue-rot'].map((k) => pct(r[k].cpuStall)).join(' / ')}; other CPU ${['issue-ctl', 'issue-opa', 'issue-rot'].map((k) => r[k].otherCpu.toFixed(2)).join(' / ')} cores): their ratios mix the effect under test with load from other processes; even CPU per call rises under contention. Rerun on a quiet machine before acting on a ✗ here.`);
+  }
+}
 md.push('');
 md.push('Notes:', '');
 if (machine.loadavgBefore[0] > os.cpus().length * 0.5) md.push(`- **The machine was busy before the run (1-min loadavg ${machine.loadavgBefore[0].toFixed(2)} on ${os.cpus().length} CPUs): other processes compete with the broker and the load generator, so absolute numbers (and the references, measured at different moments) are depressed and noisy; prefer the CPU-normalised table, and rerun on an idle machine.**`);

@@ -121,7 +121,7 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
       };
       return i.preset ? issuerConfigFromPreset(i.preset, { ...base, ...(i.issuer ? { issuer: i.issuer } : {}) }) : { ...base, issuer: i.issuer! };
     });
-    const oidc = issuers.length > 0 ? new OidcVerifier(issuers, { clock, onJwksError: (e, name) => log.warn({ issuer: name, code: e.code, err: e.message }, 'JWKS refresh failed') }) : null;
+    const oidc = issuers.length > 0 ? new OidcVerifier(issuers, { clock, minRefreshIntervalMs: c.oidc.jwks_refresh_cooldown_seconds * 1000, backgroundRefresh: c.oidc.jwks_background_refresh, onJwksError: (e, name) => log.warn({ issuer: name, code: e.code, err: e.message }, 'JWKS refresh failed') }) : null;
     if (oidc) cleanups.push(() => oidc.close());
 
     const store: Store = c.store.backend === 'memory' ? new MemoryStore() : SqliteStore.open(resolvePath(dataDir, c.store.path));

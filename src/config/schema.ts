@@ -68,7 +68,16 @@ export const configSchema = z
       .object({ audiences: z.array(z.string().min(1)).min(1).default(['mayfly']), clock_skew_seconds: z.number().int().min(0).max(600).default(60) })
       .strict()
       .prefault({}),
-    oidc: z.object({ issuers: z.array(oidcIssuerSchema).default([]) }).strict().prefault({}),
+    oidc: z
+      .object({
+        issuers: z.array(oidcIssuerSchema).default([]),
+        /** An unknown kid refetches an issuer's JWKS at most this often (rate limit against made-up kids). */
+        jwks_refresh_cooldown_seconds: z.number().int().min(1).max(3600).default(5),
+        /** Also refresh each JWKS in the background as its Cache-Control allows (60 s to 1 h), so rotations are seen early. */
+        jwks_background_refresh: z.boolean().default(true),
+      })
+      .strict()
+      .prefault({}),
     store: z
       .object({
         backend: z.enum(['sqlite', 'memory']).default('sqlite'),

@@ -378,6 +378,15 @@ export class MayflyVerifier {
   /** CPU-only checks in a fixed order: signature/claims, revocation, binding, scopes, replay. */
   private check(token: string, options: VerifyOptions, deferReplay: boolean): MayflyClaims {
     const now = this.clock.now();
+    // Revocation first, from the unverified payload: a revoked task's tokens are refused without paying for a
+    // signature check, which keeps rejection cheap right after a revocation, when every caller retries. A
+    // forged token naming a revoked task is refused too (as revoked rather than invalid); only a genuine one,
+    // checked off the request path, is reported as misuse.
+    const peek = peekRevocation(token);
+    if (peek && this.isRevoked(peek.jti, peek.tid, peek.parent)) {
+      this.reportRevokedUse(token, peek.jti, peek.tid, now);
+      throw mayflyError('ERR_TOKEN_REVOKED', 'token has been revoked (its task ended or the token was revoked)', { jti: peek.jti });
+    }
     const { claims } = verifyMayflyToken(token, (kid) => this.resolveKey(kid), {
       issuer: this.o.issuer,
       audience: this.o.audience,
@@ -386,7 +395,7 @@ export class MayflyVerifier {
     });
     // Revocation before scopes, so a revoked token is always recognized (and reported) as such.
     const parent = typeof claims.mayfly?.parent_tid === 'string' ? claims.mayfly.parent_tid : null;
-    if (this.revokedJtis.has(claims.jti) || this.revokedTasks.has(claims.tid) || (parent !== null && this.revokedTasks.has(parent))) {
+    if (this.isRevoked(claims.jti, claims.tid, parent)) {
       this.misuse('revoked_use', claims.jti, `task ${claims.tid}`);
       throw mayflyError('ERR_TOKEN_REVOKED', 'token has been revoked (its task ended or the token was revoked)', { jti: claims.jti });
     }
@@ -408,6 +417,23 @@ export class MayflyVerifier {
     }
     if (!deferReplay) this.finish(claims, options);
     return claims;
+  }
+
+  private isRevoked(jti: string, tid: string, parent: string | null): boolean {
+    return this.revokedJtis.has(jti) || this.revokedTasks.has(tid) || (parent !== null && this.revokedTasks.has(parent));
+  }
+
+  /** Reports a revoked token's use once its signature has been checked, off the request path. */
+  private reportRevokedUse(token: string, jti: string, tid: string, now: number): void {
+    if (this.reported.has(`revoked_use:${jti}`) && !this.o.onEvent) return;
+    setImmediate(() => {
+      try {
+        verifyMayflyToken(token, (kid) => this.feedKeys.get(kid) ?? this.jwksKeys.get(kid), { issuer: this.o.issuer, audience: this.o.audience, now, clockSkewSeconds: this.skew });
+      } catch {
+        return; // forged or otherwise invalid: nothing to report
+      }
+      this.misuse('revoked_use', jti, `task ${tid}`);
+    });
   }
 
   /** The single-use check, last so only a token that passed everything else consumes its jti. */
@@ -696,5 +722,20 @@ export class MayflyVerifier {
       }
       this.catchUpWaiters.push(done);
     });
+  }
+}
+
+/** jti, tid and parent tid from a token's payload, unverified; null if it is not a well-formed JWS payload. */
+function peekRevocation(token: string): { jti: string; tid: string; parent: string | null } | null {
+  const a = token.indexOf('.');
+  const b = token.indexOf('.', a + 1);
+  if (a < 0 || b < 0 || token.length > 16 * 1024) return null;
+  try {
+    const p = JSON.parse(Buffer.from(token.slice(a + 1, b), 'base64url').toString('utf8')) as Record<string, unknown>;
+    const m = p['mayfly'] as Record<string, unknown> | undefined;
+    if (typeof p['jti'] !== 'string' || typeof p['tid'] !== 'string') return null;
+    return { jti: p['jti'], tid: p['tid'], parent: typeof m?.['parent_tid'] === 'string' ? (m['parent_tid'] as string) : null };
+  } catch {
+    return null;
   }
 }

@@ -121,6 +121,7 @@ describe('MayflyVerifier (scripted feed)', () => {
     feed.send(RevocationEvent_Kind.TASK, { cursor: 5, taskIds: ['t9'] });
     feed.send(RevocationEvent_Kind.KEYSET, { cursor: 5, kid: 'v1', reason: 'current', jwksJson: jwks(k1) });
     expect(await codeOf(pending)).toBe('ERR_TOKEN_REVOKED');
+    await new Promise((r) => setImmediate(r)); // revoked-use reports go out after the signature check, off the request path
     expect(feed.misuse.length).toBe(1);
     expect(v.stats()).toMatchObject({ catchingUp: false, cursor: 5, reconnects: 1, revokedTasks: 1, revokedTokens: 1 });
     v.close();

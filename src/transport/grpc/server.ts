@@ -163,7 +163,7 @@ export async function startGrpcServer(deps: GrpcServerDeps, host: string, port: 
             subscriberId,
             Number(req.cursor),
             (m) => {
-              call.write(Buffer.from(toBinary(pb.RevocationEventSchema, toProtoEvent(m))));
+              call.write(encodeEvent(m));
             },
             () => call.end(),
           );
@@ -257,6 +257,18 @@ const KIND: Record<FeedMessage['kind'], pb.RevocationEvent_Kind> = {
   snapshot: pb.RevocationEvent_Kind.SNAPSHOT,
   heartbeat: pb.RevocationEvent_Kind.HEARTBEAT,
 };
+
+// The hub hands one message object to every subscriber: encode it once, not once per subscriber.
+const encoded = new WeakMap<FeedMessage, Buffer>();
+
+function encodeEvent(m: FeedMessage): Buffer {
+  let b = encoded.get(m);
+  if (!b) {
+    b = Buffer.from(toBinary(pb.RevocationEventSchema, toProtoEvent(m)));
+    encoded.set(m, b);
+  }
+  return b;
+}
 
 /** Feed message to its protobuf form. */
 export function toProtoEvent(m: FeedMessage): pb.RevocationEvent {

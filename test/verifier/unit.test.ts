@@ -127,6 +127,24 @@ describe('MayflyVerifier (scripted feed)', () => {
     v.close();
   });
 
+  it('refuses a revoked task\'s tokens before the signature check, and reports only genuine ones', async () => {
+    const { clock, k1, feed, v } = setup();
+    const started = v.start();
+    await new Promise((r) => setTimeout(r, 10));
+    feed.send(RevocationEvent_Kind.SNAPSHOT, { cursor: 1, taskIds: ['dead'], kid: 'v1', jwksJson: jwks(k1) });
+    await started;
+    const forger = keypair('k1'); // same kid, someone else's key
+    const forged = mint(forger, clock.now(), { tid: 'dead', jti: 'forged-1' });
+    expect(await codeOf(() => v.verifySync(forged))).toBe('ERR_TOKEN_REVOKED');
+    const genuine = mint(k1, clock.now(), { tid: 'dead', jti: 'genuine-1' });
+    expect(await codeOf(() => v.verifySync(genuine))).toBe('ERR_TOKEN_REVOKED');
+    await new Promise((r) => setImmediate(r));
+    expect(feed.misuse).toEqual(['revoked_use:genuine-1']);
+    // A forged token for a live task still fails on its signature.
+    expect(await codeOf(() => v.verifySync(mint(forger, clock.now(), { tid: 'alive' })))).toBe('ERR_JWT_SIGNATURE');
+    v.close();
+  });
+
   it('a silent open subscription (half-open connection) is dropped and resubscribed from the last cursor', async () => {
     const { clock, k1, feed, v } = setup();
     const started = v.start();

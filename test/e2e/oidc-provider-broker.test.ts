@@ -6,75 +6,37 @@
  * restart, while tokens of the retired key are refused.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { request } from 'node:https';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decodeJws } from '../../src/tokens/jws.js';
 import { makeSelfSignedCert, startHttps, type TestCert } from '../helpers/https-jwks.js';
 import { makeKey, type TestKey } from '../helpers/test-issuer.js';
+import { createProvider, providerAccessToken } from '../helpers/oidc-provider.js';
 import { startTestBroker, type TestBroker } from './helpers.js';
 
-const SECRET = 'a-test-only-client-secret-of-sufficient-length';
 const GRANT = 'urn:ietf:params:oauth:grant-type:token-exchange';
 const JWT_TYPE = 'urn:ietf:params:oauth:token-type:jwt';
+const RESOURCE = 'https://mayfly.test';
 
-type ProviderInstance = { callback(): (req: IncomingMessage, res: ServerResponse) => void };
-type ProviderCtor = new (issuer: string, configuration: Record<string, unknown>) => ProviderInstance;
-
-let Provider: ProviderCtor;
 let cert: TestCert;
 let issuer: string;
 let closeIdp: () => Promise<void>;
 let handler: (req: IncomingMessage, res: ServerResponse) => void = () => {};
 let tb: TestBroker;
 
-function providerWith(key: TestKey): ProviderInstance {
-  const jwk = { ...(key.privateKey.export({ format: 'jwk' }) as Record<string, unknown>), kid: key.kid, alg: key.alg, use: 'sig' };
-  return new Provider(issuer, {
-    clients: [{ client_id: 'ci-runner', client_secret: SECRET, grant_types: ['client_credentials'], redirect_uris: [], response_types: [], token_endpoint_auth_method: 'client_secret_basic', id_token_signed_response_alg: key.alg }],
-    jwks: { keys: [jwk] },
-    features: {
-      devInteractions: { enabled: false },
-      clientCredentials: { enabled: true },
-      resourceIndicators: {
-        enabled: true,
-        defaultResource: () => 'https://mayfly.test',
-        useGrantedResource: () => true,
-        getResourceServerInfo: () => ({ scope: 'deploy', audience: 'mayfly', accessTokenTTL: 300, accessTokenFormat: 'jwt', jwt: { sign: { alg: key.alg } } }),
-      },
-    },
-  });
-}
-
-function providerToken(): Promise<string> {
-  const body = new URLSearchParams({ grant_type: 'client_credentials', scope: 'deploy', resource: 'https://mayfly.test' }).toString();
-  return new Promise((resolve, reject) => {
-    const req = request(
-      `${issuer}/token`,
-      { method: 'POST', ca: cert.cert, timeout: 5000, headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: `Basic ${Buffer.from(`ci-runner:${SECRET}`).toString('base64')}` } },
-      (res) => {
-        let text = '';
-        res.on('data', (c) => (text += c));
-        res.on('end', () => (res.statusCode === 200 ? resolve((JSON.parse(text) as { access_token: string }).access_token) : reject(new Error(`${res.statusCode} ${text}`))));
-      },
-    );
-    req.on('error', reject);
-    req.end(body);
-  });
-}
+const providerWith = async (key: TestKey) => (await createProvider(issuer, key, RESOURCE)).callback();
+const providerToken = () => providerAccessToken(issuer, cert.cert, RESOURCE);
 
 const exchange = (subjectToken: string) =>
   tb.http('/oauth2/token', { form: { grant_type: GRANT, subject_token: subjectToken, subject_token_type: JWT_TYPE, audience: 'deploy-api', scope: 'deploy' } });
 
 beforeAll(async () => {
-  const moduleName = 'oidc-provider';
-  Provider = ((await import(moduleName)) as { default: ProviderCtor }).default;
   cert = makeSelfSignedCert();
   const s = await startHttps(cert, (req, res) => handler(req, res));
   issuer = s.origin;
   closeIdp = s.close;
-  handler = providerWith(makeKey('ES256')).callback();
+  handler = await providerWith(makeKey('ES256'));
   tb = await startTestBroker({
     configPatch: (config, dir) => {
       writeFileSync(join(dir, 'idp-ca.pem'), cert.cert);
@@ -100,7 +62,7 @@ describe('broker with a real OpenID Provider', () => {
     // Rotate: a new provider instance with a new RS256 key behind the same issuer and port. No broker restart.
     await new Promise((r) => setTimeout(r, 1100)); // past the unknown-kid refresh cooldown
     const k2 = makeKey('RS256');
-    handler = providerWith(k2).callback();
+    handler = await providerWith(k2);
     const t2 = await providerToken();
     expect(decodeJws(t2).header.kid).toBe(k2.kid);
     const r2 = await exchange(t2);

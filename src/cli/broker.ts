@@ -193,7 +193,7 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
       },
     );
     await keys.init();
-    feed = new RevocationFeed(store, clock, () => keys.jwks(), { heartbeatMs: c.feed.heartbeat_ms, batch: 500 });
+    feed = new RevocationFeed(store, clock, () => keys.jwks(), { heartbeatMs: c.feed.heartbeat_ms, batch: 500, maxTokenTtlMs: c.tokens.max_ttl_seconds * 1000 });
     await feed.start();
     cleanups.push(() => feed!.stop());
     keys.setPromotionGate(feed.gate);

@@ -21,6 +21,8 @@ export interface FeedMessage {
   reason: string;
   kids: string[];
   jwksJson: string;
+  /** Epoch ms after which nothing this message revokes can still be valid; 0 for heartbeats and key sets. */
+  coversUntil: number;
 }
 
 export interface KeySetView {
@@ -33,6 +35,8 @@ export interface FeedOptions {
   heartbeatMs: number;
   /** Replay page size. */
   batch: number;
+  /** Longest token lifetime: a snapshot's revocations cover tokens until at most now + this. */
+  maxTokenTtlMs: number;
 }
 
 interface Subscriber {
@@ -60,7 +64,7 @@ export class RevocationFeed implements EventPublisher {
     private readonly store: Store,
     private readonly clock: Clock,
     private readonly keyset: () => KeySetView,
-    private readonly options: FeedOptions = { heartbeatMs: 5000, batch: 500 },
+    private readonly options: FeedOptions = { heartbeatMs: 5000, batch: 500, maxTokenTtlMs: 3_600_000 },
   ) {}
 
   /** Starts heartbeats; reads the latest cursor. */
@@ -105,7 +109,8 @@ export class RevocationFeed implements EventPublisher {
       const ks = this.keyset();
       if (cursor === 0 || cursor < range.oldest - 1 || cursor > range.latest) {
         const snap = await this.store.revocationSnapshot(this.clock.now());
-        sub.send({ kind: 'snapshot', cursor: snap.cursor, at: this.clock.now(), taskIds: snap.taskIds, jtis: snap.jtis, kid: ks.version, reason: cursor === 0 ? 'initial' : 'cursor outside retention', kids: snap.kids, jwksJson: ks.json });
+        const now = this.clock.now();
+        sub.send({ kind: 'snapshot', cursor: snap.cursor, at: now, taskIds: snap.taskIds, jtis: snap.jtis, kid: ks.version, reason: cursor === 0 ? 'initial' : 'cursor outside retention', kids: snap.kids, jwksJson: ks.json, coversUntil: now + this.options.maxTokenTtlMs });
         sub.lastCursor = snap.cursor;
       } else {
         let from = cursor;
@@ -117,7 +122,7 @@ export class RevocationFeed implements EventPublisher {
         }
         sub.lastCursor = from;
         // Tell the subscriber the current key set even if no keyset event was replayed.
-        sub.send({ kind: 'keyset', cursor: from, at: this.clock.now(), taskIds: [], jtis: [], kid: ks.version, reason: REPLAY_END_REASON, kids: ks.kids, jwksJson: ks.json });
+        sub.send({ kind: 'keyset', cursor: from, at: this.clock.now(), taskIds: [], jtis: [], kid: ks.version, reason: REPLAY_END_REASON, kids: ks.kids, jwksJson: ks.json, coversUntil: 0 });
       }
       const pending = sub.pending ?? [];
       sub.pending = null;
@@ -171,7 +176,7 @@ export class RevocationFeed implements EventPublisher {
   }
 
   private heartbeat(): void {
-    const m: FeedMessage = { kind: 'heartbeat', cursor: this.latest, at: this.clock.now(), taskIds: [], jtis: [], kid: '', reason: '', kids: [], jwksJson: '' };
+    const m: FeedMessage = { kind: 'heartbeat', cursor: this.latest, at: this.clock.now(), taskIds: [], jtis: [], kid: '', reason: '', kids: [], jwksJson: '', coversUntil: 0 };
     for (const s of this.subs) if (!s.pending) s.send(m);
   }
 
@@ -187,6 +192,7 @@ export class RevocationFeed implements EventPublisher {
       reason: e.reason,
       kids: keysetJson?.kids ?? [],
       jwksJson: keysetJson?.json ?? '',
+      coversUntil: e.kind === 'keyset' ? 0 : e.coversUntil,
     };
   }
 }

@@ -96,9 +96,10 @@ export interface MayflyVerifierOptions {
   /** Remember the jti of single-use tokens to reject a second presentation (default true). */
   replayCache?: boolean;
   /**
-   * How long a revoked task id or jti is kept, ms (default 1 h + skew). Must be
-   * at least the broker's `tokens.max_ttl_seconds`: any token of a task was
-   * issued before the task ended, so it expires within that time of the event.
+   * Floor on how long a revoked task id or jti is kept, ms (default 1 h + skew).
+   * Each feed event also says until when it matters (`covers_until`: the latest
+   * expiry of any token it covers) and is kept at least that long plus skew, so
+   * tokens longer-lived than this floor stay revoked.
    */
   revocationRetentionMs?: number;
   /** Reject certificate-bound (cnf) tokens when no client certificate is passed to verify (default false). */
@@ -639,7 +640,10 @@ export class MayflyVerifier {
     const now = this.clock.now();
     this.lastHeardAt = now;
     this.counters.feedMessages++;
-    const until = now + this.retentionMs;
+    // Keep what the broker says the event covers (latest expiry of its tokens) plus skew; the
+    // configured retention is the floor, and the whole rule when the broker does not say.
+    const covers = Number(e.coversUntil);
+    const until = Math.max(now + this.retentionMs, covers > 0 ? covers + this.skew * 1000 + 1000 : 0);
     const cursor = Number(e.cursor);
     switch (e.kind) {
       case RevocationEvent_Kind.TASK:

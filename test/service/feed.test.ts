@@ -13,7 +13,7 @@ function task(id: string, now: number, ttlMs = 60_000): TaskRecord {
 async function setup() {
   const clock = new ManualClock();
   const store = new MemoryStore();
-  const feed = new RevocationFeed(store, clock, keyset, { heartbeatMs: 60_000, batch: 2 });
+  const feed = new RevocationFeed(store, clock, keyset, { heartbeatMs: 60_000, batch: 2, maxTokenTtlMs: 3_600_000 });
   await feed.start();
   const end = async (id: string, ttlMs?: number) => {
     await store.createTask(task(id, clock.now(), ttlMs));
@@ -31,8 +31,11 @@ describe('RevocationFeed', () => {
     const got: FeedMessage[] = [];
     const sub = await feed.subscribe('rp', 0, (m) => got.push(m));
     expect(got[0]).toMatchObject({ kind: 'snapshot', taskIds: ['t1'], kid: 'v1', reason: 'initial' });
-    await end('t2');
-    expect(got[1]).toMatchObject({ kind: 'task', taskIds: ['t2'] });
+    // A snapshot covers tokens for at most the longest token lifetime; a task event until its task's deadline.
+    expect(got[0]!.coversUntil).toBe(got[0]!.at + 3_600_000);
+    const e2 = await end('t2', 7_200_000);
+    expect(got[1]).toMatchObject({ kind: 'task', taskIds: ['t2'], coversUntil: e2.coversUntil });
+    expect(e2.coversUntil).toBe(e2.at + 7_200_000);
     sub.close();
     await end('t3');
     expect(got).toHaveLength(2);

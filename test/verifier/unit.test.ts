@@ -145,6 +145,24 @@ describe('MayflyVerifier (scripted feed)', () => {
     v.close();
   });
 
+  it('keeps a revoked task at least until the event says its tokens expire (covers_until), beyond the retention floor', async () => {
+    const { clock, k1, feed, v } = setup();
+    const started = v.start();
+    await new Promise((r) => setTimeout(r, 10));
+    feed.send(RevocationEvent_Kind.SNAPSHOT, { cursor: 1, kid: 'v1', jwksJson: jwks(k1) });
+    await started;
+    feed.live.onEvent(create(RevocationEventSchema, { kind: RevocationEvent_Kind.TASK, cursor: 2n, taskIds: ['long-task'], coversUntil: BigInt(clock.now() + 3 * 3_600_000) }));
+    clock.advance(2 * 3_600_000); // past the 1 h floor, still inside covers_until
+    feed.send(RevocationEvent_Kind.HEARTBEAT, { cursor: 2 });
+    v.prune();
+    expect(v.stats().revokedTasks).toBe(1);
+    clock.advance(3_600_000 + 120_000); // past covers_until + skew
+    feed.send(RevocationEvent_Kind.HEARTBEAT, { cursor: 2 });
+    v.prune();
+    expect(v.stats().revokedTasks).toBe(0);
+    v.close();
+  });
+
   it('a silent open subscription (half-open connection) is dropped and resubscribed from the last cursor', async () => {
     const { clock, k1, feed, v } = setup();
     const started = v.start();

@@ -282,5 +282,6 @@ export function toProtoEvent(m: FeedMessage): pb.RevocationEvent {
     reason: m.reason,
     kids: m.kids,
     jwksJson: m.jwksJson,
+    coversUntil: BigInt(m.coversUntil),
   });
 }

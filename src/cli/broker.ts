@@ -161,6 +161,7 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
     const keyStore: KeyStore = await openKeyStore(c, dataDir, baseDir, opts.env ?? process.env, log);
     cleanups.push(() => keyStore.close());
     let feed: RevocationFeed | null = null;
+    let lastDelay = '';
     const keys = new KeyManager(
       keyStore,
       clock,
@@ -187,6 +188,10 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
         },
         onPromotionDelayed: (kid, laggards, waited) => {
           metrics.keyPromotionBlocked.set(1);
+          // Once per next key and set of laggards, not on every lifecycle tick.
+          const what = `${kid} ${laggards.join(',')}`;
+          if (what === lastDelay) return;
+          lastDelay = what;
           audit.write({ event: 'key.promotion_delayed', outcome: 'success', kid, laggards, waited_ms: waited });
           log.warn({ kid, laggards, waited_ms: waited }, 'key promotion waits for feed subscribers to acknowledge the next key');
         },

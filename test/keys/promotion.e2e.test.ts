@@ -43,6 +43,7 @@ describe('key promotion gated on subscriber acknowledgements', () => {
     dir = mkdtempSync(join(tmpdir(), 'mayfly-promo-'));
     const { config } = devInit(dir);
     const doc = parse(readFileSync(config, 'utf8')) as Record<string, any>;
+    doc['log'] = { level: 'silent' };
     doc['keys'] = { ...doc['keys'], rotation_period_seconds: 2, pre_publish_seconds: 1, jwks_max_age_seconds: 1, max_promotion_wait_seconds: 3, check_interval_ms: 100 };
     writeFileSync(config, stringify(doc));
     broker = await startBroker(loadConfig(config), { grpcListen: '127.0.0.1:0', httpListen: '127.0.0.1:0' });

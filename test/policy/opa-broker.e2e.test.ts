@@ -57,6 +57,7 @@ describe('broker with the OPA engine', () => {
     policyPath = join(dir, 'policy.wasm');
     await installPolicy(policyPath, allowRead);
     const doc = parse(readFileSync(config, 'utf8')) as Record<string, unknown>;
+    doc['log'] = { level: 'silent' };
     doc['policy'] = { engine: 'opa', opa: { policy_file: 'policy.wasm', entrypoint: 'mayfly/authz/decision', poll_interval_ms: 200, debounce_ms: 50 } };
     writeFileSync(config, stringify(doc));
     broker = await startBroker(loadConfig(config), { grpcListen: '127.0.0.1:0', httpListen: '127.0.0.1:0' });

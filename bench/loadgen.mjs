@@ -8,6 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { Agent, request } from 'node:https';
 import { BrokerClient } from '../dist/client/broker-client.js';
+import { serveIpc } from './child-ipc.mjs';
 
 if (!process.send) {
   console.error('bench/loadgen.mjs is started by bench/run.mjs (it needs an IPC channel)');
@@ -276,16 +277,5 @@ const handlers = {
   },
 };
 
-process.on('message', async (m) => {
-  try {
-    const fn = handlers[m.cmd];
-    if (!fn) throw new Error(`unknown command ${m.cmd}`);
-    const result = await fn(m);
-    process.send({ id: m.id, ok: true, result });
-  } catch (e) {
-    process.send({ id: m.id, ok: false, error: `${e?.code ?? ''} ${e?.stack ?? e?.message ?? String(e)}`.trim() });
-  }
-});
-process.on('disconnect', () => process.exit(0));
 await sleep(0);
-process.send({ id: 0, ok: true, result: 'ready' });
+serveIpc(handlers);

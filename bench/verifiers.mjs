@@ -24,6 +24,7 @@
 import { readFileSync } from 'node:fs';
 import { BrokerClient } from '../dist/client/broker-client.js';
 import { MayflyVerifier } from '../dist/verifier/index.js';
+import { serveIpc } from './child-ipc.mjs';
 
 if (!process.send) {
   console.error('bench/verifiers.mjs is started by bench/run.mjs (it needs an IPC channel)');
@@ -174,15 +175,4 @@ const handlers = {
   },
 };
 
-process.on('message', async (m) => {
-  try {
-    const fn = handlers[m.cmd];
-    if (!fn) throw new Error(`unknown command ${m.cmd}`);
-    const result = await fn(m);
-    process.send({ id: m.id, ok: true, result });
-  } catch (e) {
-    process.send({ id: m.id, ok: false, error: `${e?.code ?? ''} ${e?.stack ?? e?.message ?? String(e)}`.trim() });
-  }
-});
-process.on('disconnect', () => process.exit(0));
-process.send({ id: 0, ok: true, result: 'ready' });
+serveIpc(handlers);

@@ -3,9 +3,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/core/clock.js';
-import { isMayflyError, type MayflyError } from '../../src/core/errors.js';
+import type { MayflyError } from '../../src/core/errors.js';
 import { backgroundRefreshDelayMs, parseJwks, RemoteJwks, type FetchLike } from '../../src/identity/jwks-source.js';
 import { makeKey } from '../helpers/test-issuer.js';
+import { codeOf } from '../helpers/codes.js';
 
 const es = makeKey('ES256', 'es');
 const rs = makeKey('RS256', 'rs');
@@ -13,15 +14,6 @@ const esNoAlg = makeKey('ES256', 'noalg');
 delete esNoAlg.jwk['alg'];
 delete esNoAlg.jwk['use'];
 
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return 'OK';
-  } catch (e) {
-    if (isMayflyError(e)) return e.code;
-    throw e;
-  }
-}
 
 /** A fetch that serves `docs()` for the JWKS URL and counts calls. */
 function fakeFetch(docs: () => unknown, opts: { delayMs?: number } = {}): FetchLike & { calls: number } {

@@ -5,6 +5,7 @@ import { isMayflyError, type MayflyError } from '../../src/core/errors.js';
 import { OidcVerifier, type OidcIssuerConfig, type OidcVerifierOptions } from '../../src/identity/oidc.js';
 import { makeSelfSignedCert, type TestCert } from '../helpers/https-jwks.js';
 import { TestIssuer, type TestKey } from '../helpers/test-issuer.js';
+import { codeOf } from '../helpers/codes.js';
 
 const NOW = Date.UTC(2026, 0, 1);
 const S = NOW / 1000;
@@ -50,15 +51,6 @@ function verifier(o: { a?: Partial<OidcIssuerConfig>; opts?: OidcVerifierOptions
   return { v, clock, errors };
 }
 
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return 'OK';
-  } catch (e) {
-    if (isMayflyError(e)) return e.code;
-    throw e;
-  }
-}
 
 describe('OidcVerifier', () => {
   it('accepts a GitHub-shaped token via discovery over HTTPS with a custom CA', async () => {

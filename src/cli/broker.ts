@@ -3,7 +3,7 @@
  * listeners and background loops. The only place that knows all concrete
  * types; `mayfly serve` and the end-to-end tests both start brokers here.
  */
-import { chmodSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { type LoadedConfig, resolvePath } from '../config/load.js';
 import { mayflyError, MayflyError } from '../core/errors.js';
@@ -366,9 +366,4 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
     }
     throw e;
   }
-}
-
-/** Makes a key file private (dev init, tests). */
-export function makePrivate(path: string): void {
-  chmodSync(path, 0o600);
 }

@@ -43,7 +43,8 @@ export function makeDir(dir: string, mode = 0o700): void {
     try {
       st = statSync(cur);
     } catch (e) {
-      if ((e as { code?: unknown }).code !== 'ENOENT') throw fileError(e, cur, 'cannot create directory in');
+      const code = (e as { code?: unknown }).code;
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') throw fileError(e, cur, 'cannot create directory in');
     }
     if (st) {
       if (!st.isDirectory()) throw new MayflyError('ERR_FILE_ACCESS', `cannot create directory ${resolve(dir)}: ${cur} is not a directory`);

@@ -66,7 +66,8 @@ export function fromHttpError(status: number, body: string, origin: string): May
   } catch {
     doc = undefined;
   }
-  const sent = doc?.['mayfly_code'] ?? doc?.['code'];
+  // OAuth endpoints send {error, error_description, mayfly_code}; the others {error: ERR_…, message}.
+  const sent = [doc?.['mayfly_code'], doc?.['error']].find((c) => typeof c === 'string' && c in ERROR_CODES);
   const message = String(doc?.['error_description'] ?? doc?.['message'] ?? doc?.['error'] ?? (body.trim() || `HTTP ${status}`));
   if (typeof sent === 'string' && sent in ERROR_CODES) return new MayflyError(sent as ErrorCode, message.replace(/^ERR_[A-Z_]+: /, ''));
   const byStatus: ErrorCode =

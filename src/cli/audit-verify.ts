@@ -9,7 +9,7 @@ import { MayflyError } from '../core/errors.js';
 import type { AuditHead } from '../core/types.js';
 import { AUDIT_JWKS_FILE, checkpointKeysFromJwks, type CheckpointKeys } from '../audit/checkpoint.js';
 import { auditSegments } from '../audit/file-sink.js';
-import { formatVerifyResult, verifyAuditFiles, type VerifyResult } from '../audit/verify.js';
+import { formatVerifyResult, verifyAuditFiles, type VerifyResult } from '../audit/verify-chain.js';
 import { SqliteStore } from '../store/sqlite.js';
 
 export interface AuditVerifyOptions {

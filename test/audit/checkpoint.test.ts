@@ -10,7 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { AuditKey, AuditSealer, checkpointKeysFromJwks, writeCheckpoint } from '../../src/audit/checkpoint.js';
 import { MemoryAuditSink } from '../../src/audit/memory-sink.js';
 import { canonicalJson, sha256Hex } from '../../src/audit/record.js';
-import { formatVerifyResult, verifyAuditLog } from '../../src/audit/verify.js';
+import { formatVerifyResult, verifyAuditLog } from '../../src/audit/verify-chain.js';
 import { MemoryStore } from '../../src/store/memory.js';
 
 const clock = { now: () => Date.UTC(2026, 0, 1) };

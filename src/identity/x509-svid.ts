@@ -6,10 +6,11 @@
  * the SPIFFE ID's own trust domain (Trust Domain and Bundle §6.4) and every
  * SVID rule is checked with a message an operator can act on.
  */
-import { X509Certificate, createHash } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import { mayflyError } from '../core/errors.js';
 import { assertKeyStrength } from '../core/key-policy.js';
 import type { EpochMs } from '../core/types.js';
+import { certificateThumbprint } from '../tokens/hashes.js';
 import { DerError, OID, UNDERSTOOD_EXTENSIONS, readCertificateFields, type CertificateFields } from './x509-extensions.js';
 import { parseSpiffeId } from './spiffe-id.js';
 import type { X509BundleSource } from './trust-source.js';
@@ -199,7 +200,7 @@ export function verifyX509Svid(chainDer: Buffer[], source: X509BundleSource, opt
       spiffeId: id.toString(),
       trustDomain: td,
       leafDer: Buffer.from(leaf.cert.raw),
-      certThumbprint: createHash('sha256').update(leaf.cert.raw).digest('base64url'),
+      certThumbprint: certificateThumbprint(leaf.cert.raw),
       notAfter: Math.min(...path.map((n) => n.fields.notAfter)),
       chain: path.map((n) => n.cert),
     };

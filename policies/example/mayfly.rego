@@ -121,16 +121,24 @@ scopes_ok if {
 	count(requested) == 0
 }
 
-max_ttl := object.get(rule, "max_task_ttl_seconds", rule.max_ttl_seconds) if input.request.action == "begin_task"
+# max_ttl_seconds is optional in a rule: without a cap the broker's own limits apply.
+max_ttl := t if {
+	input.request.action == "begin_task"
+	t := object.get(rule, "max_task_ttl_seconds", object.get(rule, "max_ttl_seconds", null))
+	t != null
+}
 
 max_ttl := rule.max_ttl_seconds if input.request.action != "begin_task"
 
-decision := {
+ttl_cap := {"max_ttl_seconds": max_ttl} if max_ttl
+
+ttl_cap := {} if not max_ttl
+
+decision := object.union({
 	"allow": true,
 	"reasons": [concat("", ["rule \"", rule.name, "\" allows ", input.request.action])],
 	"scopes": granted,
-	"max_ttl_seconds": max_ttl,
-} if {
+}, ttl_cap) if {
 	rule
 	scopes_ok
 }

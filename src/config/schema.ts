@@ -122,7 +122,14 @@ export const configSchema = z
         message: 'pre_publish_seconds must be at least jwks_max_age_seconds, or JWKS pollers could miss the next key',
         path: ['pre_publish_seconds'],
       }),
-    audit: z.object({ file: z.string().min(1).default('audit.log') }).strict().prefault({}),
+    audit: z
+      .object({
+        file: z.string().min(1).default('audit.log'),
+        /** Seal the chain head (signed checkpoint record + head in the store) this often, and at every clean shutdown. */
+        checkpoint_interval_seconds: seconds(60, 86_400),
+      })
+      .strict()
+      .prefault({}),
     policy: policySectionSchema.prefault({}),
     feed: z
       .object({

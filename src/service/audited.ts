@@ -2,16 +2,10 @@
  * One audit record per use-case call: the record is opened before the
  * use-case runs, filled in by it, and written once whatever the outcome.
  */
-import { createHash } from 'node:crypto';
 import { MayflyError } from '../core/errors.js';
 import type { AuditEntry, AuditEvent, AuditSink } from '../core/ports.js';
 import type { Identity } from '../core/types.js';
 import type { CallContext, ServiceObserver } from './deps.js';
-
-/** Hex SHA-256 of a token: what audit and logs carry instead of the token. */
-export function tokenHash(token: string): string {
-  return createHash('sha256').update(token).digest('hex');
-}
 
 /** What audit records say about a caller. */
 export function auditIdentity(id: Identity): AuditEntry['identity'] {

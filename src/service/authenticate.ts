@@ -14,7 +14,7 @@ import type { OidcVerifier } from '../identity/oidc.js';
 import type { TrustSource } from '../identity/trust-source.js';
 import { verifyX509Svid } from '../identity/x509-svid.js';
 import { decodeJws } from '../tokens/jws.js';
-import { tokenHash } from './audited.js';
+import { tokenHash } from '../tokens/hashes.js';
 import type { CallContext } from './deps.js';
 
 export interface AuthenticatorOptions {

@@ -139,7 +139,7 @@ describe(`gRPC protobuf fuzz (seed ${FUZZ_SEED})`, () => {
       }
       const valid = Buffer.from(toBinary(m.input, create(m.input, randomMessage(new Prng(1), m.input) as never)));
       for (let i = 0; i < PER_KIND; i++) {
-        let b = valid;
+        let b: Buffer = valid;
         for (let k = 1 + rng.int(3); k > 0; k--) b = mutateBytes(rng, b);
         cases.push({ kind: 'mutated', bytes: b });
       }

@@ -9,5 +9,7 @@ export default defineConfig({
     // Two cores on CI machines: keep parallelism modest so socket tests are not starved.
     maxWorkers: 2,
     reporters: ['default', './test/support/summary-reporter.ts'],
+    // One real PostgreSQL for the run (test/helpers/postgres.ts); each file makes its own database.
+    globalSetup: ['./test/support/postgres-setup.ts'],
   },
 });

@@ -1,13 +1,13 @@
 #!/usr/bin/env node
 // Drift check: regenerate the protobuf code into a temp dir with the same
-// template and fail if it differs from what is committed in src/transport/gen.
+// template and fail if it differs from what is committed in src/gen.
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { parse } from 'yaml';
 
-const committed = 'src/transport/gen';
+const committed = 'src/gen';
 const tmp = mkdtempSync(join(tmpdir(), 'mayfly-gen-'));
 try {
   const template = parse(readFileSync('buf.gen.yaml', 'utf8'));

@@ -2,4 +2,4 @@ export * from './record.js';
 export * from './chain.js';
 export * from './file-sink.js';
 export * from './memory-sink.js';
-export * from './verify.js';
+export * from './verify-chain.js';

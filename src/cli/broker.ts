@@ -10,7 +10,7 @@ import { mayflyError, MayflyError } from '../core/errors.js';
 import { systemClock, systemRandom } from '../core/clock.js';
 import type { Clock, KeyStore, PolicyEngine, Store } from '../core/ports.js';
 import { FileAuditSink } from '../audit/file-sink.js';
-import { parseBundle } from '../identity/bundle.js';
+import { parseTrustBundle } from '../identity/trust-bundle.js';
 import { OidcVerifier, type OidcIssuerConfig } from '../identity/oidc.js';
 import { issuerConfigFromPreset } from '../identity/oidc-presets.js';
 import { CompositeTrustSource, RefreshingTrustSource, StaticTrustSource, allTrustDomainRootsPem, type TrustSource } from '../identity/trust-source.js';
@@ -85,7 +85,7 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
     const staticBundles = [];
     const sources: TrustSource[] = [];
     for (const [td, t] of Object.entries(c.trust_domains)) {
-      const initial = t.bundle_file ? parseBundle(td, readFile(baseDir, t.bundle_file, `trust_domains.${td}.bundle_file`).toString('utf8')) : undefined;
+      const initial = t.bundle_file ? parseTrustBundle(td, readFile(baseDir, t.bundle_file, `trust_domains.${td}.bundle_file`).toString('utf8')) : undefined;
       if (t.bundle_endpoint) {
         const r = new RefreshingTrustSource({
           trustDomain: td,

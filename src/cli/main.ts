@@ -6,7 +6,7 @@ import { Command, Option } from 'commander';
 import { loadConfig, resolvePath } from '../config/load.js';
 import { DECISION_CONTRACT_VERSION, type DecisionInput } from '../core/decision.js';
 import { MayflyError } from '../core/errors.js';
-import { verifyAuditFiles, formatVerifyResult } from '../audit/verify.js';
+import { verifyAuditFiles, formatVerifyResult } from '../audit/verify-chain.js';
 import { auditSegments } from '../audit/file-sink.js';
 import { BrokerClient } from '../client/broker-client.js';
 import { BuiltinEngine } from '../policy/builtin.js';

@@ -6,7 +6,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { create, fromBinary, toBinary, type DescMessage, type MessageInitShape, type MessageShape } from '@bufbuild/protobuf';
 import { ERROR_CODES, MayflyError, mayflyError, type ErrorCode } from '../core/errors.js';
-import * as pb from '../transport/gen/mayfly/v1/broker_pb.js';
+import * as pb from '../gen/mayfly/v1/broker_pb.js';
 
 export interface BrokerClientOptions {
   /** host:port of the broker's gRPC listener. */

@@ -7,7 +7,7 @@
 import { mayflyError } from '../core/errors.js';
 import type { EpochMs, Identity } from '../core/types.js';
 import { decodeJws, verifyJwsSignature } from '../tokens/jws.js';
-import { validateJwtClaims } from './claims.js';
+import { validateJwtClaims } from './jwt-claims.js';
 import { parseSpiffeId } from './spiffe-id.js';
 import type { JwtBundleSource } from './trust-source.js';
 

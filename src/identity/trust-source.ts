@@ -9,7 +9,7 @@ import https from 'node:https';
 import { systemClock } from '../core/clock.js';
 import { MayflyError, mayflyError } from '../core/errors.js';
 import type { Clock } from '../core/ports.js';
-import { MAX_BUNDLE_BYTES, bundleFingerprint, parseJwksBundle, type TrustBundle } from './bundle.js';
+import { MAX_BUNDLE_BYTES, bundleFingerprint, parseJwksBundle, type TrustBundle } from './trust-bundle.js';
 import { parseTrustDomain } from './spiffe-id.js';
 
 /** X.509 authorities per trust domain; undefined when the trust domain is unknown. */

@@ -9,7 +9,7 @@
 import { X509Certificate, createHash } from 'node:crypto';
 import { mayflyError } from '../core/errors.js';
 import type { EpochMs } from '../core/types.js';
-import { DerError, OID, UNDERSTOOD_EXTENSIONS, readCertificateFields, type CertificateFields } from './der.js';
+import { DerError, OID, UNDERSTOOD_EXTENSIONS, readCertificateFields, type CertificateFields } from './x509-extensions.js';
 import { parseSpiffeId } from './spiffe-id.js';
 import type { X509BundleSource } from './trust-source.js';
 

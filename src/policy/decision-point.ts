@@ -4,7 +4,7 @@
  * raw document against the decision contract (src/core/decision.ts,
  * docs/policy/contract.md). Anything other than a well-formed decision is a
  * deny that says why: an engine error, a trap, a timeout or a malformed
- * document never escapes as an exception (STYLE.md habit 5, fail closed).
+ * document never escapes as an exception: it fails closed.
  */
 import type { Decision, DecisionInput, DecisionOutput } from '../core/decision.js';
 import type { EngineResult, PolicyEngine } from '../core/ports.js';

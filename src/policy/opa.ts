@@ -28,7 +28,7 @@ import { DECISION_CONTRACT_VERSION, type DecisionInput } from '../core/decision.
 import { mayflyError } from '../core/errors.js';
 import type { Clock, PolicyEngine } from '../core/ports.js';
 import { systemClock } from '../core/clock.js';
-import { mergeData, parseBundle } from './bundle.js';
+import { mergeData, parseOpaBundle } from './opa-bundle.js';
 import { checkDecision, type AttributedEngineResult } from './decision-point.js';
 import { canonicalJson, hashPolicy } from './digest.js';
 
@@ -199,7 +199,7 @@ class Generation {
     let wasm: Uint8Array;
     let data: Record<string, unknown> = {};
     if (bytes[0] === 0x1f && bytes[1] === 0x8b) {
-      const b = parseBundle(Buffer.from(bytes));
+      const b = parseOpaBundle(Buffer.from(bytes));
       wasm = b.wasm;
       data = b.data;
     } else if (bytes[0] === 0x00 && bytes[1] === 0x61 && bytes[2] === 0x73 && bytes[3] === 0x6d) {

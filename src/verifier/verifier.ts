@@ -28,7 +28,7 @@ import { backgroundRefreshDelayMs, createHttpsFetch, parseJwks, type FetchLike }
 import { b64u } from '../tokens/jws.js';
 import type { MayflyClaims } from '../tokens/claims.js';
 import { verifyMayflyToken } from '../tokens/verify.js';
-import { RevocationEvent_Kind, type IntrospectResponse, type RevocationEvent } from '../transport/gen/mayfly/v1/broker_pb.js';
+import { RevocationEvent_Kind, type IntrospectResponse, type RevocationEvent } from '../gen/mayfly/v1/broker_pb.js';
 
 /** The part of BrokerClient the verifier uses (a BrokerClient fits). */
 export interface VerifierBrokerClient {

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { auditSegments, FileAuditSink } from '../../src/audit/file-sink.js';
 import { RESUME_EVENT, sha256Hex, type AuditRecord } from '../../src/audit/record.js';
-import { formatVerifyResult, verifyAuditFiles, verifyAuditLog } from '../../src/audit/verify.js';
+import { formatVerifyResult, verifyAuditFiles, verifyAuditLog } from '../../src/audit/verify-chain.js';
 import { ManualClock } from '../../src/core/clock.js';
 import { isMayflyError } from '../../src/core/errors.js';
 

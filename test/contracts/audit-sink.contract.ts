@@ -8,7 +8,7 @@ import { ManualClock } from '../../src/core/clock.js';
 import type { AuditEntry, AuditSink } from '../../src/core/ports.js';
 import type { AuditSinkHealth } from '../../src/audit/chain.js';
 import { GENESIS_HASH, sha256Hex, type AuditRecord, type ChainHead } from '../../src/audit/record.js';
-import { verifyAuditLog } from '../../src/audit/verify.js';
+import { verifyAuditLog } from '../../src/audit/verify-chain.js';
 
 export interface ContractSink extends AuditSink {
   health(): AuditSinkHealth;

@@ -1,5 +1,5 @@
 /**
- * Contract every PolicyEngine passes (STYLE.md habit 3). The factory returns
+ * Contract every PolicyEngine passes. The factory returns
  * an engine loaded with the reference "demo" policy, in whatever language
  * the engine speaks:
  *

@@ -15,7 +15,7 @@ import { issueDevSvid, loadDevCa } from '../../src/cli/dev-init.js';
 import type { BrokerClient, pb as PbNs } from '../../src/client/broker-client.js';
 import type { ErrorCode } from '../../src/core/errors.js';
 import { pemToDer } from '../../src/pki/dev-pki.js';
-import * as pb from '../../src/transport/gen/mayfly/v1/broker_pb.js';
+import * as pb from '../../src/gen/mayfly/v1/broker_pb.js';
 import { codeOf, httpCall, protoFields, rawGrpcClient, rawUnary, startTestBroker, type TestBroker } from './helpers.js';
 
 let tb: TestBroker;

@@ -3,7 +3,7 @@
  * file keystore, audit log) keeps revocations, live tasks and its signing key.
  */
 import { afterAll, expect, it } from 'vitest';
-import { verifyAuditLog } from '../../src/audit/verify.js';
+import { verifyAuditLog } from '../../src/audit/verify-chain.js';
 import { codeOf, startTestBroker, type TestBroker } from './helpers.js';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';

@@ -2,7 +2,7 @@
  * Shared dev-PKI fixtures for tests, minted with src/pki/dev-pki.ts at test
  * time (never committed). Memoised per worker: RSA keygen is the slow part.
  */
-import { parsePemBundle, type TrustBundle } from '../../src/identity/bundle.js';
+import { parsePemBundle, type TrustBundle } from '../../src/identity/trust-bundle.js';
 import { StaticTrustSource } from '../../src/identity/trust-source.js';
 import { createDevCa, issueIntermediateCa, type DevCa } from '../../src/pki/dev-pki.js';
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { isMayflyError } from '../../src/core/errors.js';
-import { validateJwtClaims, type JwtClaimsOptions } from '../../src/identity/claims.js';
+import { validateJwtClaims, type JwtClaimsOptions } from '../../src/identity/jwt-claims.js';
 
 const NOW = Date.UTC(2026, 0, 1);
 const S = NOW / 1000;

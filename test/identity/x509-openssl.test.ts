@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isMayflyError } from '../../src/core/errors.js';
 import { X509Certificate } from 'node:crypto';
-import { parseJwksBundle, parsePemBundle } from '../../src/identity/bundle.js';
+import { parseJwksBundle, parsePemBundle } from '../../src/identity/trust-bundle.js';
 import { StaticTrustSource } from '../../src/identity/trust-source.js';
 import { verifyX509Svid } from '../../src/identity/x509-svid.js';
 import { OpensslPki, type LeafSpec, type OpensslCa } from '../helpers/openssl.js';

@@ -6,7 +6,7 @@ import { ManualClock } from '../../src/core/clock.js';
 import { isMayflyError } from '../../src/core/errors.js';
 import { DecisionPoint, hashPolicy } from '../../src/policy/decision-point.js';
 import { OpaEngine, SDK_BUILTINS, type OpaEngineOptions, type ReloadEvent } from '../../src/policy/opa.js';
-import { parseBundle, readTar } from '../../src/policy/bundle.js';
+import { parseOpaBundle, readTar } from '../../src/policy/opa-bundle.js';
 import { buildBundle, buildOpaWasm, type OpaWasmSpec } from '../helpers/opa-wasm/builder.js';
 import { mkInput } from './fixtures.js';
 import { gunzipSync } from 'node:zlib';
@@ -156,7 +156,7 @@ describe('bundles and data', () => {
       '/data.json': JSON.stringify({ mayfly: { allowed: ['spiffe://example.org/demo/workload'] } }),
       '/mayfly/example/policy.rego': 'package mayfly.authz',
     });
-    const b = parseBundle(bundle);
+    const b = parseOpaBundle(bundle);
     expect(b.manifest?.revision).toBe('r1');
     expect(b.data).toEqual({ mayfly: { allowed: ['spiffe://example.org/demo/workload'] } });
     const e = await OpaEngine.load({ policyFile: await write(bundle, 'tar.gz') });
@@ -167,7 +167,7 @@ describe('bundles and data', () => {
   it('places nested data.json at its path and merges an external data file over it', async () => {
     const wasm = await buildOpaWasm(spec);
     const bundle = buildBundle({ '/policy.wasm': wasm, '/mayfly/data.json': '{"allowed":[]}' });
-    expect(parseBundle(bundle).data).toEqual({ mayfly: { allowed: [] } });
+    expect(parseOpaBundle(bundle).data).toEqual({ mayfly: { allowed: [] } });
     const closed = await OpaEngine.load({ policyFile: await write(bundle, 'tar.gz') });
     expect((await new DecisionPoint(closed).decide(mkInput())).reasons).toEqual(['not in data']);
     const dataFile = await write('mayfly:\n  mode: open\n', 'yaml');
@@ -178,18 +178,18 @@ describe('bundles and data', () => {
   it('rejects broken bundles with a clear message', async () => {
     await expect(OpaEngine.load({ policyFile: await write(buildBundle({ '/data.json': '{}' }), 'tar.gz') })).rejects.toThrow(/no wasm module/);
     const two = buildBundle({ '/a.wasm': 'x', '/b.wasm': 'y' });
-    expect(() => parseBundle(two)).toThrow(/2 wasm modules/);
+    expect(() => parseOpaBundle(two)).toThrow(/2 wasm modules/);
     const tar = gunzipSync(buildBundle({ '/policy.wasm': 'x' }));
     tar[0] = 0x41; // corrupt the header: checksum no longer matches
     expect(() => readTar(tar)).toThrow(/bad header checksum/);
-    expect(() => parseBundle(Buffer.from([0x1f, 0x8b, 0, 0]))).toThrow(/not valid gzip/);
+    expect(() => parseOpaBundle(Buffer.from([0x1f, 0x8b, 0, 0]))).toThrow(/not valid gzip/);
   });
 
   it('reads PAX long names', () => {
     const long = `/${'d'.repeat(120)}/data.json`;
     const files = readTar(gunzipSync(buildBundle({ [long]: '{"x":1}', '/policy.wasm': 'w' })));
     expect([...files.keys()]).toEqual([long, '/policy.wasm']);
-    expect(parseBundle(buildBundle({ [long]: '{"x":1}', '/policy.wasm': 'w' })).data).toEqual({ ['d'.repeat(120)]: { x: 1 } });
+    expect(parseOpaBundle(buildBundle({ [long]: '{"x":1}', '/policy.wasm': 'w' })).data).toEqual({ ['d'.repeat(120)]: { x: 1 } });
   });
 });
 

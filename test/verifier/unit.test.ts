@@ -10,7 +10,7 @@ import { ManualClock } from '../../src/core/clock.js';
 import { MayflyError } from '../../src/core/errors.js';
 import { buildClaims } from '../../src/tokens/claims.js';
 import { signCompact } from '../../src/tokens/jws.js';
-import { RevocationEvent_Kind, RevocationEventSchema, type RevocationEvent } from '../../src/transport/gen/mayfly/v1/broker_pb.js';
+import { RevocationEvent_Kind, RevocationEventSchema, type RevocationEvent } from '../../src/gen/mayfly/v1/broker_pb.js';
 import { MayflyVerifier, type VerifierBrokerClient } from '../../src/verifier/index.js';
 import type { FetchLike } from '../../src/identity/jwks-source.js';
 import { codeOf } from './harness.js';

@@ -1,7 +1,7 @@
 /**
  * The `policy` config section and the built-in rules document. Everything
- * here is a zod schema so startup errors name the offending field (STYLE.md
- * habit 8). The annotated default rules live in policies/default-rules.yaml.
+ * here is a zod schema so startup errors name the offending field. The
+ * annotated default rules live in policies/default-rules.yaml.
  */
 import { z } from 'zod';
 

@@ -15,7 +15,7 @@ import type { AuditSink, Clock } from '../../core/ports.js';
 import type { BrokerService } from '../../service/broker.js';
 import type { CallContext } from '../../service/deps.js';
 import type { FeedMessage, RevocationFeed } from '../../service/feed.js';
-import * as pb from '../gen/mayfly/v1/broker_pb.js';
+import * as pb from '../../gen/mayfly/v1/broker_pb.js';
 import { toGrpcStatus } from '../errors.js';
 import { bearerFrom, PeerRegistry, type CallerAuthenticator, type TlsMaterial } from '../tls.js';
 

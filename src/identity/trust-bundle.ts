@@ -7,7 +7,7 @@
  */
 import { X509Certificate, createHash, createPublicKey, type JsonWebKey, type KeyObject } from 'node:crypto';
 import { mayflyError } from '../core/errors.js';
-import { DerError, readCertificateFields } from './der.js';
+import { DerError, readCertificateFields } from './x509-extensions.js';
 import { parseTrustDomain } from './spiffe-id.js';
 
 /** The authorities of one trust domain. */
@@ -176,7 +176,7 @@ export function parsePemBundle(trustDomain: string, pem: string): TrustBundle {
 }
 
 /** Parses a bundle document in either form: JWKS JSON when it starts with '{', PEM otherwise. */
-export function parseBundle(trustDomain: string, text: string): TrustBundle {
+export function parseTrustBundle(trustDomain: string, text: string): TrustBundle {
   return text.trimStart().startsWith('{') ? parseJwksBundle(trustDomain, text) : parsePemBundle(trustDomain, text);
 }
 

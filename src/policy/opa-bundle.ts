@@ -89,7 +89,7 @@ export function mergeData(dst: Record<string, unknown>, src: Record<string, unkn
 }
 
 /** Parses a gzip'd OPA bundle; throws naming what is missing or malformed. */
-export function parseBundle(gz: Buffer): OpaBundle {
+export function parseOpaBundle(gz: Buffer): OpaBundle {
   let tar: Buffer;
   try {
     tar = gunzipSync(gz, { maxOutputLength: MAX_BUNDLE_BYTES });

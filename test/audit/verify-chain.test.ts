@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { MemoryAuditSink } from '../../src/audit/memory-sink.js';
 import { hashRecord, serializeRecord, type AuditRecord } from '../../src/audit/record.js';
-import { formatVerifyResult, verifyAuditLog } from '../../src/audit/verify.js';
+import { formatVerifyResult, verifyAuditLog } from '../../src/audit/verify-chain.js';
 import { ManualClock } from '../../src/core/clock.js';
 
 function makeLog(n: number): { lines: string[]; sink: MemoryAuditSink } {

@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ManualClock } from '../../src/core/clock.js';
 import { isMayflyError } from '../../src/core/errors.js';
-import { bundleFingerprint, bundleToJwks, parseBundle, parseJwksBundle, parsePemBundle } from '../../src/identity/bundle.js';
+import { bundleFingerprint, bundleToJwks, parseTrustBundle, parseJwksBundle, parsePemBundle } from '../../src/identity/trust-bundle.js';
 import {
   CompositeTrustSource,
   RefreshingTrustSource,
@@ -134,9 +134,9 @@ describe('parsePemBundle', () => {
     expect(b.jwtAuthorities.size).toBe(0);
   });
 
-  it('parseBundle tells the two forms apart', () => {
-    expect(parseBundle('example.org', pki.example.certPem).x509Authorities).toHaveLength(1);
-    expect(parseBundle('example.org', ` ${JSON.stringify({ keys: [x509Entry(ecRootPem)] })}`).x509Authorities).toHaveLength(1);
+  it('parseTrustBundle tells the two forms apart', () => {
+    expect(parseTrustBundle('example.org', pki.example.certPem).x509Authorities).toHaveLength(1);
+    expect(parseTrustBundle('example.org', ` ${JSON.stringify({ keys: [x509Entry(ecRootPem)] })}`).x509Authorities).toHaveLength(1);
   });
 
   it.each([

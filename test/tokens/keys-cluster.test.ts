@@ -5,28 +5,25 @@
  */
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/core/clock.js';
 import { decodeJws, signingInputOf, verifyJwsSignature } from '../../src/tokens/jws.js';
 import { KeyManager, type KeyManagerOptions } from '../../src/tokens/keys.js';
 import { KEYS_TABLE_SQL, PostgresKeyStore } from '../../src/tokens/keystore-postgres.js';
-import { testPostgres, type TestPostgres } from '../helpers/pg-cluster.js';
+import { freshDatabase } from '../helpers/postgres.js';
 
 const MIN = 60_000;
-let server: TestPostgres;
+let dbUrl: string;
 beforeAll(async () => {
-  server = await testPostgres();
-}, 120_000);
-afterAll(async () => {
-  await server?.release();
+  dbUrl = await freshDatabase();
 });
 
 async function freshPool(): Promise<pg.Pool> {
   const schema = `km_${randomBytes(6).toString('hex')}`;
-  const admin = new pg.Pool({ connectionString: server.url, max: 1 });
+  const admin = new pg.Pool({ connectionString: dbUrl, max: 1 });
   await admin.query(`CREATE SCHEMA ${schema}`);
   await admin.end();
-  const pool = new pg.Pool({ connectionString: server.url, max: 6, options: `-c search_path=${schema}` });
+  const pool = new pg.Pool({ connectionString: dbUrl, max: 6, options: `-c search_path=${schema}` });
   await pool.query(KEYS_TABLE_SQL);
   return pool;
 }

@@ -1,26 +1,23 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { KEYS_TABLE_SQL, PostgresKeyStore } from '../../src/tokens/keystore-postgres.js';
 import { runKeyStoreContract } from '../contracts/keystore.contract.js';
-import { testPostgres, type TestPostgres } from '../helpers/pg-cluster.js';
+import { freshDatabase } from '../helpers/postgres.js';
 
 const T0 = Date.UTC(2026, 0, 1);
-let server: TestPostgres;
+let dbUrl: string;
 beforeAll(async () => {
-  server = await testPostgres();
-}, 120_000);
-afterAll(async () => {
-  await server?.release();
+  dbUrl = await freshDatabase();
 });
 
 /** A fresh schema with the keys table, and a pool whose search_path points at it. */
 async function freshPool(): Promise<pg.Pool> {
   const schema = `ks_${randomBytes(6).toString('hex')}`;
-  const admin = new pg.Pool({ connectionString: server.url, max: 1 });
+  const admin = new pg.Pool({ connectionString: dbUrl, max: 1 });
   await admin.query(`CREATE SCHEMA ${schema}`);
   await admin.end();
-  const pool = new pg.Pool({ connectionString: server.url, max: 4, options: `-c search_path=${schema}` });
+  const pool = new pg.Pool({ connectionString: dbUrl, max: 4, options: `-c search_path=${schema}` });
   await pool.query(KEYS_TABLE_SQL);
   return pool;
 }

@@ -1,6 +1,6 @@
 /**
  * PostgreSQL KeyStore: the cluster's one shared key set, one row per key in
- * `mayfly_keys`, so every replica signs with the same active key and serves
+ * `signing_keys`, so every replica signs with the same active key and serves
  * the same JWKS (docs/clustering.md says why a shared set and not one key per
  * replica).
  *
@@ -14,7 +14,7 @@
  *
  * Cluster behaviour:
  * - `list()` reads the table, so a KeyManager that re-lists sees the other
- *   replicas' changes; every change also sends NOTIFY on `mayfly_keys` in the
+ *   replicas' changes; every change also sends NOTIFY on `mayfly_keys` (KEYS_CHANNEL) in the
  *   same transaction, so `watch()` wakes the other replicas within a
  *   round-trip instead of waiting for their next poll.
  * - `setState` checks the transition against the row under FOR UPDATE, so two
@@ -43,7 +43,7 @@ const LIFECYCLE_LOCK = 0x6d61_7966; // "mayf"
 
 /** Table the key store keeps its rows in (created by the store migrations). */
 export const KEYS_TABLE_SQL = `
-CREATE TABLE IF NOT EXISTS mayfly_keys (
+CREATE TABLE IF NOT EXISTS signing_keys (
   kid text PRIMARY KEY,
   alg text NOT NULL,
   state text NOT NULL,
@@ -149,10 +149,10 @@ export class PostgresKeyStore implements KeyStore {
   /** Checks a row's KEK id and MAC; returns its KeyInfo. */
   private verifyRow(r: Row): KeyInfo {
     const tampered = (why: string) =>
-      mayflyError('ERR_KEYSTORE', `key ${r.kid} in mayfly_keys failed its integrity check (${why}): the row was edited or corrupted; restore it from backup, or revoke the key`, { kid: r.kid });
+      mayflyError('ERR_KEYSTORE', `key ${r.kid} in signing_keys failed its integrity check (${why}): the row was edited or corrupted; restore it from backup, or revoke the key`, { kid: r.kid });
     if (!SIGNING_ALGS.includes(r.alg as SigningAlg) || !KEY_STATES.includes(r.state as KeyState)) throw tampered('unknown algorithm or state');
     if (r.kek_id !== this.derived.kekId) {
-      throw mayflyError('ERR_KEYSTORE', `key store cannot be decrypted with the configured KEK (key ${r.kid} in mayfly_keys was written under a different KEK); configure the KEK the cluster was created with`, { kid: r.kid });
+      throw mayflyError('ERR_KEYSTORE', `key store cannot be decrypted with the configured KEK (key ${r.kid} in signing_keys was written under a different KEK); configure the KEK the cluster was created with`, { kid: r.kid });
     }
     const info: KeyInfo = {
       kid: r.kid,
@@ -190,7 +190,7 @@ export class PostgresKeyStore implements KeyStore {
     const info: KeyInfo = { kid: material.kid, alg, state, createdAt: now, stateSince: now, publicJwk: material.publicJwk, lastTokenExpiresAt: null };
     const mac = this.sealedMac(this.body(info, sealed));
     await this.tx('create a key', async (cl) => {
-      await cl.query(`INSERT INTO mayfly_keys (${COLUMNS}) VALUES ($1,$2,$3,$4,$5,NULL,$6,$7,$8,$9)`, [info.kid, alg, state, now, now, JSON.stringify(info.publicJwk), this.derived.kekId, JSON.stringify(sealed), mac]);
+      await cl.query(`INSERT INTO signing_keys (${COLUMNS}) VALUES ($1,$2,$3,$4,$5,NULL,$6,$7,$8,$9)`, [info.kid, alg, state, now, now, JSON.stringify(info.publicJwk), this.derived.kekId, JSON.stringify(sealed), mac]);
       await cl.query('SELECT pg_notify($1, $2)', [KEYS_CHANNEL, info.kid]);
     });
     this.states.set(info.kid, state);
@@ -202,7 +202,7 @@ export class PostgresKeyStore implements KeyStore {
     this.check();
     let rows: Row[];
     try {
-      rows = (await this.pool.query<Row>(`SELECT ${COLUMNS} FROM mayfly_keys ORDER BY created_at, kid`)).rows;
+      rows = (await this.pool.query<Row>(`SELECT ${COLUMNS} FROM signing_keys ORDER BY created_at, kid`)).rows;
     } catch (err) {
       throw dbError('list keys', err);
     }
@@ -216,7 +216,7 @@ export class PostgresKeyStore implements KeyStore {
   async setState(kid: string, state: KeyState, now: EpochMs): Promise<void> {
     this.check();
     await this.tx('change a key state', async (cl) => {
-      const r = (await cl.query<Row>(`SELECT ${COLUMNS} FROM mayfly_keys WHERE kid = $1 FOR UPDATE`, [kid])).rows[0];
+      const r = (await cl.query<Row>(`SELECT ${COLUMNS} FROM signing_keys WHERE kid = $1 FOR UPDATE`, [kid])).rows[0];
       if (!r) throw mayflyError('ERR_KEY_NOT_FOUND', `no key with kid ${kid}`, { kid });
       const info = this.withPending(this.verifyRow(r));
       checkTransition(kid, info.state, state);
@@ -231,7 +231,7 @@ export class PostgresKeyStore implements KeyStore {
 
   private async writeRow(cl: PoolClient, info: KeyInfo, sealed: SealedKey): Promise<void> {
     const mac = this.sealedMac(this.body(info, sealed));
-    await cl.query('UPDATE mayfly_keys SET state = $2, state_since = $3, last_token_expires_at = $4, mac = $5 WHERE kid = $1', [info.kid, info.state, info.stateSince, info.lastTokenExpiresAt, mac]);
+    await cl.query('UPDATE signing_keys SET state = $2, state_since = $3, last_token_expires_at = $4, mac = $5 WHERE kid = $1', [info.kid, info.state, info.stateSince, info.lastTokenExpiresAt, mac]);
     await cl.query('SELECT pg_notify($1, $2)', [KEYS_CHANNEL, info.kid]);
     const p = this.pending.get(info.kid);
     if (p !== undefined && info.lastTokenExpiresAt !== null && p <= info.lastTokenExpiresAt) this.pending.delete(info.kid);
@@ -257,7 +257,7 @@ export class PostgresKeyStore implements KeyStore {
     const run = this.flushing.then(async () => {
       for (const [kid, exp] of [...this.pending]) {
         await this.tx('write a token expiry', async (cl) => {
-          const r = (await cl.query<Row>(`SELECT ${COLUMNS} FROM mayfly_keys WHERE kid = $1 FOR UPDATE`, [kid])).rows[0];
+          const r = (await cl.query<Row>(`SELECT ${COLUMNS} FROM signing_keys WHERE kid = $1 FOR UPDATE`, [kid])).rows[0];
           if (!r) {
             this.pending.delete(kid);
             return;
@@ -284,7 +284,7 @@ export class PostgresKeyStore implements KeyStore {
     if (cached && known && canSign(known)) return cached;
     let r: Row | undefined;
     try {
-      r = (await this.pool.query<Row>(`SELECT ${COLUMNS} FROM mayfly_keys WHERE kid = $1`, [kid])).rows[0];
+      r = (await this.pool.query<Row>(`SELECT ${COLUMNS} FROM signing_keys WHERE kid = $1`, [kid])).rows[0];
     } catch (err) {
       throw dbError('read a key', err);
     }
@@ -300,7 +300,7 @@ export class PostgresKeyStore implements KeyStore {
       d.setAuthTag(Buffer.from(r.private_key.tag, 'base64url'));
       der = Buffer.concat([d.update(Buffer.from(r.private_key.ciphertext, 'base64url')), d.final()]);
     } catch (err) {
-      throw mayflyError('ERR_KEYSTORE', `key ${kid} in mayfly_keys failed its integrity check (private key does not decrypt)`, { kid }, err);
+      throw mayflyError('ERR_KEYSTORE', `key ${kid} in signing_keys failed its integrity check (private key does not decrypt)`, { kid }, err);
     }
     let material;
     try {
@@ -308,7 +308,7 @@ export class PostgresKeyStore implements KeyStore {
     } finally {
       der.fill(0);
     }
-    if (material.kid !== kid) throw mayflyError('ERR_KEYSTORE', `key ${kid} in mayfly_keys failed its integrity check (private key does not match its kid)`, { kid });
+    if (material.kid !== kid) throw mayflyError('ERR_KEYSTORE', `key ${kid} in signing_keys failed its integrity check (private key does not match its kid)`, { kid });
     const s = this.signers.get(kid) ?? localSigner(kid, info.alg, material.privateKey, () => (this.closed ? undefined : this.states.get(kid)));
     this.signers.set(kid, s);
     return s;

@@ -38,14 +38,14 @@ describe('PostgresKeyStore across replicas', () => {
     const kek = randomBytes(32);
     const a = await PostgresKeyStore.open({ pool, kek });
     const k = await a.create('ES256', 'revoked', T0);
-    const row = (await pool.query('SELECT * FROM mayfly_keys')).rows[0] as Record<string, unknown>;
+    const row = (await pool.query('SELECT * FROM signing_keys')).rows[0] as Record<string, unknown>;
     const text = JSON.stringify(row);
     expect(text).not.toMatch(/PRIVATE KEY|"d":/);
     expect(row['kek_id']).toMatch(/^[A-Za-z0-9_-]{22}$/);
     for (const [what, sql] of [
-      ['state', `UPDATE mayfly_keys SET state = 'active'`],
-      ['timestamp', `UPDATE mayfly_keys SET state_since = state_since + 1`],
-      ['public key', `UPDATE mayfly_keys SET public_jwk = jsonb_set(public_jwk, '{x}', public_jwk->'y')`],
+      ['state', `UPDATE signing_keys SET state = 'active'`],
+      ['timestamp', `UPDATE signing_keys SET state_since = state_since + 1`],
+      ['public key', `UPDATE signing_keys SET public_jwk = jsonb_set(public_jwk, '{x}', public_jwk->'y')`],
     ] as const) {
       await pool.query('BEGIN');
       await pool.query(sql);
@@ -55,7 +55,7 @@ describe('PostgresKeyStore across replicas', () => {
       );
       await pool.query('ROLLBACK');
       expect(err?.code, what).toBe('ERR_KEYSTORE');
-      expect(err?.message).toContain(`key ${k.kid} in mayfly_keys failed its integrity check`);
+      expect(err?.message).toContain(`key ${k.kid} in signing_keys failed its integrity check`);
     }
     await a.close();
     await pool.end();

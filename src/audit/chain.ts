@@ -36,7 +36,8 @@ export interface ChainedSinkOptions {
 /** Base for sinks: subclasses implement `append` (throwing on failure) and `closeBackend`. */
 export abstract class ChainedAuditSink implements AuditSink {
   protected head: ChainHead;
-  private readonly brokerId: string;
+  /** broker_id written into every record of this log. */
+  readonly brokerId: string;
   private readonly clock: Clock;
   private readonly onWrite: ((record: AuditRecord) => void) | undefined;
   private readonly onError: ((err: unknown) => void) | undefined;
@@ -83,6 +84,18 @@ export abstract class ChainedAuditSink implements AuditSink {
     }
     return record;
   }
+
+  /**
+   * Appends a sink-owned record (checkpoint, end-missing note) built from the
+   * current head and this log's broker id; throws if it cannot be written.
+   */
+  appendSealed(build: (head: ChainHead, brokerId: string) => Record<string, unknown>): AuditRecord {
+    if (this.closed) throw new Error('audit sink is closed');
+    return this.writeRecord(build(this.chainHead(), this.brokerId));
+  }
+
+  /** Makes every record written so far durable; a no-op for sinks with nothing to flush. */
+  sync(): void {}
 
   /** Current chain head: callers that keep a checkpoint pass it as the verify anchor. */
   chainHead(): ChainHead {

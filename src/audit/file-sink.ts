@@ -149,7 +149,7 @@ export class FileAuditSink extends ChainedAuditSink {
   }
 
   /** Flushes the file to disk; take a verify anchor (chainHead) after this. */
-  sync(): void {
+  override sync(): void {
     if (!this.closed) fsyncSync(this.fd);
   }
 

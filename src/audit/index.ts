@@ -3,3 +3,4 @@ export * from './chain.js';
 export * from './file-sink.js';
 export * from './memory-sink.js';
 export * from './verify-chain.js';
+export * from './checkpoint.js';

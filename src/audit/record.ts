@@ -24,7 +24,13 @@ export const GENESIS_HASH = '0'.repeat(64);
  */
 export const RESUME_EVENT = 'audit.resume';
 
-export type AuditRecordEvent = AuditEvent | typeof RESUME_EVENT;
+/** Sink-owned: a signed checkpoint of the chain head (see checkpoint.ts). */
+export const CHECKPOINT_EVENT = 'audit.checkpoint';
+
+/** Sink-owned: written at start when the log ends before the head the Store holds (see checkpoint.ts). */
+export const END_MISSING_EVENT = 'audit.end_missing';
+
+export type AuditRecordEvent = AuditEvent | typeof RESUME_EVENT | typeof CHECKPOINT_EVENT | typeof END_MISSING_EVENT;
 
 /** Fields the chain owns; an entry field with one of these names is kept as `entry_<name>` so it cannot forge the chain. */
 export const RESERVED_FIELDS = ['v', 'seq', 'ts', 'broker_id', 'prev', 'hash'] as const;

@@ -7,11 +7,15 @@
  *   - swap / reorder lines    → the first moved line's seq is out of order;
  *   - insert a line (even with a correctly recomputed own hash) → its seq or prev does not link.
  *
- * Limitation: removing records from the END leaves a shorter, perfectly
- * valid chain, and so does rewriting a suffix with recomputed hashes (the
- * chain is unkeyed). Only an external checkpoint detects that: pass the
- * `anchor` (seq + hash from FileAuditSink.chainHead(), stored elsewhere) and
- * the log must contain that exact record.
+ * Removing records from the END leaves a shorter, perfectly valid chain, and
+ * so does rewriting a suffix with recomputed hashes (the chain is unkeyed).
+ * Only a head kept outside the log detects that: pass the `anchor` (seq +
+ * hash, from the Store's audit head, see checkpoint.ts) and the log must
+ * contain that exact record (else `end_missing` / `anchor_mismatch`). With
+ * `checkpointKeys`, every signed `audit.checkpoint` record is checked too
+ * (`checkpoint_invalid`), and an `audit.end_missing` record, written by the
+ * broker when it found its log shorter than the stored head, makes the log
+ * fail with `end_missing` even after the anchor has moved on.
  *
  * An `audit.resume` record written by the file sink on reopen acknowledges
  * the damaged line just before it (by SHA-256); such a line is not a break,
@@ -19,7 +23,8 @@
  */
 import { closeSync, openSync, readSync } from 'node:fs';
 import { mayflyError } from '../core/errors.js';
-import { GENESIS_HEAD, parseRecord, RESUME_EVENT, sha256Hex, type ChainHead } from './record.js';
+import { checkpointProblem, type CheckpointKeys } from './checkpoint.js';
+import { CHECKPOINT_EVENT, END_MISSING_EVENT, GENESIS_HEAD, parseRecord, RESUME_EVENT, sha256Hex, type AuditRecord, type ChainHead } from './record.js';
 
 /** A checkpoint of the chain head kept outside the log (e.g. in the store or a monitoring system). */
 export type VerifyAnchor = ChainHead;
@@ -29,9 +34,23 @@ export interface VerifyOptions {
   anchor?: VerifyAnchor;
   /** Head before the first line, for a rotated segment verified on its own (default: genesis). */
   start?: ChainHead;
+  /** Public audit keys: every checkpoint record's signature is verified, and the anchor must be a checkpoint. */
+  checkpointKeys?: CheckpointKeys;
 }
 
+/**
+ * Stable codes of a broken log, for scripts and alerts:
+ *   - `record_invalid`: a line is not a well-formed record or its hash does not match (edit, torn line);
+ *   - `seq_mismatch`: a record is missing, duplicated or out of order;
+ *   - `prev_mismatch`: a record does not link to the one before it (inserted or replaced);
+ *   - `anchor_mismatch`: the record at the stored head's seq is a different record (log rewritten);
+ *   - `end_missing`: the log ends before the stored head, or the broker noted at start that it did;
+ *   - `checkpoint_invalid`: a signed checkpoint does not verify with the audit key.
+ */
+export type VerifyBreakCode = 'record_invalid' | 'seq_mismatch' | 'prev_mismatch' | 'anchor_mismatch' | 'end_missing' | 'checkpoint_invalid';
+
 export interface VerifyBreak {
+  code: VerifyBreakCode;
   /** File of the break, when several files were verified. */
   file?: string;
   /** 1-based line number; for a log that ends too early, one past the last line. */
@@ -48,7 +67,21 @@ export interface VerifyResult {
   head: ChainHead;
   /** Damaged lines acknowledged by an audit.resume record (line of the damaged line, seq of the resume record). */
   resumes: Array<{ line: number; seq: number; file?: string }>;
+  /** Signed checkpoint records seen (up to the first break). */
+  checkpoints: number;
+  /** True when checkpointKeys were given, so every checkpoint counted was signature-checked. */
+  checkpointsVerified: boolean;
+  /** Records after the last checkpoint: the part of the log no stored head vouches for yet. */
+  afterLastCheckpoint: number;
   firstBroken?: VerifyBreak;
+}
+
+/** What a walk carries from one file to the next. */
+interface WalkState {
+  checkpoints: number;
+  afterLastCheckpoint: number;
+  /** `audit.end_missing` records seen: the log lost its end once, whatever follows. */
+  endMissing: VerifyBreak[];
 }
 
 interface Line {
@@ -69,12 +102,23 @@ const READ_CHUNK = 1024 * 1024;
 export function verifyAuditLog(input: string | readonly string[], options: VerifyOptions = {}): VerifyResult {
   const src =
     typeof input !== 'string' ? arrayLines(input) : input === '' || input.includes('\n') ? arrayLines(input.split('\n')) : fileLines(input);
+  const state: WalkState = { checkpoints: 0, afterLastCheckpoint: 0, endMissing: [] };
   try {
-    return walk(src, options.start ?? GENESIS_HEAD, options.anchor, true);
+    return finish(walk(src, options.start ?? GENESIS_HEAD, options, true, state), state, options);
   } finally {
     // Closes the file when the walk stops at a break before the end.
     src.return(undefined);
   }
+}
+
+/** Adds the checkpoint figures and turns a noted end-missing into the result's break. */
+function finish(r: Omit<VerifyResult, 'checkpoints' | 'checkpointsVerified' | 'afterLastCheckpoint'>, state: WalkState, options: VerifyOptions): VerifyResult {
+  const out: VerifyResult = { ...r, checkpoints: state.checkpoints, checkpointsVerified: options.checkpointKeys !== undefined, afterLastCheckpoint: state.afterLastCheckpoint };
+  if (out.ok && state.endMissing.length > 0) {
+    out.ok = false;
+    out.firstBroken = state.endMissing[0]!;
+  }
+  return out;
 }
 
 /** Verifies rotated segments and the current file (see auditSegments) as one chain, oldest first. */
@@ -82,34 +126,40 @@ export function verifyAuditFiles(paths: readonly string[], options: VerifyOption
   let head = options.start ?? GENESIS_HEAD;
   let records = 0;
   const resumes: VerifyResult['resumes'] = [];
+  const state: WalkState = { checkpoints: 0, afterLastCheckpoint: 0, endMissing: [] };
   for (let i = 0; i < paths.length; i++) {
     const file = paths[i]!;
     const src = fileLines(file);
-    let r: VerifyResult;
+    const notedBefore = state.endMissing.length;
+    let r: WalkResult;
     try {
-      r = walk(src, head, options.anchor, i === paths.length - 1);
+      r = walk(src, head, options, i === paths.length - 1, state);
     } finally {
       src.return(undefined);
     }
+    for (let j = notedBefore; j < state.endMissing.length; j++) state.endMissing[j] = { file, ...state.endMissing[j]! };
     records += r.records;
     resumes.push(...r.resumes.map((x) => ({ ...x, file })));
     head = r.head;
-    if (!r.ok) return { ok: false, records, head, resumes, firstBroken: { file, ...r.firstBroken! } };
+    if (!r.ok) return finish({ ok: false, records, head, resumes, firstBroken: { file, ...r.firstBroken! } }, state, options);
   }
   if (paths.length === 0 && options.anchor !== undefined && options.anchor.seq > head.seq) {
-    return { ok: false, records, head, resumes, firstBroken: { line: 1, seq: head.seq + 1, reason: 'no audit log files, but an anchor was given' } };
+    return finish({ ok: false, records, head, resumes, firstBroken: { code: 'end_missing', line: 1, seq: head.seq + 1, reason: 'no audit log files, but an anchor was given' } }, state, options);
   }
-  return { ok: true, records, head, resumes };
+  return finish({ ok: true, records, head, resumes }, state, options);
 }
 
-function walk(src: Generator<Line>, start: ChainHead, anchor: VerifyAnchor | undefined, final: boolean): VerifyResult {
+type WalkResult = Omit<VerifyResult, 'checkpoints' | 'checkpointsVerified' | 'afterLastCheckpoint'>;
+
+function walk(src: Generator<Line>, start: ChainHead, options: VerifyOptions, final: boolean, state: WalkState): WalkResult {
+  const anchor = options.anchor;
   let head: ChainHead = { ...start };
   let records = 0;
   let lineNo = 0;
   // An anchor at or before `start` lies in an earlier file, already checked (or not checkable from here).
   let anchorSeen = anchor === undefined || anchor.seq <= start.seq;
   const resumes: VerifyResult['resumes'] = [];
-  const broken = (b: VerifyBreak): VerifyResult => ({ ok: false, records, head, resumes, firstBroken: b });
+  const broken = (b: VerifyBreak): WalkResult => ({ ok: false, records, head, resumes, firstBroken: b });
 
   let cur = src.next();
   while (!cur.done) {
@@ -131,34 +181,42 @@ function walk(src: Generator<Line>, start: ChainHead, anchor: VerifyAnchor | und
         lineNo++;
         head = { seq: ack.record.seq, hash: ack.record.hash };
         records++;
+        state.afterLastCheckpoint++;
         if (anchor !== undefined && ack.record.seq === anchor.seq) {
-          if (ack.record.hash !== anchor.hash) return broken(anchorMismatch(lineNo, anchor));
+          if (ack.record.hash !== anchor.hash || options.checkpointKeys !== undefined) return broken(anchorMismatch(lineNo, anchor));
           anchorSeen = true;
         }
         cur = src.next();
         continue;
       }
-      return broken(parsed.seq === undefined ? { line: lineNo, reason: parsed.reason } : { line: lineNo, seq: parsed.seq, reason: parsed.reason });
+      const code = 'record_invalid';
+      return broken(parsed.seq === undefined ? { code, line: lineNo, reason: parsed.reason } : { code, line: lineNo, seq: parsed.seq, reason: parsed.reason });
     }
     const rec = parsed.record;
     const expected = head.seq + 1;
     if (rec.seq !== expected) {
       const why = rec.seq > expected ? 'record(s) deleted or reordered' : 'record duplicated, inserted or reordered';
-      return broken({ line: lineNo, seq: rec.seq, reason: `seq ${rec.seq} where ${expected} expected (${why})` });
+      return broken({ code: 'seq_mismatch', line: lineNo, seq: rec.seq, reason: `seq ${rec.seq} where ${expected} expected (${why})` });
     }
     if (rec.prev !== head.hash) {
-      return broken({ line: lineNo, seq: rec.seq, reason: "prev does not match the previous record's hash (record inserted or replaced)" });
+      return broken({ code: 'prev_mismatch', line: lineNo, seq: rec.seq, reason: "prev does not match the previous record's hash (record inserted or replaced)" });
     }
+    const sealed = sealedRecordBreak(rec, lineNo, options, state);
+    if (sealed) return broken(sealed);
     head = { seq: rec.seq, hash: rec.hash };
     records++;
     if (anchor !== undefined && rec.seq === anchor.seq) {
       if (rec.hash !== anchor.hash) return broken(anchorMismatch(lineNo, anchor));
+      if (options.checkpointKeys !== undefined && rec.event !== CHECKPOINT_EVENT) {
+        return broken({ code: 'anchor_mismatch', line: lineNo, seq: rec.seq, reason: `the stored head at seq ${anchor.seq} is not a signed checkpoint record` });
+      }
       anchorSeen = true;
     }
     cur = next;
   }
   if (final && !anchorSeen && anchor !== undefined) {
     return broken({
+      code: 'end_missing',
       line: lineNo + 1,
       seq: head.seq + 1,
       reason: `log ends at seq ${head.seq} but the anchor is at seq ${anchor.seq} (records removed from the end)`,
@@ -168,7 +226,25 @@ function walk(src: Generator<Line>, start: ChainHead, anchor: VerifyAnchor | und
 }
 
 function anchorMismatch(line: number, anchor: VerifyAnchor): VerifyBreak {
-  return { line, seq: anchor.seq, reason: `record at seq ${anchor.seq} does not match the anchor hash (log rewritten)` };
+  return { code: 'anchor_mismatch', line, seq: anchor.seq, reason: `record at seq ${anchor.seq} does not match the anchor hash (log rewritten)` };
+}
+
+/** Checks a chained record the sink itself wrote: a checkpoint's signature, an end-missing note. Updates the walk's counts. */
+function sealedRecordBreak(rec: AuditRecord, line: number, options: VerifyOptions, state: WalkState): VerifyBreak | undefined {
+  if (rec.event === CHECKPOINT_EVENT) {
+    if (options.checkpointKeys !== undefined) {
+      const problem = checkpointProblem(rec, options.checkpointKeys);
+      if (problem !== null) return { code: 'checkpoint_invalid', line, seq: rec.seq, reason: problem };
+    }
+    state.checkpoints++;
+    state.afterLastCheckpoint = 0;
+    return undefined;
+  }
+  state.afterLastCheckpoint++;
+  if (rec.event === END_MISSING_EVENT) {
+    state.endMissing.push({ code: 'end_missing', line, seq: rec.seq, reason: typeof rec.reason === 'string' ? rec.reason : 'the broker found the end of this log missing at start' });
+  }
+  return undefined;
 }
 
 /** One line for humans, e.g. for `mayfly audit verify`. */
@@ -177,11 +253,19 @@ export function formatVerifyResult(r: VerifyResult): string {
     r.resumes.length === 0
       ? ''
       : `; ${r.resumes.length} damaged line(s) acknowledged by audit.resume at ${r.resumes.map((x) => (x.file === undefined ? `line ${x.line}` : `${x.file}:${x.line}`)).join(', ')}`;
-  if (r.ok) return `audit log OK: ${r.records} records, head seq ${r.head.seq} hash ${r.head.hash.slice(0, 16)}${resumed}`;
+  if (r.ok) return `audit log OK: ${r.records} records, head seq ${r.head.seq} hash ${r.head.hash.slice(0, 16)}${resumed}${checkpointNote(r)}`;
   const b = r.firstBroken!;
   const where = b.file === undefined ? `line ${b.line}` : `${b.file}:${b.line}`;
   const at = b.seq === undefined ? where : `${where} (seq ${b.seq})`;
-  return `audit log BROKEN at ${at}: ${b.reason}; ${r.records} records verified before it${resumed}`;
+  // A missing end is found after every record present has verified.
+  const verified = b.code === 'end_missing' ? `${r.records} records verified` : `${r.records} records verified before it`;
+  return `audit log BROKEN at ${at}: [${b.code}] ${b.reason}; ${verified}${resumed}${checkpointNote(r)}`;
+}
+
+/** Checkpoint figures, only when the log has checkpoints (older logs and plain sinks print as before). */
+function checkpointNote(r: VerifyResult): string {
+  if (r.checkpoints === 0) return '';
+  return `; ${r.checkpoints} checkpoint(s) ${r.checkpointsVerified ? 'signature-verified' : 'NOT signature-checked (no audit key given)'}, ${r.afterLastCheckpoint} record(s) after the last`;
 }
 
 function* arrayLines(lines: readonly string[]): Generator<Line> {

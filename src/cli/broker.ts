@@ -10,6 +10,7 @@ import { mayflyError, MayflyError } from '../core/errors.js';
 import { systemClock, systemRandom } from '../core/clock.js';
 import type { Clock, KeyStore, PolicyEngine, Store } from '../core/ports.js';
 import { FileAuditSink } from '../audit/file-sink.js';
+import { AUDIT_JWKS_FILE, AUDIT_KEY_FILE, AuditKey, AuditSealer } from '../audit/checkpoint.js';
 import { parseTrustBundle } from '../identity/trust-bundle.js';
 import { OidcVerifier, type OidcIssuerConfig } from '../identity/oidc.js';
 import { issuerConfigFromPreset } from '../identity/oidc-presets.js';
@@ -126,6 +127,9 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
 
     const store: Store = c.store.backend === 'memory' ? new MemoryStore() : SqliteStore.open(resolvePath(dataDir, c.store.path));
     cleanups.push(() => store.close());
+    const sealer = new AuditSealer(audit, AuditKey.loadOrCreate(resolvePath(dataDir, AUDIT_KEY_FILE), resolvePath(dataDir, AUDIT_JWKS_FILE)), store, clock);
+    const cut = await sealer.open();
+    if (cut) log.error({ seq: cut.seq, reason: cut.reason }, 'the audit log ends before the head recorded in the store; run `mayfly audit verify`');
     if (c.store.backend === 'memory') log.warn('store.backend is memory: tasks and revocations are lost on restart (dev only)');
 
     // Policy.
@@ -320,6 +324,7 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
       for (const k of keys.list()) metrics.setKeyState(k.kid, k.state, k.createdAt, clock.now());
     }, 'key lifecycle');
     every(c.store.gc_interval_seconds * 1000, () => store.gc(clock.now(), c.store.gc_grace_seconds * 1000), 'garbage collection');
+    every(c.audit.checkpoint_interval_seconds * 1000, () => sealer.seal('periodic'), 'audit checkpoint');
     every(1000, async () => {
       metrics.feedSubscribers.set(feed!.subscriberCount());
       metrics.feedLagEvents.set(feed!.maxLag());
@@ -345,6 +350,7 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
         if (stopped) return;
         stopped = true;
         audit.write({ event: 'broker.stop', outcome: 'success' });
+        await sealer.seal('shutdown').catch((e) => log.error({ err: (e as Error).message }, 'could not seal the audit log at shutdown'));
         // End feed streams first so the gRPC drain does not wait on them.
         feed!.stop();
         for (const fn of cleanups.reverse()) {

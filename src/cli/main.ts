@@ -6,8 +6,7 @@ import { Command, Option } from 'commander';
 import { loadConfig, resolvePath } from '../config/load.js';
 import { DECISION_CONTRACT_VERSION, type DecisionInput } from '../core/decision.js';
 import { MayflyError } from '../core/errors.js';
-import { verifyAuditFiles, formatVerifyResult } from '../audit/verify-chain.js';
-import { auditSegments } from '../audit/file-sink.js';
+import { auditVerify } from './audit-verify.js';
 import { BrokerClient } from '../client/broker-client.js';
 import { BuiltinEngine } from '../policy/builtin.js';
 import { explain, formatExplanation } from '../policy/explain.js';
@@ -256,16 +255,14 @@ export function buildCli(): Command {
   const audit = program.command('audit').description('audit log tools');
   audit
     .command('verify')
-    .description('verify the audit hash chain; reports the first broken link')
+    .description('verify the audit hash chain, its signed checkpoints and the head recorded in the store; reports the first broken link')
     .requiredOption('--config <file>', 'config file')
     .option('--file <file>', 'audit log (default: from config)')
-    .action((o: { config: string; file?: string }) => {
-      const { config, baseDir } = loadConfig(o.config);
-      const path = o.file ?? resolvePath(resolvePath(baseDir, config.data_dir), config.audit.file);
-      if (!existsSync(path)) throw new MayflyError('ERR_INVALID_ARGUMENT', `no audit log at ${path}`);
-      const r = verifyAuditFiles(auditSegments(path));
-      console.log(formatVerifyResult(r));
-      if (!r.ok) process.exitCode = 1;
+    .option('--jwks <file>', 'public audit key (default: <data_dir>/audit-key.jwks.json)')
+    .action(async (o: { config: string; file?: string; jwks?: string }) => {
+      const r = await auditVerify(loadConfig(o.config), o);
+      for (const line of r.lines) console.log(line);
+      if (!r.result.ok) process.exitCode = 1;
     });
 
   const policy = program.command('policy').description('policy tools');

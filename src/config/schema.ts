@@ -4,6 +4,7 @@
  */
 import { z } from 'zod';
 import { policySectionSchema } from './sections/policy.js';
+import { storeSectionSchema } from './sections/store.js';
 
 const hostPort = z
   .string()
@@ -78,15 +79,7 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
-    store: z
-      .object({
-        backend: z.enum(['sqlite', 'memory']).default('sqlite'),
-        path: z.string().min(1).default('mayfly.db'),
-        gc_interval_seconds: seconds(60, 86_400),
-        gc_grace_seconds: seconds(3600),
-      })
-      .strict()
-      .prefault({}),
+    store: storeSectionSchema.prefault({}),
     tokens: z
       .object({ default_ttl_seconds: seconds(300, 86_400), max_ttl_seconds: seconds(3600, 86_400) })
       .strict()
@@ -122,7 +115,14 @@ export const configSchema = z
         message: 'pre_publish_seconds must be at least jwks_max_age_seconds, or JWKS pollers could miss the next key',
         path: ['pre_publish_seconds'],
       }),
-    audit: z.object({ file: z.string().min(1).default('audit.log') }).strict().prefault({}),
+    audit: z
+      .object({
+        file: z.string().min(1).default('audit.log'),
+        /** Seal the chain head (signed checkpoint record + head in the store) this often, and at every clean shutdown. */
+        checkpoint_interval_seconds: seconds(60, 86_400),
+      })
+      .strict()
+      .prefault({}),
     policy: policySectionSchema.prefault({}),
     feed: z
       .object({

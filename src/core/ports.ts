@@ -5,6 +5,7 @@
  */
 import type { DecisionInput } from './decision.js';
 import type {
+  AuditHead,
   EpochMs,
   KeyInfo,
   KeyState,
@@ -89,6 +90,13 @@ export interface Store {
   liveTokensByKid(now: EpochMs): Promise<Record<string, number>>;
   /** Deletes ended/expired tasks and tokens and events that no longer cover anything. Returns rows removed. */
   gc(now: EpochMs, graceMs: number): Promise<number>;
+  /**
+   * Records the audit chain head of broker `head.brokerId` (replacing the
+   * previous one; durable before it resolves). gc never removes it.
+   */
+  putAuditHead(head: AuditHead): Promise<void>;
+  /** The head last recorded for that broker, or null. */
+  getAuditHead(brokerId: string): Promise<AuditHead | null>;
   close(): Promise<void>;
 }
 

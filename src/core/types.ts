@@ -110,5 +110,19 @@ export interface KeyInfo {
   lastTokenExpiresAt: EpochMs | null;
 }
 
+/**
+ * The audit chain's head as the broker last sealed it: the seq and hash of a
+ * signed `audit.checkpoint` record, kept in the Store so that whoever can
+ * rewrite the audit log file cannot also quietly move the head back.
+ */
+export interface AuditHead {
+  /** broker_id of the log this head belongs to (several brokers may share one database). */
+  brokerId: string;
+  seq: number;
+  hash: string;
+  /** When the checkpoint was written. */
+  at: EpochMs;
+}
+
 /** Reason of the feed's keyset message that closes a replay: from there on the subscriber is caught up. */
 export const REPLAY_END_REASON = 'current';

@@ -10,7 +10,7 @@
  */
 import { mayflyError } from '../core/errors.js';
 import type { RevocationSnapshot, Store } from '../core/ports.js';
-import type { EpochMs, RevocationEvent, TaskEndResult, TaskRecord, TaskStatus, TokenRecord } from '../core/types.js';
+import type { AuditHead, EpochMs, RevocationEvent, TaskEndResult, TaskRecord, TaskStatus, TokenRecord } from '../core/types.js';
 import { descendantEndReason, EMPTY_END } from './semantics.js';
 
 function copyTask(t: TaskRecord): TaskRecord {
@@ -40,6 +40,7 @@ export class MemoryStore implements Store {
   private lastCursor = 0;
   private pruned = false;
   private closed = false;
+  private readonly auditHeads = new Map<string, AuditHead>();
 
   private check(): void {
     if (this.closed) throw mayflyError('ERR_STORE', 'store is closed');
@@ -252,6 +253,19 @@ export class MemoryStore implements Store {
       this.pruned = true;
     }
     return removed;
+  }
+
+  /** Records the audit chain head of one broker. */
+  async putAuditHead(head: AuditHead): Promise<void> {
+    this.check();
+    this.auditHeads.set(head.brokerId, { ...head });
+  }
+
+  /** The audit chain head last recorded for that broker, or null. */
+  async getAuditHead(brokerId: string): Promise<AuditHead | null> {
+    this.check();
+    const h = this.auditHeads.get(brokerId);
+    return h ? { ...h } : null;
   }
 
   /** Drops everything; later calls fail with ERR_STORE. */

@@ -23,7 +23,7 @@ import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { isMayflyError, mayflyError, MayflyError } from '../core/errors.js';
 import type { RevocationSnapshot, Store } from '../core/ports.js';
-import type { EpochMs, RevocationEvent, TaskEndResult, TaskRecord, TaskStatus, TokenRecord } from '../core/types.js';
+import type { AuditHead, EpochMs, RevocationEvent, TaskEndResult, TaskRecord, TaskStatus, TokenRecord } from '../core/types.js';
 import { descendantEndReason, EMPTY_END } from './semantics.js';
 
 type Db = Database.Database;
@@ -612,6 +612,20 @@ export class SqliteStore implements Store {
     );
   }
 
+  /** Records the audit chain head of one broker, in the meta table (no migration), fsynced before resolving. */
+  async putAuditHead(head: AuditHead): Promise<void> {
+    const value = JSON.stringify({ seq: head.seq, hash: head.hash, at: head.at });
+    this.durably('putAuditHead', () => this.s.setMeta.run(auditHeadKey(head.brokerId), value));
+  }
+
+  /** The audit chain head last recorded for that broker, or null. */
+  async getAuditHead(brokerId: string): Promise<AuditHead | null> {
+    const row = this.run('getAuditHead', () => this.s.getMeta.get(auditHeadKey(brokerId)) as { value: string } | undefined);
+    if (!row) return null;
+    const v = JSON.parse(row.value) as { seq: number; hash: string; at: number };
+    return { brokerId, seq: v.seq, hash: v.hash, at: v.at };
+  }
+
   /** Closes the database (checkpointing the WAL); later calls fail with ERR_STORE. */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -619,6 +633,11 @@ export class SqliteStore implements Store {
     this.closed = true;
     this.run('close', () => this.db.close());
   }
+}
+
+/** Meta-table key of a broker's audit head. */
+function auditHeadKey(brokerId: string): string {
+  return `audit_head:${brokerId}`;
 }
 
 function migrate(db: Db, path: string): void {

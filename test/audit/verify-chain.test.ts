@@ -28,7 +28,7 @@ const { lines: LOG, sink: SINK } = makeLog(N);
 describe('verifyAuditLog', () => {
   it('accepts an intact chain of 1000 records', () => {
     const r = verifyAuditLog(LOG);
-    expect(r).toEqual({ ok: true, records: N, head: SINK.chainHead(), resumes: [] });
+    expect(r).toEqual({ ok: true, records: N, head: SINK.chainHead(), resumes: [], checkpoints: 0, checkpointsVerified: false, afterLastCheckpoint: N });
     expect(formatVerifyResult(r)).toBe(`audit log OK: 1000 records, head seq 1000 hash ${SINK.chainHead().hash.slice(0, 16)}`);
   });
 
@@ -90,7 +90,7 @@ describe('verifyAuditLog', () => {
     it('is detected with an anchor', () => {
       const r = verifyAuditLog(LOG.slice(0, -1), { anchor });
       expect(r).toMatchObject({ ok: false, records: N - 1 });
-      expect(r.firstBroken).toEqual({ line: N, seq: N, reason: `log ends at seq ${N - 1} but the anchor is at seq ${N} (records removed from the end)` });
+      expect(r.firstBroken).toEqual({ code: 'end_missing', line: N, seq: N, reason: `log ends at seq ${N - 1} but the anchor is at seq ${N} (records removed from the end)` });
     });
     it('detects a rewritten suffix with an anchor', () => {
       const lines = [...LOG];

@@ -477,6 +477,25 @@ export function runStoreContract(name: string, factory: () => Store | Promise<St
       });
     });
 
+    describe('audit head', () => {
+      it('keeps one head per broker, replaced by the next put, untouched by gc', async () => {
+        expect(await store.getAuditHead('broker-a')).toBeNull();
+        const h1 = { brokerId: 'broker-a', seq: 7, hash: 'a'.repeat(64), at: T0 };
+        await store.putAuditHead(h1);
+        await store.putAuditHead({ brokerId: 'broker-b', seq: 3, hash: 'b'.repeat(64), at: T0 + 1 });
+        expect(await store.getAuditHead('broker-a')).toEqual(h1);
+        const h2 = { brokerId: 'broker-a', seq: 12, hash: 'c'.repeat(64), at: T0 + 2 };
+        await store.putAuditHead(h2);
+        await store.gc(T0 + 365 * 24 * 60 * MIN, 0);
+        expect(await store.getAuditHead('broker-a')).toEqual(h2);
+        expect(await store.getAuditHead('broker-b')).toEqual({ brokerId: 'broker-b', seq: 3, hash: 'b'.repeat(64), at: T0 + 1 });
+        // A copy: changing the result changes nothing stored.
+        const got = (await store.getAuditHead('broker-a'))!;
+        got.seq = 1;
+        expect((await store.getAuditHead('broker-a'))!.seq).toBe(12);
+      });
+    });
+
     it('fails with ERR_STORE after close', async () => {
       await store.createTask(task('t'));
       await store.close();
@@ -484,6 +503,8 @@ export function runStoreContract(name: string, factory: () => Store | Promise<St
       expect(await codeOf(store.getTask('t'))).toBe('ERR_STORE');
       expect(await codeOf(store.createTask(task('u')))).toBe('ERR_STORE');
       expect(await codeOf(store.endTask('t', 'completed', 'x', T0))).toBe('ERR_STORE');
+      expect(await codeOf(store.putAuditHead({ brokerId: 'b', seq: 1, hash: 'a'.repeat(64), at: T0 }))).toBe('ERR_STORE');
+      expect(await codeOf(store.getAuditHead('b'))).toBe('ERR_STORE');
     });
   });
 }

@@ -123,6 +123,8 @@ describe('mayfly audit verify (CLI)', () => {
         ls[i] = ls[i]!.slice(0, 40);
         variants['truncate'] = ls;
       }
+      // Whole records cut off the end: a shorter log is still a valid chain; only the stored head shows the loss.
+      variants['cut-end'] = lines().slice(0, -5);
       // The edit goes into audit.log itself, found through --config like an operator would.
       writeFileSync(auditPath, variants['edit']!.join('\n') + '\n');
       try {
@@ -171,6 +173,16 @@ describe('mayfly audit verify (CLI)', () => {
       expect(r.stdout).toMatch(brokenAt(target() + 1));
     });
 
+    it('the last five whole records removed → exit 1 with end_missing (the head recorded in the store is gone)', () => {
+      const r = results.get('cut-end')!;
+      expect(r.code).toBe(1);
+      const n = lines().length;
+      expect(r.stdout).toMatch(brokenAt(n - 4));
+      expect(r.stdout).toContain('[end_missing]');
+      expect(r.stdout).toContain(`log ends at seq ${n - 5} but the anchor is at seq ${n}`);
+      expect(r.stdout).toMatch(/checkpoint signatures checked with/);
+    });
+
     it('audit.log itself is restored and verifies again', () => {
       expect(readFileSync(auditPath, 'utf8')).toBe(original);
       // In-process (the CLI already accepted this exact content in the first test).
@@ -204,7 +216,30 @@ describe('audit content', () => {
     expect(events.filter((e) => e === 'task.complete:success')).toHaveLength(2);
     expect(events).toContain('token.misuse:denied');
     expect(events).toContain('auth.failure:denied');
-    expect(events[events.length - 1]).toBe('broker.stop:success');
+    // A clean stop seals the log: the last record is a signed checkpoint right after broker.stop.
+    expect(events.slice(-2)).toEqual(['broker.stop:success', 'audit.checkpoint:success']);
+    expect(recs[recs.length - 1]).toMatchObject({ checkpoint: 'shutdown', alg: 'EdDSA' });
     expect(recs.map((r) => r['seq'])).toEqual(recs.map((_, i) => i + 1));
   });
 });
+
+describe('a log cut while the broker was down', () => {
+  it('is noticed at the next start (audit.end_missing), and verify keeps reporting it after the stored head moved on', async () => {
+    const ls = original.trimEnd().split('\n');
+    writeFileSync(auditPath, ls.slice(0, -5).join('\n') + '\n');
+    const again = await startTestBroker({ dir: tb.dir });
+    await again.stop({ keepDir: true });
+    const recs = readFileSync(auditPath, 'utf8').trimEnd().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const note = recs.find((r) => r['event'] === 'audit.end_missing');
+    expect(note).toMatchObject({ seq: ls.length - 4, expected_seq: ls.length, outcome: 'error' });
+    // The store now holds the new shutdown checkpoint, which the log does reach; the note alone still fails the log.
+    const r = await verify();
+    expect(r.code).toBe(1);
+    expect(r.stdout).toContain('[end_missing]');
+    expect(r.stdout).toMatch(brokenAtLine(ls.length - 4));
+  });
+});
+
+function brokenAtLine(line: number): RegExp {
+  return new RegExp(`BROKEN at (line |\\S+:)(${line})[ :]`);
+}

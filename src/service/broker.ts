@@ -102,7 +102,7 @@ export class BrokerService {
       if (parent) expiresAt = Math.min(expiresAt, parent.expiresAt);
       // Delegated children are capped at what policy granted; root tasks keep the request as ceiling when given.
       const ceiling = parent ? (decision.scopes ?? requestedScopes) : requestedScopes.length > 0 ? (decision.scopes ?? requestedScopes) : null;
-      const id = this.newId();
+      const id = this.newId(now);
       const task: TaskRecord = {
         id,
         owner: ctx.identity.id,
@@ -178,7 +178,7 @@ export class BrokerService {
       if (exp <= now) throw mayflyError('ERR_TASK_NOT_ACTIVE', 'the task ends before a token could be valid');
 
       const { signer, publicKey, info } = this.d.keys.active();
-      const jti = this.newId();
+      const jti = this.newId(now);
       const claims = buildClaims({
         issuer: this.d.config.issuer,
         subject: task.owner,
@@ -502,9 +502,17 @@ export class BrokerService {
     if (task.leaseExpiresAt !== null && task.leaseExpiresAt <= now) throw mayflyError('ERR_TASK_NOT_ACTIVE', 'task lease has lapsed');
   }
 
-  private newId(): string {
-    // 144 bits of randomness, URL-safe.
-    return this.d.random.bytes(18).toString('base64url');
+  /**
+   * 18 bytes, URL-safe (24 characters): a 48-bit millisecond timestamp, then
+   * 96 random bits. Ids made close in time share a prefix, so the store's
+   * primary-key B-trees take new rows in a few hot pages instead of one
+   * random page per row (a commit writes every page it touched). The time is
+   * no secret: iat and the task's creation time say the same.
+   */
+  private newId(now: number): string {
+    const b = this.d.random.bytes(18);
+    b.writeUIntBE(Math.min(Math.max(0, Math.floor(now)), 2 ** 48 - 1), 0, 6);
+    return b.toString('base64url');
   }
 
   private auditIdentity(id: Identity): AuditEntry['identity'] {

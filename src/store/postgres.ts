@@ -36,7 +36,7 @@
 import pg from 'pg';
 import { isMayflyError, mayflyError, MayflyError } from '../core/errors.js';
 import type { RevocationSnapshot, Store } from '../core/ports.js';
-import type { EpochMs, RevocationEvent, TaskEndResult, TaskRecord, TaskStatus, TokenRecord } from '../core/types.js';
+import type { AuditHead, EpochMs, RevocationEvent, TaskEndResult, TaskRecord, TaskStatus, TokenRecord } from '../core/types.js';
 import { PG_MIGRATIONS, type PgMigration } from './migrations/postgres.js';
 import { descendantEndReason, EMPTY_END } from './semantics.js';
 
@@ -290,6 +290,9 @@ const SQL = {
   gcTasks: 'DELETE FROM tasks WHERE expires_at < $1',
   gcEvents: 'DELETE FROM events WHERE covers_until < $1',
   markPruned: 'UPDATE event_cursor SET pruned = true WHERE id = 1',
+  putAuditHead: `INSERT INTO audit_heads (broker_id, seq, hash, at) VALUES ($1, $2, $3, $4)
+    ON CONFLICT (broker_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, at = excluded.at`,
+  getAuditHead: 'SELECT seq, hash, at FROM audit_heads WHERE broker_id = $1',
 } as const;
 
 /** Creates the pool for a URL with the store's settings (also used by `mayfly db migrate`). */
@@ -373,8 +376,9 @@ export async function migratePg(pool: pg.Pool, url: string, migrations: readonly
 /** Schema version recorded in the database (0 when never migrated). */
 export async function pgSchemaVersion(pool: pg.Pool, url: string): Promise<number> {
   try {
-    const { rows } = await pool.query<{ v: number | null }>(`SELECT CASE WHEN to_regclass('mayfly_schema_migrations') IS NULL THEN 0
-      ELSE (SELECT COALESCE(MAX(version), 0) FROM mayfly_schema_migrations) END AS v`);
+    const exists = await pool.query<{ t: string | null }>(`SELECT to_regclass('mayfly_schema_migrations')::text AS t`);
+    if (!exists.rows[0]?.t) return 0;
+    const { rows } = await pool.query<{ v: number | null }>('SELECT MAX(version) AS v FROM mayfly_schema_migrations');
     return rows[0]?.v ?? 0;
   } catch (err) {
     throw storeError(url, 'schema version', err);
@@ -476,8 +480,8 @@ export class PostgresStore implements Store {
    * after the commit is flushed, and queued behind this instance's other
    * event-appending transactions (see eventQueue).
    */
-  private async tx<T>(what: string, fn: (c: pg.PoolClient) => Promise<T>, opts: { durable?: boolean; begin?: string } = {}): Promise<T> {
-    if (opts.durable) {
+  private async tx<T>(what: string, fn: (c: pg.PoolClient) => Promise<T>, opts: { durable?: boolean; begin?: string; unqueued?: boolean } = {}): Promise<T> {
+    if (opts.durable && !opts.unqueued) {
       const run = this.eventQueue.then(() => this.txNow(what, fn, opts));
       this.eventQueue = run.catch(() => undefined);
       return run;
@@ -745,6 +749,23 @@ export class PostgresStore implements Store {
       if (ev > 0) await c.query(SQL.markPruned);
       return n + ev;
     });
+  }
+
+  /** Records the audit chain head of one broker, durably (flushed before resolving). */
+  async putAuditHead(head: AuditHead): Promise<void> {
+    await this.tx(
+      'putAuditHead',
+      async (c) => {
+        await c.query(SQL.putAuditHead, [head.brokerId, head.seq, head.hash, head.at]);
+      },
+      { durable: true, unqueued: true },
+    );
+  }
+
+  /** The audit chain head last recorded for that broker, or null. */
+  async getAuditHead(brokerId: string): Promise<AuditHead | null> {
+    const { rows } = await this.q<{ seq: number; hash: string; at: number }>('getAuditHead', SQL.getAuditHead, [brokerId]);
+    return rows[0] ? { brokerId, seq: rows[0].seq, hash: rows[0].hash, at: rows[0].at } : null;
   }
 
   /** One round trip to the server, for health checks; throws ERR_UNAVAILABLE when it is down. */

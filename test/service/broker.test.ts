@@ -80,7 +80,8 @@ describe('BrokerService', () => {
 
   it('mints a verifiable at+jwt with task, scope and cnf claims', async () => {
     const task = await s.service.beginTask(ctx(workload), { purpose: 'nightly export', ttlSeconds: 600 });
-    expect(task.id).toMatch(/^[A-Za-z0-9_-]{24}$/); // 144 bits
+    expect(task.id).toMatch(/^[A-Za-z0-9_-]{24}$/); // 48-bit ms time, then 96 random bits
+    expect(Buffer.from(task.id, 'base64url').readUIntBE(0, 6)).toBe(s.clock.now());
     const t = await s.service.issueToken(ctx(workload), { taskId: task.id, audience: 'demo-api', scopes: ['read', 'admin'] });
     expect(t.scopes).toEqual(['read']);
     const { header, claims } = verifyMayflyToken(t.token, (kid) => s.keys.publicKey(kid), { issuer: ISSUER, audience: 'demo-api', now: s.clock.now() });

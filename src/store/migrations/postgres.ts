@@ -16,7 +16,7 @@ export interface PgMigration {
 export const PG_MIGRATIONS: readonly PgMigration[] = [
   {
     version: 1,
-    name: 'tasks, tokens, revocation events',
+    name: 'tasks, tokens, revocation events, audit heads',
     sql: `
       CREATE TABLE tasks (
         id               text PRIMARY KEY,
@@ -88,6 +88,14 @@ export const PG_MIGRATIONS: readonly PgMigration[] = [
         covers_until bigint NOT NULL
       );
       CREATE INDEX events_covers ON events (covers_until);
+
+      -- The head of each broker's audit chain (checkpoints), one row per broker_id.
+      CREATE TABLE audit_heads (
+        broker_id text PRIMARY KEY,
+        seq       bigint NOT NULL,
+        hash      text NOT NULL,
+        at        bigint NOT NULL
+      );
     `,
   },
   {

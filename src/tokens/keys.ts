@@ -335,8 +335,11 @@ export class KeyManager {
     const published: Record<string, string>[] = [];
     for (const k of this.list()) {
       if (!PUBLISHED.includes(k.state)) continue;
-      const jwk = { ...k.publicJwk, kid: k.kid, alg: k.alg, use: 'sig' };
-      delete (jwk as Record<string, unknown>)['d'];
+      const all: Record<string, string> = { ...k.publicJwk, kid: k.kid, alg: k.alg, use: 'sig' };
+      delete all['d'];
+      // Members in a fixed order: every replica of a cluster serves byte-identical JWKS (same ETag behind a load balancer).
+      const jwk: Record<string, string> = {};
+      for (const m of Object.keys(all).sort()) jwk[m] = all[m]!;
       this.publicKeys.set(k.kid, createPublicKey({ key: jwk as JsonWebKey, format: 'jwk' }));
       published.push(jwk);
     }

@@ -130,15 +130,33 @@ max_ttl := t if {
 
 max_ttl := rule.max_ttl_seconds if input.request.action != "begin_task"
 
+default ttl_cap := {}
+
 ttl_cap := {"max_ttl_seconds": max_ttl} if max_ttl
 
-ttl_cap := {} if not max_ttl
+# An exchange without a task begins one: the rule's task cap bounds it, as it would a begin_task.
+begins_task if {
+	input.request.action == "exchange"
+	not input.task
+}
 
-decision := object.union({
+task_cap := t if {
+	t := object.get(rule, "max_task_ttl_seconds", object.get(rule, "max_ttl_seconds", null))
+	t != null
+}
+
+default task_ttl_cap := {}
+
+task_ttl_cap := {"max_task_ttl_seconds": task_cap} if {
+	begins_task
+	task_cap
+}
+
+decision := object.union(object.union({
 	"allow": true,
 	"reasons": [concat("", ["rule \"", rule.name, "\" allows ", input.request.action])],
 	"scopes": granted,
-}, ttl_cap) if {
+}, ttl_cap), task_ttl_cap) if {
 	rule
 	scopes_ok
 }

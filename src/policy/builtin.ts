@@ -173,9 +173,14 @@ function grant(rule: CompiledRule, input: DecisionInput): DecisionOutput {
   const reasons = [`rule "${rule.name}" allows ${action}`];
   const dropped = requested.filter((s) => !rule.scopes.includes(s));
   if (dropped.length > 0) reasons.push(`rule "${rule.name}": scopes [${dropped.join(', ')}] not allowed and dropped`);
-  const maxTtl = taskLevel ? (rule.maxTaskTtlSeconds ?? rule.maxTtlSeconds) : rule.maxTtlSeconds;
+  const maxTaskTtl = rule.maxTaskTtlSeconds ?? rule.maxTtlSeconds;
+  const maxTtl = taskLevel ? maxTaskTtl : rule.maxTtlSeconds;
   // No cap in the rule: the broker's own limits (tokens/tasks.max_ttl_seconds, the task deadline) apply.
-  return maxTtl === undefined ? { allow: true, reasons, scopes: granted } : { allow: true, reasons, scopes: granted, max_ttl_seconds: maxTtl };
+  const out: DecisionOutput = { allow: true, reasons, scopes: granted };
+  if (maxTtl !== undefined) out.max_ttl_seconds = maxTtl;
+  // An exchange without a task begins one: the rule's task cap bounds it, as it would a begin_task.
+  if (action === 'exchange' && input.task === undefined && maxTaskTtl !== undefined) out.max_task_ttl_seconds = maxTaskTtl;
+  return out;
 }
 
 /** Pure evaluation of compiled rules against one input: first granting rule decides, default deny. */

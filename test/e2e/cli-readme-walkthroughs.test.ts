@@ -108,8 +108,14 @@ async function runSteps(list: Step[], cwd: string, env: Record<string, string>):
   return results;
 }
 
-function check(results: StepResult[]): void {
-  for (const r of results) {
+/** Puts the README's ports back into output (the test's listeners use ephemeral ports). */
+function readmePorts(text: string, ports: Record<number, number>): string {
+  return text.replace(/\b(localhost|127\.0\.0\.1):(\d+)\b/g, (all, host: string, p: string) => (ports[Number(p)] ? `${host}:${ports[Number(p)]}` : all));
+}
+
+function check(results: StepResult[], ports: Record<number, number>): void {
+  for (const raw of results) {
+    const r = { ...raw, stdout: readmePorts(raw.stdout, ports), stderr: readmePorts(raw.stderr, ports) };
     const where = `\`${r.command}\`\nstdout: ${r.stdout}\nstderr: ${r.stderr}`;
     if (r.expectError) {
       expect(r.rc, where).not.toBe(0);
@@ -154,7 +160,7 @@ afterEach(async () => {
 });
 
 /** A user's working directory after `npm start`: a dev setup in ./.mayfly and a running broker. */
-async function devSetup(): Promise<{ cwd: string; env: Record<string, string>; oidcPort: number }> {
+async function devSetup(): Promise<{ cwd: string; env: Record<string, string>; oidcPort: number; ports: Record<number, number> }> {
   const cwd = mkdtempSync(join(tmpdir(), 'mayfly-readme-'));
   dirs.push(cwd);
   const [grpcPort, httpPort, oidcPort] = [await freePort(), await freePort(), await freePort()];
@@ -163,25 +169,25 @@ async function devSetup(): Promise<{ cwd: string; env: Record<string, string>; o
   writeFileSync(cfg, readFileSync(cfg, 'utf8') + 'log: { level: silent }\n');
   // What `npm start` runs, in the user's directory.
   await startService(['dev', 'start'], cwd, /gRPC \(mTLS\) on/);
-  return { cwd, oidcPort, env: { MAYFLY_BROKER: `127.0.0.1:${grpcPort}`, MAYFLY_URL: `https://127.0.0.1:${httpPort}` } };
+  return { cwd, oidcPort, ports: { [grpcPort]: 8443, [httpPort]: 8444, [oidcPort]: 8445 }, env: { MAYFLY_BROKER: `127.0.0.1:${grpcPort}`, MAYFLY_URL: `https://127.0.0.1:${httpPort}` } };
 }
 
-describe('README walkthroughs, as written', () => {
+describe('README walkthroughs, as written', { timeout: 180_000 }, () => {
   it('Quickstart: begin, issue, inspect, introspect, complete, refused', async () => {
-    const { cwd, env } = await devSetup();
+    const { cwd, env, ports } = await devSetup();
     const list = steps(blockWith('sh', 'TASK=$(npx mayfly task begin'));
     expect(list.length).toBeGreaterThanOrEqual(7);
-    check(await runSteps(list, cwd, env));
+    check(await runSteps(list, cwd, env), ports);
   });
 
   it('CI jobs, on one machine: dev OIDC issuer, exchange, complete with the token, a denial that names the claim', async () => {
-    const { cwd, env } = await devSetup();
+    const { cwd, env, ports } = await devSetup();
     const serveBlock = steps(blockWith('sh', 'npx mayfly dev oidc-issuer'));
     expect(serveBlock.map((s) => s.command)).toEqual(['npx mayfly dev oidc-issuer']);
     await startService(['dev', 'oidc-issuer'], cwd, /dev OIDC issuer https:\/\/localhost:\d+/);
     const list = steps(blockWith('sh', 'npx mayfly dev oidc-token >'));
     const results = await runSteps(list, cwd, env);
-    check(results);
+    check(results, ports);
     const inspected = JSON.parse(results.find((r) => r.command.includes('token inspect'))!.stdout) as { claims: Record<string, unknown> };
     expect(inspected.claims['scope']).toBe('push');
     expect(inspected.claims['sub']).toMatch(/^https:\/\/localhost:\d+#repo:acme\/api:environment:prod$/);

@@ -125,7 +125,7 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
     const oidc = issuers.length > 0 ? new OidcVerifier(issuers, { clock, minRefreshIntervalMs: c.oidc.jwks_refresh_cooldown_seconds * 1000, backgroundRefresh: c.oidc.jwks_background_refresh, onJwksError: (e, name) => log.warn({ issuer: name, code: e.code, err: e.message }, 'JWKS refresh failed') }) : null;
     if (oidc) cleanups.push(() => oidc.close());
 
-    const store: Store = c.store.backend === 'memory' ? new MemoryStore() : SqliteStore.open(resolvePath(dataDir, c.store.path));
+    const store: Store = c.store.backend === 'memory' ? new MemoryStore() : SqliteStore.open(resolvePath(dataDir, c.store.path), { checkpointInWorker: true });
     cleanups.push(() => store.close());
     const sealer = new AuditSealer(audit, AuditKey.loadOrCreate(resolvePath(dataDir, AUDIT_KEY_FILE), resolvePath(dataDir, AUDIT_JWKS_FILE)), store, clock);
     const cut = await sealer.open();

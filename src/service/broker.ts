@@ -519,20 +519,44 @@ export class BrokerService {
     return { kind: id.kind, id: id.id, method: id.method, ...(id.certThumbprint ? { cert_sha256: id.certThumbprint } : {}), ...(id.source ? { source: id.source } : {}) };
   }
 
-  /** Runs a use-case and writes its single audit record, whatever the outcome. */
+  /**
+   * Runs a use-case and writes its single audit record, whatever the outcome;
+   * answers only once the record is written (see recordAudit).
+   */
   private async audited<T>(event: AuditEvent, ctx: CallContext, fn: (rec: AuditEntry) => Promise<T>): Promise<T> {
     const rec: AuditEntry = { event, outcome: 'success', request_id: ctx.requestId, identity: this.auditIdentity(ctx.identity), ...(ctx.peer ? { peer: ctx.peer } : {}) };
+    let outcome: { value: T } | { error: MayflyError };
     try {
-      return await fn(rec);
+      outcome = { value: await fn(rec) };
     } catch (e) {
       const err = MayflyError.from(e);
       rec.outcome = err.kind === 'internal' || err.kind === 'unavailable' ? 'error' : 'denied';
       rec.code = err.code;
       rec.reason = err.message;
       this.d.observer?.denied?.(err.code);
-      throw err;
-    } finally {
-      this.d.audit.write(rec);
+      outcome = { error: err };
+    }
+    await this.recordAudit(rec);
+    if ('error' in outcome) throw outcome.error;
+    return outcome.value;
+  }
+
+  /**
+   * Writes a request's audit record and waits until it is written, so no
+   * request is answered that could not be audited: if the write fails the
+   * caller gets ERR_UNAVAILABLE instead of the result (a minted token is not
+   * returned; a revocation already made stays made, and a retry says so).
+   */
+  private async recordAudit(rec: AuditEntry): Promise<void> {
+    const sink = this.d.audit;
+    if (!sink.writeConfirmed) {
+      sink.write(rec);
+      return;
+    }
+    try {
+      await sink.writeConfirmed(rec);
+    } catch (cause) {
+      throw mayflyError('ERR_UNAVAILABLE', 'the audit log could not be written; the request was not completed', undefined, cause);
     }
   }
 }

@@ -334,6 +334,10 @@ const cryptoLimit = 1 / (1 / signsPerSec + 1 / verifiesPerSec);
 /** CPU seconds of one sign + one verify (contention-robust). */
 const cryptoCpuPerExchange = 1 / signs.cpu + 1 / verifies.cpu;
 log(`signs/s ${fmtInt(signsPerSec)}, verifies/s ${fmtInt(verifiesPerSec)}`);
+// (c′) The same crypto through tokens/jws.ts and through jose, interleaved (backs the header of tokens/jws.ts).
+log('ES256 compact JWS: tokens/jws.ts (node:crypto) vs jose (WebCrypto)');
+const { compareJws, jwsCompareTable } = await import(pathToFileURL(join(ROOT, 'bench', 'jws-compare.mjs')).href);
+const jwsCompared = await compareJws();
 
 // Dev setup in a temp dir.
 tmpDir = mkdtempSync(join(os.tmpdir(), 'mayfly-bench-'));
@@ -877,6 +881,9 @@ md.push(`| (c) raw ES256 sign, node:crypto, 1 thread | ${fmtInt(signsPerSec)} si
 md.push(`| (c) raw ES256 verify, node:crypto, 1 thread | ${fmtInt(verifiesPerSec)} verifies/s | | | | | 100% | | ${fmtUs(1 / verifies.cpu)} |`);
 md.push(`| (c) crypto of one exchange (1 verify + 1 sign): 1/(1/s+1/v) | ${fmtInt(cryptoLimit)} /s | | | | | | | ${fmtUs(cryptoCpuPerExchange)} |`, '');
 
+md.push("## (c′) ES256 compact JWS: tokens/jws.ts on node:crypto vs jose", '');
+md.push('Same header and claims, same P-256 key, one process, five interleaved 300 ms rounds per path (bench/jws-compare.mjs). CPU per op includes the libuv thread pool, where jose\'s WebCrypto work runs; that is also why its wall-clock rate can come close on an otherwise idle machine.', '');
+md.push(...jwsCompareTable(jwsCompared), '');
 md.push('## Broker event loop and machine contention per scenario', '');
 md.push('Measured inside the broker process by bench/broker-probe.mjs (preloaded with `node --import`; a 5 ms timer, the delay is how late it fired), over the whole scenario including warm-up. A large max/p99 here means the broker\'s event loop stalled (synchronous work: SQLite commits and checkpoints, audit writes, signing) and every in-flight call waited.', '');
 md.push('"other CPU" = machine-wide busy CPU (/proc/stat) minus broker and load generator, in cores; "CPU stall" = share of wall time in which some runnable task waited for a CPU (/proc/pressure/cpu). Both should be ~0 on a quiet machine.', '');

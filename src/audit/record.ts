@@ -8,8 +8,8 @@
  *     of the record without `hash`;
  *   - `prev` = the previous record's `hash` (genesis: 64 zeros, with seq 1).
  */
-import { createHash } from 'node:crypto';
 import type { AuditEntry, AuditEvent } from '../core/ports.js';
+import { sha256Hex, tokenHash } from '../tokens/hashes.js';
 
 /** Schema version written in every record (`v`). */
 export const AUDIT_RECORD_VERSION = 1;
@@ -56,10 +56,7 @@ export interface ChainHead {
 /** Head of an empty chain. */
 export const GENESIS_HEAD: Readonly<ChainHead> = Object.freeze({ seq: 0, hash: GENESIS_HASH });
 
-/** SHA-256 hex of a string (UTF-8) or bytes. */
-export function sha256Hex(data: string | Uint8Array): string {
-  return createHash('sha256').update(data).digest('hex');
-}
+export { sha256Hex } from '../tokens/hashes.js';
 
 export { canonicalJson } from '../core/canonical-json.js';
 import { canonicalJson } from '../core/canonical-json.js';
@@ -154,7 +151,7 @@ const MIN_JOSE_LENGTH = 41;
 export function scrubTokens(s: string): string {
   // Cheap pre-check: every candidate has at least two dots and is longer than 40 characters.
   if (s.length < MIN_JOSE_LENGTH || s.indexOf('.') === -1) return s;
-  return s.replace(JOSE_COMPACT_RE, (m) => (m.length >= MIN_JOSE_LENGTH ? `sha256:${sha256Hex(m)}` : m));
+  return s.replace(JOSE_COMPACT_RE, (m) => (m.length >= MIN_JOSE_LENGTH ? `sha256:${tokenHash(m)}` : m));
 }
 
 const MAX_DEPTH = 32;
@@ -226,7 +223,7 @@ function redactValue(value: unknown, seen: Set<object>, depth: number): unknown 
 
 /** Digest of a sensitive value: of the string itself (so it equals a caller's token_sha256), else of its bytes or canonical JSON. */
 function digestOf(v: unknown): string {
-  if (typeof v === 'string') return sha256Hex(v);
+  if (typeof v === 'string') return tokenHash(v);
   if (v instanceof Uint8Array) return sha256Hex(v);
   try {
     return sha256Hex(canonicalJson(v));

@@ -24,9 +24,8 @@ import { OpaEngine } from '../policy/opa.js';
 import { Authenticator } from '../service/authenticate.js';
 import { BrokerService } from '../service/broker.js';
 import { RevocationFeed } from '../service/feed.js';
-import { MemoryStore } from '../store/memory.js';
-import { SqliteStore } from '../store/sqlite.js';
 import { KeyManager } from '../tokens/keys.js';
+import { buildStore } from './build-store.js';
 import { openKeyStore } from './keystore.js';
 import { startGrpcServer, type GrpcListener } from '../transport/grpc/server.js';
 import { startHttpServer, type HealthReport, type HttpListener } from '../transport/http/server.js';
@@ -125,8 +124,10 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
     const oidc = issuers.length > 0 ? new OidcVerifier(issuers, { clock, minRefreshIntervalMs: c.oidc.jwks_refresh_cooldown_seconds * 1000, backgroundRefresh: c.oidc.jwks_background_refresh, onJwksError: (e, name) => log.warn({ issuer: name, code: e.code, err: e.message }, 'JWKS refresh failed') }) : null;
     if (oidc) cleanups.push(() => oidc.close());
 
-    const store: Store = c.store.backend === 'memory' ? new MemoryStore() : SqliteStore.open(resolvePath(dataDir, c.store.path), { checkpointInWorker: true });
+    const builtStore = await buildStore(c, dataDir, { env: opts.env ?? process.env, onStoreError: (m) => log.warn({ err: m }, 'store connection failed'), sqliteCheckpointInWorker: true });
+    const store: Store = builtStore.store;
     cleanups.push(() => store.close());
+    if (builtStore.backend === 'postgres') log.info({ store: builtStore.where }, 'store: PostgreSQL');
     const sealer = new AuditSealer(audit, AuditKey.loadOrCreate(resolvePath(dataDir, AUDIT_KEY_FILE), resolvePath(dataDir, AUDIT_JWKS_FILE)), store, clock);
     const cut = await sealer.open();
     if (cut) log.error({ seq: cut.seq, reason: cut.reason }, 'the audit log ends before the head recorded in the store; run `mayfly audit verify`');
@@ -261,6 +262,10 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
         const h = engine.health();
         checks['policy'] = h.ok ? { ok: true, detail: `revision ${h.revision}` } : { ok: false, detail: `last reload failed: ${h.lastError}; serving revision ${h.revision}` };
       } else checks['policy'] = { ok: true, detail: `builtin revision ${engine.revision()}` };
+      if (builtStore.health) {
+        const sh = builtStore.health();
+        checks['store'] = sh.ok ? { ok: true, detail: sh.detail } : { ok: false, detail: sh.detail };
+      }
       const failing = !ah.ok;
       const degraded = Object.values(checks).some((x) => !x.ok);
       return { status: failing ? 'failing' : degraded ? 'degraded' : 'ok', checks };

@@ -4,6 +4,7 @@
  */
 import { z } from 'zod';
 import { policySectionSchema } from './sections/policy.js';
+import { storeSectionSchema } from './sections/store.js';
 
 const hostPort = z
   .string()
@@ -78,15 +79,7 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
-    store: z
-      .object({
-        backend: z.enum(['sqlite', 'memory']).default('sqlite'),
-        path: z.string().min(1).default('mayfly.db'),
-        gc_interval_seconds: seconds(60, 86_400),
-        gc_grace_seconds: seconds(3600),
-      })
-      .strict()
-      .prefault({}),
+    store: storeSectionSchema.prefault({}),
     tokens: z
       .object({ default_ttl_seconds: seconds(300, 86_400), max_ttl_seconds: seconds(3600, 86_400) })
       .strict()

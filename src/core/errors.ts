@@ -34,6 +34,8 @@ export const ERROR_CODES = {
   ERR_JWT_SIGNATURE: 'unauthenticated',
   ERR_ISSUER_UNKNOWN: 'unauthenticated',
   ERR_KEY_UNKNOWN: 'unauthenticated',
+  /** A presented or fetched key is below the key-strength policy (core/key-policy.ts). */
+  ERR_KEY_WEAK: 'unauthenticated',
   // Authenticated but not allowed.
   ERR_POLICY_DENIED: 'permission_denied',
   ERR_POLICY_ERROR: 'permission_denied',

@@ -8,7 +8,9 @@ import { mayflyError, type MayflyError } from '../core/errors.js';
 import type { EpochMs, Identity } from '../core/types.js';
 import { ASYMMETRIC_ALGS, decodeJws, verifyJwsSignature, type JwsAlg } from '../tokens/jws.js';
 import { validateJwtClaims } from './jwt-claims.js';
-import { RemoteJwks, type FetchLike, type JwksDocument, type KeySource, type RemoteJwksOptions } from './jwks-source.js';
+import type { FetchLike } from '../net/remote-document.js';
+import type { JwksDocument } from '../tokens/jwks.js';
+import { RemoteJwks, type KeySource, type RemoteJwksOptions } from './jwks-source.js';
 
 /** Where an issuer's keys come from. `discovery` uses the issuer URL. */
 export type OidcJwksConfig = { discovery: true } | { jwksUri: string } | { jwks: JwksDocument } | { jwksFile: string } | { keySource: KeySource };

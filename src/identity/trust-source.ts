@@ -1,14 +1,13 @@
 /**
  * Where verifiers get trust anchors from. Like go-spiffe's bundle sources,
  * each verifier depends on a one-method interface, and a static source and a
- * live (bundle endpoint) source both implement it. This is the only module of
- * identity/ that does I/O, and only RefreshingTrustSource does it.
+ * live (bundle endpoint) source both implement it. RefreshingTrustSource
+ * fetches through net/remote-document.ts, like every remote key source.
  */
 import { createHash, type KeyObject, type X509Certificate } from 'node:crypto';
-import https from 'node:https';
-import { systemClock } from '../core/clock.js';
-import { MayflyError, mayflyError } from '../core/errors.js';
+import { mayflyError, type MayflyError } from '../core/errors.js';
 import type { Clock } from '../core/ports.js';
+import { RemoteDocument, type FetchLike } from '../net/remote-document.js';
 import { MAX_BUNDLE_BYTES, bundleFingerprint, parseJwksBundle, type TrustBundle } from './trust-bundle.js';
 import { parseTrustDomain } from './spiffe-id.js';
 
@@ -103,35 +102,6 @@ export function allTrustDomainRootsPem(source: X509BundleSource & TrustDomainLis
   return out;
 }
 
-/** The subset of fetch the refreshing source needs; global fetch satisfies it. */
-export type BundleFetch = (
-  url: string,
-  init: { signal: AbortSignal; redirect: 'error'; headers: Record<string, string> },
-) => Promise<{ ok: boolean; status: number; text(): Promise<string> }>;
-
-/** A fetch over node:https that trusts only the given CA(s), for bundle endpoints behind a private CA. */
-export function httpsFetchWithCa(ca: string | string[]): BundleFetch {
-  return (url, init) =>
-    new Promise((resolve, reject) => {
-      const req = https.get(url, { ca, signal: init.signal, headers: init.headers }, (res) => {
-        const chunks: Buffer[] = [];
-        let size = 0;
-        res.on('data', (chunk: Buffer) => {
-          size += chunk.length;
-          if (size > MAX_BUNDLE_BYTES) req.destroy(new Error(`bundle endpoint response exceeds ${MAX_BUNDLE_BYTES} bytes`));
-          else chunks.push(chunk);
-        });
-        res.on('end', () => {
-          const status = res.statusCode ?? 0;
-          const body = Buffer.concat(chunks).toString('utf8');
-          resolve({ ok: status >= 200 && status < 300, status, text: async () => body });
-        });
-        res.on('error', reject);
-      });
-      req.on('error', reject);
-    });
-}
-
 export interface RefreshingTrustSourceOptions {
   /** The trust domain the endpoint speaks for; bound by configuration (Trust Domain and Bundle §5). */
   trustDomain: string;
@@ -140,7 +110,7 @@ export interface RefreshingTrustSourceOptions {
   /** CA certificate(s) that authenticate the endpoint's TLS certificate; replaces the system roots. */
   caPem?: string | string[];
   /** Injected fetch; takes precedence over caPem. Defaults to global fetch (system roots). */
-  fetch?: BundleFetch;
+  fetch?: FetchLike;
   /** Fixed refresh interval; when unset, the bundle's refresh hint, else 5 minutes (§6.2). */
   refreshIntervalMs?: number;
   /** Delay before retrying after a failed fetch; defaults to min(interval, 30 s). */
@@ -155,9 +125,8 @@ export interface RefreshingTrustSourceOptions {
 }
 
 // Trust Domain and Bundle §6.2: without a hint, clients should default to a low interval such as five minutes.
-const DEFAULT_REFRESH_MS = 5 * 60_000;
-const MIN_HINT_MS = 1_000;
-const MAX_REFRESH_MS = 24 * 3600_000;
+// §4.1.2: the hint is advisory; it is clamped so a hint of 0 cannot turn into a busy loop.
+const BUNDLE_REFRESH_BOUNDS = { minMs: 1_000, maxMs: 24 * 3600_000, defaultMs: 5 * 60_000 };
 const DEFAULT_TIMEOUT_MS = 10_000;
 
 /**
@@ -168,18 +137,11 @@ const DEFAULT_TIMEOUT_MS = 10_000;
  */
 export class RefreshingTrustSource implements TrustSource {
   readonly trustDomain: string;
-  private readonly url: string;
-  private readonly fetchFn: BundleFetch;
-  private readonly clock: Clock;
+  private readonly doc: RemoteDocument<TrustBundle>;
   private current: TrustBundle | undefined;
   private fingerprint: string | undefined;
   private versionN = 0;
-  private timer: NodeJS.Timeout | undefined;
-  private inflight: Promise<boolean> | undefined;
   private closed = false;
-  private lastErr: MayflyError | undefined;
-  private lastOk: number | undefined;
-  private nextAt: number | undefined;
 
   constructor(private readonly options: RefreshingTrustSourceOptions) {
     try {
@@ -205,9 +167,24 @@ export class RefreshingTrustSource implements TrustSource {
     if (options.initialBundle && options.initialBundle.trustDomain !== this.trustDomain) {
       throw mayflyError('ERR_CONFIG_INVALID', `initial bundle is for ${options.initialBundle.trustDomain}, not ${this.trustDomain}`, { trustDomain: this.trustDomain });
     }
-    this.url = u.toString();
-    this.fetchFn = options.fetch ?? (options.caPem ? httpsFetchWithCa(options.caPem) : (globalThis.fetch as unknown as BundleFetch));
-    this.clock = options.clock ?? systemClock;
+    const url = u.toString();
+    this.doc = new RemoteDocument<TrustBundle>({
+      name: `bundle endpoint for ${this.trustDomain}`,
+      load: async (get) => this.checkSequence(parseJwksBundle(this.trustDomain, await get(url))),
+      ...(options.fetch ? { fetchImpl: options.fetch } : {}),
+      ...(options.caPem ? { ca: options.caPem } : {}),
+      redirect: 'error',
+      timeoutMs: options.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+      maxBytes: MAX_BUNDLE_BYTES,
+      background: true,
+      ...(options.refreshIntervalMs !== undefined ? { intervalMs: options.refreshIntervalMs } : {}),
+      ...(options.retryIntervalMs !== undefined ? { retryMs: options.retryIntervalMs } : {}),
+      hintMs: (b) => (b.refreshHintSeconds !== undefined ? b.refreshHintSeconds * 1000 : undefined),
+      bounds: BUNDLE_REFRESH_BOUNDS,
+      ...(options.clock ? { clock: options.clock } : {}),
+      onUpdate: (b) => this.accept(b),
+      ...(options.onError ? { onError: options.onError } : {}),
+    });
     if (options.initialBundle) this.accept(options.initialBundle);
   }
 
@@ -223,42 +200,37 @@ export class RefreshingTrustSource implements TrustSource {
 
   /** The error of the most recent failed fetch; cleared by a successful one. */
   get lastError(): MayflyError | undefined {
-    return this.lastErr;
+    return this.doc.lastError;
   }
 
   /** When the endpoint last answered with a valid bundle (epoch ms). */
   get lastSuccessAt(): number | undefined {
-    return this.lastOk;
+    return this.doc.lastSuccessAt;
   }
 
   /** When the next background fetch is due (epoch ms by the injected clock); undefined when none is scheduled. */
   get nextRefreshAt(): number | undefined {
-    return this.timer ? this.nextAt : undefined;
+    return this.doc.nextRefreshAt;
   }
 
   /** Fetches once and starts the refresh timer; rejects if there is still no bundle to serve (the timer keeps retrying until close()). */
   async start(): Promise<void> {
     await this.refresh().catch(() => false);
-    if (!this.current) throw this.lastErr ?? mayflyError('ERR_UNAVAILABLE', `no trust bundle for ${this.trustDomain}`);
+    if (!this.current) throw this.doc.lastError ?? mayflyError('ERR_UNAVAILABLE', `no trust bundle for ${this.trustDomain}`);
   }
 
-  /** Fetches the bundle now; resolves true if it changed. Failures keep the last good bundle and reject. */
-  refresh(): Promise<boolean> {
-    if (this.closed) return Promise.reject(mayflyError('ERR_UNAVAILABLE', `trust source for ${this.trustDomain} is closed`));
-    // Single flight: a timer tick and a manual refresh share one request.
-    if (!this.inflight) {
-      this.inflight = this.fetchOnce().finally(() => {
-        this.inflight = undefined;
-      });
-    }
-    return this.inflight;
+  /** Fetches the bundle now (single flight); resolves true if it changed. Failures keep the last good bundle and reject. */
+  async refresh(): Promise<boolean> {
+    if (this.closed) throw mayflyError('ERR_UNAVAILABLE', `trust source for ${this.trustDomain} is closed`);
+    const before = this.versionN;
+    await this.doc.refresh();
+    return this.versionN !== before;
   }
 
   /** Stops refreshing; the last bundle is still served. */
   close(): void {
     this.closed = true;
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = undefined;
+    this.doc.close();
   }
 
   x509BundleFor(trustDomain: string): readonly X509Certificate[] | undefined {
@@ -273,70 +245,20 @@ export class RefreshingTrustSource implements TrustSource {
     return [this.trustDomain];
   }
 
-  private async fetchOnce(): Promise<boolean> {
-    const ac = new AbortController();
-    const timeoutMs = this.options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    const timeout = setTimeout(() => ac.abort(), timeoutMs);
-    try {
-      let body: string;
-      try {
-        const res = await this.fetchFn(this.url, { signal: ac.signal, redirect: 'error', headers: { accept: 'application/json' } });
-        if (!res.ok) throw mayflyError('ERR_UNAVAILABLE', `bundle endpoint for ${this.trustDomain} answered HTTP ${res.status}`, { trustDomain: this.trustDomain, status: res.status });
-        body = await res.text();
-      } catch (cause) {
-        if (cause instanceof MayflyError) throw cause;
-        const why = ac.signal.aborted ? `timed out after ${timeoutMs} ms` : `failed: ${(cause as Error)?.message ?? 'unknown error'}`;
-        throw mayflyError('ERR_UNAVAILABLE', `bundle endpoint for ${this.trustDomain} ${why}`, { trustDomain: this.trustDomain }, cause);
-      }
-      // A malformed document is as much a failure as an outage: keep what we have.
-      const bundle = parseJwksBundle(this.trustDomain, body);
-      if (this.current?.sequence !== undefined && bundle.sequence !== undefined && bundle.sequence < this.current.sequence) {
-        // §4.1.1: the sequence is monotonic; an older one is a stale replica or a rollback, not an update.
-        throw mayflyError('ERR_UNAVAILABLE', `bundle endpoint for ${this.trustDomain} served sequence ${bundle.sequence}, older than ${this.current.sequence}`, { trustDomain: this.trustDomain });
-      }
-      this.lastErr = undefined;
-      this.lastOk = this.clock.now();
-      const changed = this.accept(bundle);
-      this.schedule(this.successDelay());
-      return changed;
-    } catch (err) {
-      const e = MayflyError.from(err);
-      this.lastErr = e;
-      this.options.onError?.(e);
-      this.schedule(this.options.retryIntervalMs ?? Math.min(this.successDelay(), 30_000));
-      throw e;
-    } finally {
-      clearTimeout(timeout);
+  /** §4.1.1: the sequence is monotonic; an older one is a stale replica or a rollback, not an update. */
+  private checkSequence(bundle: TrustBundle): TrustBundle {
+    if (this.current?.sequence !== undefined && bundle.sequence !== undefined && bundle.sequence < this.current.sequence) {
+      throw mayflyError('ERR_UNAVAILABLE', `bundle endpoint for ${this.trustDomain} served sequence ${bundle.sequence}, older than ${this.current.sequence}`, { trustDomain: this.trustDomain });
     }
+    return bundle;
   }
 
-  private accept(bundle: TrustBundle): boolean {
+  private accept(bundle: TrustBundle): void {
     const fp = bundleFingerprint(bundle);
-    if (fp === this.fingerprint) return false;
+    if (fp === this.fingerprint) return;
     this.current = bundle;
     this.fingerprint = fp;
     this.versionN++;
     this.options.onUpdate?.(bundle, this.versionN);
-    return true;
-  }
-
-  private successDelay(): number {
-    if (this.options.refreshIntervalMs !== undefined) return this.options.refreshIntervalMs;
-    const hint = this.current?.refreshHintSeconds;
-    // §4.1.2: the hint is advisory; clamp it so a hint of 0 cannot turn into a busy loop.
-    if (hint !== undefined) return Math.min(Math.max(hint * 1000, MIN_HINT_MS), MAX_REFRESH_MS);
-    return DEFAULT_REFRESH_MS;
-  }
-
-  private schedule(delayMs: number): void {
-    if (this.closed) return;
-    if (this.timer) clearTimeout(this.timer);
-    this.nextAt = this.clock.now() + delayMs;
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      this.refresh().catch(() => undefined);
-    }, delayMs);
-    // A background refresh must never keep the process alive on its own.
-    this.timer.unref();
   }
 }

@@ -3,12 +3,12 @@
  * Transport-agnostic: gRPC and HTTP handlers authenticate the caller, then
  * call these with a CallContext. Every call writes exactly one audit record.
  */
-import { createHash } from 'node:crypto';
 import { DECISION_CONTRACT_VERSION, type Decision, type DecisionInput, type PolicyAction } from '../core/decision.js';
 import { MayflyError, mayflyError } from '../core/errors.js';
 import type { AuditEntry, AuditEvent } from '../core/ports.js';
 import type { Identity, TaskEndResult, TaskRecord, TokenRecord } from '../core/types.js';
 import { buildClaims, type MayflyClaims } from '../tokens/claims.js';
+import { tokenHash } from '../tokens/hashes.js';
 import { mintToken } from '../tokens/mint.js';
 import { verifyMayflyToken } from '../tokens/verify.js';
 import { inputDigest } from '../policy/digest.js';
@@ -52,10 +52,6 @@ export interface IntrospectResult {
   claims?: MayflyClaims;
 }
 
-/** Hex SHA-256 of a token: what audit and logs carry instead of the token. */
-export function tokenHash(token: string): string {
-  return createHash('sha256').update(token).digest('hex');
-}
 
 export class BrokerService {
   private readonly issuance = new IssuanceCounter();

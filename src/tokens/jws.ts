@@ -1,7 +1,16 @@
 /**
- * Compact JWS (RFC 7515) with node:crypto KeyObjects. Measured about 5x faster
- * than jose's WebCrypto path for ES256 signing, so the hot path uses this;
- * jose is still used for JWK import/export and by relying parties in tests.
+ * Compact JWS (RFC 7515) on node:crypto KeyObjects, synchronous. Part of the
+ * token format the broker and the verifier SDK share (with jwks.ts,
+ * claims.ts, verify.ts and hashes.ts).
+ *
+ * Why not jose: `npm run bench` measures this path against jose's WebCrypto
+ * path in the same run (bench/jws-compare.mjs, the "ES256 compact JWS" table):
+ * per ES256 sign it costs well under half of jose's CPU, per verify about
+ * half. jose's wall-clock rate can still look close, or higher, on an idle
+ * machine, because WebCrypto work runs on the libuv thread pool; under load
+ * every core is busy and CPU per token is what bounds throughput. So jose is
+ * a devDependency: tests and the bench use it as an independent
+ * implementation, and JWK import/export is node:crypto's own.
  *
  * Verification is two steps, as in jose: `decodeJws` parses and checks the
  * header shape, `verifyJwsSignature` checks the signature. Claims are
@@ -9,6 +18,7 @@
  */
 import { createPublicKey, KeyObject, sign as cryptoSign, verify as cryptoVerify, type JsonWebKey } from 'node:crypto';
 import { mayflyError } from '../core/errors.js';
+import { assertKeyStrength } from '../core/key-policy.js';
 import type { SigningAlg } from '../core/types.js';
 
 /** Algorithms Mayfly accepts anywhere. Asymmetric only: no `none`, no HMAC (RFC 8725 §3.1–3.2). */
@@ -157,6 +167,8 @@ export function decodeJws(token: string, options: { understoodCrit?: readonly st
 export function verifyJwsSignature(jws: DecodedJws, key: KeyObject): void {
   const alg = jws.header.alg;
   if (key.type !== 'public') throw mayflyError('ERR_JWT_SIGNATURE', 'signature verification failed');
+  // One policy for every key, whoever published it (OIDC JWKS, SPIFFE bundle, our own keys): a weak key is named as such.
+  assertKeyStrength(key, 'token signing key');
   if (!keyFitsAlg(key, alg)) throw mayflyError('ERR_JWT_SIGNATURE', 'signature verification failed');
   const p = algParams(alg);
   let ok = false;
@@ -168,7 +180,7 @@ export function verifyJwsSignature(jws: DecodedJws, key: KeyObject): void {
   if (!ok) throw mayflyError('ERR_JWT_SIGNATURE', 'signature verification failed');
 }
 
-/** True if the key type and curve match the JWS algorithm (RFC 7518 §3). */
+/** True if the key type and curve match the JWS algorithm (RFC 7518 §3); strength is core/key-policy.ts's job. */
 export function keyFitsAlg(key: KeyObject, alg: string): boolean {
   const t = key.asymmetricKeyType;
   const curve = key.asymmetricKeyDetails?.namedCurve;
@@ -185,7 +197,7 @@ export function keyFitsAlg(key: KeyObject, alg: string): boolean {
     case 'PS256':
     case 'PS384':
     case 'PS512':
-      return (t === 'rsa' || t === 'rsa-pss') && (key.asymmetricKeyDetails?.modulusLength ?? 0) >= 2048;
+      return t === 'rsa' || t === 'rsa-pss';
     case 'EdDSA':
       return t === 'ed25519' || t === 'ed448';
     default:

@@ -19,14 +19,15 @@
  *
  * Once synchronized, verification is CPU-only: `verifySync` never waits.
  */
-import { createHash, type KeyObject } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
 import { isMayflyError, MayflyError, mayflyError, type ErrorCode } from '../core/errors.js';
 import { systemClock } from '../core/clock.js';
 import type { Clock } from '../core/ports.js';
 import { REPLAY_END_REASON } from '../core/types.js';
-import { backgroundRefreshDelayMs, createHttpsFetch, parseJwks, type FetchLike } from '../identity/jwks-source.js';
-import { b64u } from '../tokens/jws.js';
+import { httpsFetch, parseJsonDocument, RemoteDocument, type CaOption, type FetchLike } from '../net/remote-document.js';
 import type { MayflyClaims } from '../tokens/claims.js';
+import { certificateThumbprint } from '../tokens/hashes.js';
+import { parseJwks } from '../tokens/jwks.js';
 import { verifyMayflyToken } from '../tokens/verify.js';
 import { RevocationEvent_Kind, type IntrospectResponse, type RevocationEvent } from '../gen/mayfly/v1/broker_pb.js';
 
@@ -57,10 +58,10 @@ export interface MayflyVerifierOptions {
   /** The audience(s) this relying party accepts (the token's `aud` must be one of them). */
   audience: string | readonly string[];
   jwks: {
-    /** The broker's JWKS URL, e.g. https://broker:8444/.well-known/jwks.json. */
+    /** The broker's JWKS URL, e.g. https://broker:8444/.well-known/jwks.json; must be https. */
     url: string;
     /** PEM CA for the broker's HTTPS certificate (default: the system roots). */
-    ca?: string | Buffer | Array<string | Buffer>;
+    ca?: CaOption;
     /** Unknown kids refetch at most this often (default 30 s). */
     minRefreshIntervalMs?: number;
     /** Bound on one fetch (default 3 s). */
@@ -151,20 +152,14 @@ const DEFAULT_RETENTION_MS = 3_600_000;
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
 
-/** base64url(SHA-256(DER)): the RFC 8705 x5t#S256 certificate thumbprint. */
-export function certificateThumbprint(der: Buffer): string {
-  return b64u(createHash('sha256').update(der).digest());
-}
+export { certificateThumbprint };
 
 export class MayflyVerifier {
   private readonly clock: Clock;
   private readonly skew: number;
   private readonly retentionMs: number;
-  private readonly fetchImpl: FetchLike;
-  private readonly minRefreshMs: number;
-  private readonly jwksTimeoutMs: number;
-
-  private jwksKeys = new Map<string, KeyObject>();
+  /** The broker's JWKS over HTTPS, kept fresh by the shared remote-document fetcher. */
+  private readonly jwks: RemoteDocument<Map<string, KeyObject>>;
   private feedKeys = new Map<string, KeyObject>();
   private keysetVersion = '';
   /** id → time after which the entry can be dropped. */
@@ -174,9 +169,6 @@ export class MayflyVerifier {
   private readonly seenSingleUse = new Map<string, number>();
   private readonly reported = new Set<string>();
 
-  private jwksInFlight: Promise<void> | null = null;
-  private lastJwksAttempt = -Infinity;
-  private jwksTimer: NodeJS.Timeout | null = null;
   private pruneTimer: NodeJS.Timeout | null = null;
   private watchdog: NodeJS.Timeout | null = null;
   private callOpenedAt = 0;
@@ -194,7 +186,7 @@ export class MayflyVerifier {
   private reconnectTimer: NodeJS.Timeout | null = null;
   private backoffMs: number;
 
-  private readonly counters = { accepted: 0, feedMessages: 0, reconnects: 0, jwksFetches: 0, jwksErrors: 0, misuseReports: 0, introspections: 0 };
+  private readonly counters = { accepted: 0, feedMessages: 0, reconnects: 0, misuseReports: 0, introspections: 0 };
   private readonly rejected: Partial<Record<ErrorCode, number>> = {};
 
   constructor(private readonly o: MayflyVerifierOptions) {
@@ -204,9 +196,18 @@ export class MayflyVerifier {
     this.clock = o.clock ?? systemClock;
     this.skew = o.clockSkewSeconds ?? 60;
     this.retentionMs = o.revocationRetentionMs ?? DEFAULT_RETENTION_MS + this.skew * 1000;
-    this.fetchImpl = o.jwks.fetchImpl ?? createHttpsFetch(o.jwks.ca !== undefined ? { ca: o.jwks.ca } : {});
-    this.minRefreshMs = o.jwks.minRefreshIntervalMs ?? 30_000;
-    this.jwksTimeoutMs = o.jwks.timeoutMs ?? 3000;
+    if (!/^https:\/\//i.test(o.jwks.url)) throw mayflyError('ERR_CONFIG_INVALID', 'MayflyVerifier: jwks.url must use https (keys fetched over plain http could be replaced on the way)', { field: 'jwks.url' });
+    const url = o.jwks.url;
+    this.jwks = new RemoteDocument({
+      name: `Mayfly JWKS ${url}`,
+      load: async (get) => keysOf(parseJsonDocument(await get(url), `Mayfly JWKS ${url}`)),
+      ...(o.jwks.fetchImpl ? { fetchImpl: o.jwks.fetchImpl } : { fetchImpl: httpsFetch(o.jwks.ca !== undefined ? { ca: o.jwks.ca } : {}) }),
+      timeoutMs: o.jwks.timeoutMs ?? 3000,
+      minRefreshIntervalMs: o.jwks.minRefreshIntervalMs ?? 30_000,
+      background: true,
+      clock: this.clock,
+      onError: (error) => this.o.onEvent?.({ type: 'jwks.error', error }),
+    });
     this.backoffMs = o.feed?.backoff?.initialMs ?? 100;
   }
 
@@ -229,7 +230,7 @@ export class MayflyVerifier {
     }
     let jwksError: unknown = null;
     try {
-      await this.refreshJwks(true);
+      await this.jwks.refresh();
     } catch (e) {
       jwksError = e;
     }
@@ -257,8 +258,8 @@ export class MayflyVerifier {
       try {
         claims = this.check(token, options, mode === 'introspect');
       } catch (e) {
-        if (!isMayflyError(e, 'ERR_KEY_UNKNOWN') || !this.mayRefresh()) throw e;
-        await this.refreshJwks(false).catch(() => undefined);
+        if (!isMayflyError(e, 'ERR_KEY_UNKNOWN') || !this.jwks.mayRefresh()) throw e;
+        await this.jwks.refreshIfAllowed();
         claims = this.check(token, options, mode === 'introspect');
       }
       if (mode === 'introspect') {
@@ -286,7 +287,7 @@ export class MayflyVerifier {
       try {
         claims = this.check(token, options, false);
       } catch (e) {
-        if (isMayflyError(e, 'ERR_KEY_UNKNOWN') && this.mayRefresh()) void this.refreshJwks(false).catch(() => undefined);
+        if (isMayflyError(e, 'ERR_KEY_UNKNOWN')) void this.jwks.refreshIfAllowed();
         throw e;
       }
       this.counters.accepted++;
@@ -306,7 +307,7 @@ export class MayflyVerifier {
       cursor: this.cursor,
       silenceMs: this.o.feed && this.lastHeardAt !== null ? now - this.lastHeardAt : null,
       keysetVersion: this.keysetVersion,
-      keys: new Set([...this.jwksKeys.keys(), ...this.feedKeys.keys()]).size,
+      keys: new Set([...(this.jwks.value?.keys() ?? []), ...this.feedKeys.keys()].filter((kid) => !this.revokedKids.has(kid))).size,
       revokedTasks: this.revokedTasks.size,
       revokedTokens: this.revokedJtis.size,
       revokedKeys: this.revokedKids.size,
@@ -315,8 +316,8 @@ export class MayflyVerifier {
       rejected: { ...this.rejected },
       feedMessages: this.counters.feedMessages,
       reconnects: this.counters.reconnects,
-      jwksFetches: this.counters.jwksFetches,
-      jwksErrors: this.counters.jwksErrors,
+      jwksFetches: this.jwks.stats().refreshes,
+      jwksErrors: this.jwks.stats().failures,
       misuseReports: this.counters.misuseReports,
       introspections: this.counters.introspections,
     };
@@ -326,8 +327,9 @@ export class MayflyVerifier {
   close(): void {
     this.closed = true;
     this.dropCall();
-    for (const t of [this.reconnectTimer, this.jwksTimer, this.pruneTimer, this.watchdog]) if (t) clearTimeout(t);
-    this.reconnectTimer = this.jwksTimer = this.pruneTimer = this.watchdog = null;
+    this.jwks.close();
+    for (const t of [this.reconnectTimer, this.pruneTimer, this.watchdog]) if (t) clearTimeout(t);
+    this.reconnectTimer = this.pruneTimer = this.watchdog = null;
     this.releaseWaiters();
   }
 
@@ -429,7 +431,7 @@ export class MayflyVerifier {
     if (this.reported.has(`revoked_use:${jti}`) && !this.o.onEvent) return;
     setImmediate(() => {
       try {
-        verifyMayflyToken(token, (kid) => this.feedKeys.get(kid) ?? this.jwksKeys.get(kid), { issuer: this.o.issuer, audience: this.o.audience, now, clockSkewSeconds: this.skew });
+        verifyMayflyToken(token, (kid) => this.keyFor(kid), { issuer: this.o.issuer, audience: this.o.audience, now, clockSkewSeconds: this.skew });
       } catch {
         return; // forged or otherwise invalid: nothing to report
       }
@@ -450,7 +452,12 @@ export class MayflyVerifier {
 
   private resolveKey(kid: string): KeyObject | undefined {
     if (this.revokedKids.has(kid)) throw mayflyError('ERR_TOKEN_REVOKED', 'token was signed by a revoked key', { kid });
-    return this.feedKeys.get(kid) ?? this.jwksKeys.get(kid);
+    return this.feedKeys.get(kid) ?? this.jwks.value?.get(kid);
+  }
+
+  /** A key that is not revoked, or undefined. */
+  private keyFor(kid: string): KeyObject | undefined {
+    return this.revokedKids.has(kid) ? undefined : (this.feedKeys.get(kid) ?? this.jwks.value?.get(kid));
   }
 
   private async introspect(token: string, claims: MayflyClaims): Promise<void> {
@@ -493,77 +500,6 @@ export class MayflyVerifier {
       void client.reportMisuse(kind, jti, detail).catch(() => undefined);
     }
     this.o.onEvent?.({ type: 'misuse', kind, jti, reported: report });
-  }
-
-  // ---- keys ----
-
-  private mayRefresh(): boolean {
-    return this.jwksInFlight !== null || this.clock.now() - this.lastJwksAttempt >= this.minRefreshMs;
-  }
-
-  /** Single-flight JWKS fetch; `force` ignores the rate limit (start, background refresh). */
-  private refreshJwks(force: boolean): Promise<void> {
-    if (this.jwksInFlight) return this.jwksInFlight;
-    if (!force && this.clock.now() - this.lastJwksAttempt < this.minRefreshMs) return Promise.resolve();
-    this.lastJwksAttempt = this.clock.now();
-    this.counters.jwksFetches++;
-    const p = this.fetchJwks()
-      .then((maxAge) => this.scheduleJwks(maxAge))
-      .catch((e: unknown) => {
-        const err = isMayflyError(e) ? e : mayflyError('ERR_UNAVAILABLE', `JWKS fetch from ${this.o.jwks.url} failed: ${(e as Error).message}`, undefined, e);
-        this.counters.jwksErrors++;
-        this.o.onEvent?.({ type: 'jwks.error', error: err });
-        this.scheduleJwks(null);
-        throw err;
-      })
-      .finally(() => {
-        this.jwksInFlight = null;
-      });
-    this.jwksInFlight = p;
-    return p;
-  }
-
-  private async fetchJwks(): Promise<string | null> {
-    const ac = new AbortController();
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        ac.abort();
-        reject(mayflyError('ERR_UNAVAILABLE', `JWKS fetch from ${this.o.jwks.url} timed out after ${this.jwksTimeoutMs} ms`));
-      }, this.jwksTimeoutMs);
-    });
-    try {
-      const res = await Promise.race([this.fetchImpl(this.o.jwks.url, { signal: ac.signal, headers: { accept: 'application/json' } }), timeout]);
-      if (!res.ok) throw mayflyError('ERR_UNAVAILABLE', `JWKS fetch from ${this.o.jwks.url} answered HTTP ${res.status}`);
-      const text = await Promise.race([res.text(), timeout]);
-      let doc: unknown;
-      try {
-        doc = JSON.parse(text);
-      } catch {
-        throw mayflyError('ERR_UNAVAILABLE', `JWKS from ${this.o.jwks.url} is not JSON`);
-      }
-      this.jwksKeys = this.keysOf(doc);
-      return res.headers.get('cache-control');
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  private scheduleJwks(cacheControl: string | null): void {
-    if (this.closed) return;
-    if (this.jwksTimer) clearTimeout(this.jwksTimer);
-    this.jwksTimer = setTimeout(() => void this.refreshJwks(true).catch(() => undefined), backgroundRefreshDelayMs(cacheControl));
-    this.jwksTimer.unref();
-  }
-
-  private keysOf(doc: unknown): Map<string, KeyObject> {
-    const out = new Map<string, KeyObject>();
-    for (const [kid, entries] of parseJwks(doc, undefined, 'Mayfly JWKS')) {
-      if (this.revokedKids.has(kid)) continue;
-      const first = entries[0];
-      if (first) out.set(kid, first.key);
-    }
-    return out;
   }
 
   // ---- feed ----
@@ -680,14 +616,13 @@ export class MayflyVerifier {
   private revokeKid(kid: string, until: number): void {
     this.revokedKids.set(kid, Math.max(until, this.revokedKids.get(kid) ?? 0));
     this.feedKeys.delete(kid);
-    this.jwksKeys.delete(kid);
   }
 
   /** Replaces the feed's key set and acknowledges its version (the broker's key-promotion gate). */
   private applyKeySet(json: string, version: string): void {
     if (!json) return;
     try {
-      this.feedKeys = this.keysOf(JSON.parse(json));
+      this.feedKeys = keysOf(JSON.parse(json));
     } catch (e) {
       this.o.onEvent?.({ type: 'jwks.error', error: mayflyError('ERR_UNAVAILABLE', `feed key set could not be parsed: ${(e as Error).message}`) });
       return;
@@ -727,6 +662,16 @@ export class MayflyVerifier {
       this.catchUpWaiters.push(done);
     });
   }
+}
+
+/** The first usable key of each kid in a JWKS document. */
+function keysOf(doc: unknown): Map<string, KeyObject> {
+  const out = new Map<string, KeyObject>();
+  for (const [kid, entries] of parseJwks(doc, undefined, 'Mayfly JWKS')) {
+    const first = entries[0];
+    if (first) out.set(kid, first.key);
+  }
+  return out;
 }
 
 /** jti, tid and parent tid from a token's payload, unverified; null if it is not a well-formed JWS payload. */

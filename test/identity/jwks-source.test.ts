@@ -4,7 +4,9 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/core/clock.js';
 import type { MayflyError } from '../../src/core/errors.js';
-import { backgroundRefreshDelayMs, parseJwks, RemoteJwks, type FetchLike } from '../../src/identity/jwks-source.js';
+import { RemoteJwks } from '../../src/identity/jwks-source.js';
+import type { FetchLike } from '../../src/net/remote-document.js';
+import { parseJwks } from '../../src/tokens/jwks.js';
 import { makeKey } from '../helpers/test-issuer.js';
 import { codeOf } from '../helpers/codes.js';
 
@@ -206,17 +208,5 @@ describe('RemoteJwks refresh behaviour', () => {
     } finally {
       vi.useRealTimers();
     }
-  });
-});
-
-describe('backgroundRefreshDelayMs', () => {
-  it.each([
-    [null, 300_000],
-    ['max-age=10', 60_000],
-    ['public, max-age=600', 600_000],
-    ['max-age=86400', 3_600_000],
-    ['no-cache', 300_000],
-  ])('%s → %d ms', (h, ms) => {
-    expect(backgroundRefreshDelayMs(h)).toBe(ms);
   });
 });

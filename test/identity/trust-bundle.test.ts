@@ -15,8 +15,8 @@ import {
   RefreshingTrustSource,
   StaticTrustSource,
   allTrustDomainRootsPem,
-  type BundleFetch,
 } from '../../src/identity/trust-source.js';
+import type { FetchLike } from '../../src/net/remote-document.js';
 import { issueServerCert, issueX509Svid } from '../../src/pki/dev-pki.js';
 import { OpensslPki } from '../helpers/openssl.js';
 import { devPki } from '../helpers/pki.js';
@@ -190,7 +190,7 @@ describe('StaticTrustSource and CompositeTrustSource', () => {
 describe('RefreshingTrustSource (injected fetch)', () => {
   const url = 'https://bundles.example.org/bundle';
   const doc = (seq: number, hint?: number, pems: string[] = []) => JSON.stringify({ spiffe_sequence: seq, ...(hint === undefined ? {} : { spiffe_refresh_hint: hint }), keys: pems.map(x509Entry) });
-  const fixed = (body: string, status = 200): BundleFetch => async () => ({ ok: status < 300, status, text: async () => body });
+  const fixed = (body: string, status = 200): FetchLike => async () => ({ ok: status < 300, status, text: async () => body });
 
   it.each([
     [{ url: 'http://bundles.example.org/b' }, /must use https/],
@@ -234,7 +234,7 @@ describe('RefreshingTrustSource (injected fetch)', () => {
   });
 
   it('times out a hanging endpoint and keeps the initial bundle', async () => {
-    const hanging: BundleFetch = (_url, init) =>
+    const hanging: FetchLike = (_url, init) =>
       new Promise((_resolve, reject) => init.signal.addEventListener('abort', () => reject(new Error('aborted'))));
     const initial = parsePemBundle('example.org', pki.example.certPem);
     const errors: string[] = [];

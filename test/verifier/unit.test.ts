@@ -12,7 +12,7 @@ import { buildClaims } from '../../src/tokens/claims.js';
 import { signCompact } from '../../src/tokens/jws.js';
 import { RevocationEvent_Kind, RevocationEventSchema, type RevocationEvent } from '../../src/gen/mayfly/v1/broker_pb.js';
 import { MayflyVerifier, type VerifierBrokerClient } from '../../src/verifier/index.js';
-import type { FetchLike } from '../../src/identity/jwks-source.js';
+import type { FetchLike } from '../../src/net/remote-document.js';
 import { codeOf } from './harness.js';
 
 const ISS = 'https://broker.test';

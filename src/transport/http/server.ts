@@ -10,7 +10,8 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import { mayflyError, MayflyError } from '../../core/errors.js';
 import type { AuditSink, Clock } from '../../core/ports.js';
 import type { Identity } from '../../core/types.js';
-import { tokenHash, type BrokerService } from '../../service/broker.js';
+import type { BrokerService } from '../../service/broker.js';
+import { tokenHash } from '../../tokens/hashes.js';
 import type { CallContext } from '../../service/deps.js';
 import type { RevocationFeed } from '../../service/feed.js';
 import * as v from '../../service/validate.js';

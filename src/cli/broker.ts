@@ -21,9 +21,13 @@ import { Metrics } from '../observability/metrics.js';
 import { BuiltinEngine } from '../policy/builtin.js';
 import { DecisionPoint } from '../policy/decision-point.js';
 import { OpaEngine } from '../policy/opa.js';
-import { Authenticator } from '../service/authenticate.js';
+import { Authenticator, CallerAuthentication } from '../service/authenticate.js';
+import { Authorizer } from '../service/authorize.js';
 import { BrokerService } from '../service/broker.js';
+import type { ServiceObserver } from '../service/deps.js';
 import { RevocationFeed } from '../service/feed.js';
+import { KeyAdministration } from '../service/keys.js';
+import { FeedSubscriptions } from '../service/subscriptions.js';
 import { KeyManager } from '../tokens/keys.js';
 import { buildStore } from './build-store.js';
 import { openKeyStore } from './keystore.js';
@@ -208,8 +212,22 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
     cleanups.push(() => feed!.stop());
     keys.setPromotionGate(feed.gate);
 
+    const access = new Authorizer({ admins: c.admins, feedSubscribers: c.feed.subscribers });
+    const observer: ServiceObserver = {
+      taskBegun: () => metrics.tasksBegun.inc(),
+      taskEnded: (reason, n) => metrics.tasksEnded.inc({ reason }, n),
+      tokenIssued: (aud, ms) => {
+        metrics.tokensIssued.inc({ audience: aud });
+        metrics.issuanceSeconds.observe(ms / 1000);
+      },
+      denied: (code) => metrics.requestsDenied.inc({ code }),
+      revocation: (kind) => metrics.revocations.inc({ kind }),
+      misuse: (kind) => metrics.misuse(kind),
+      policyEval: (eng, allow, us) => metrics.observePolicyEval(eng, allow ? 'allow' : 'deny', us / 1e6),
+    };
     const service = new BrokerService({
       store,
+      access,
       keys,
       policy: decider,
       audit,
@@ -224,20 +242,12 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
         tasks: { defaultTtlSeconds: c.tasks.default_ttl_seconds, maxTtlSeconds: c.tasks.max_ttl_seconds, maxDelegationDepth: c.tasks.max_delegation_depth, maxLeaseSeconds: c.tasks.max_lease_seconds },
         admins: c.admins,
       },
-      observer: {
-        taskBegun: () => metrics.tasksBegun.inc(),
-        taskEnded: (reason, n) => metrics.tasksEnded.inc({ reason }, n),
-        tokenIssued: (aud, ms) => {
-          metrics.tokensIssued.inc({ audience: aud });
-          metrics.issuanceSeconds.observe(ms / 1000);
-        },
-        denied: (code) => metrics.requestsDenied.inc({ code }),
-        revocation: (kind) => metrics.revocations.inc({ kind }),
-        misuse: (kind) => metrics.misuse(kind),
-        policyEval: (eng, allow, us) => metrics.observePolicyEval(eng, allow ? 'allow' : 'deny', us / 1e6),
-      },
+      observer,
     });
     const auth = new Authenticator(trust, oidc, service, { issuer: c.issuer, jwtSvidAudiences: c.jwt_svid.audiences, clockSkewSeconds: c.jwt_svid.clock_skew_seconds, clock });
+    const authentication = new CallerAuthentication(auth, audit);
+    const subscriptions = new FeedSubscriptions({ feed, access, audit, observer });
+    const keyAdmin = new KeyAdministration({ keys, store, events: feed, access, audit, clock, observer });
 
     const tls = {
       cert: readFile(baseDir, c.tls.cert_file, 'tls.cert_file'),
@@ -274,15 +284,16 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
     const g = splitHostPort(opts.grpcListen ?? c.listen.grpc);
     const h = splitHostPort(opts.httpListen ?? c.listen.http);
     const rid = () => requestId(systemRandom);
-    const grpc = await startGrpcServer({ broker: service, feed, auth, audit, clock, tls, requestId: rid, onError, feedSubscribers: c.feed.subscribers }, g.host, g.port);
+    const grpc = await startGrpcServer({ broker: service, subscriptions, auth, authentication, audit, clock, tls, requestId: rid, onError }, g.host, g.port);
     cleanups.push(() => grpc.close(2000));
     const http = await startHttpServer(
       {
         broker: service,
-        feed,
+        subscriptions,
+        keyAdmin,
         keys,
         auth,
-        audit,
+        authentication,
         clock,
         tls,
         issuer: c.issuer,
@@ -292,17 +303,6 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
         metrics: { contentType: metrics.contentType, render: () => metrics.render() },
         onJwksFetch: () => metrics.jwksFetches.inc({ source: 'http' }),
         onError,
-        feedSubscribers: c.feed.subscribers,
-        admins: c.admins,
-        revokeKey: async (kid, ctx) => {
-          // Order matters: stop publishing and signing with the key, then revoke its tokens and tell the feed.
-          await keys.revoke(kid);
-          const ev = await store.revokeTokensByKid(kid, 'signing key revoked', clock.now());
-          feed!.publish(ev);
-          metrics.revocations.inc({ kind: 'key' });
-          audit.write({ event: 'key.revoke', outcome: 'success', request_id: ctx.requestId, identity: { id: ctx.identity.id }, kid, revoked_tokens: ev.jtis.length, active_kid: keys.active().info.kid });
-          return { revokedTokens: ev.jtis.length, activeKid: keys.active().info.kid };
-        },
       },
       h.host,
       h.port,

@@ -25,6 +25,14 @@ export const ERROR_CODES = {
   ERR_AUDIENCE_INVALID: 'invalid_argument',
   ERR_SCOPE_INVALID: 'invalid_argument',
   ERR_TOO_LARGE: 'invalid_argument',
+  // Command-line and operator input (the CLI's one error line).
+  ERR_USAGE: 'invalid_argument',
+  ERR_FILE_NOT_FOUND: 'invalid_argument',
+  ERR_FILE_ACCESS: 'invalid_argument',
+  ERR_PEM_INVALID: 'invalid_argument',
+  ERR_TLS_KEY_MISMATCH: 'invalid_argument',
+  ERR_LISTEN_ADDRESS_INVALID: 'invalid_argument',
+  ERR_ADDRESS_IN_USE: 'unavailable',
   // Who is asking could not be established.
   ERR_UNAUTHENTICATED: 'unauthenticated',
   ERR_SPIFFE_ID_INVALID: 'unauthenticated',

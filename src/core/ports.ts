@@ -1,12 +1,14 @@
 /**
- * Ports: the interfaces the service layer depends on. Adapters live in
- * store/, tokens/, policy/ and audit/; each port has a contract suite in
- * test/contracts that every adapter passes.
+ * Ports: the interfaces the service layer depends on, and the one the
+ * transports depend on to learn who is calling. Adapters live in store/,
+ * tokens/, policy/, audit/ and service/; each storage-like port has a
+ * contract suite in test/contracts that every adapter passes.
  */
 import type { DecisionInput } from './decision.js';
 import type {
   AuditHead,
   EpochMs,
+  Identity,
   KeyInfo,
   KeyState,
   RevocationEvent,
@@ -20,6 +22,19 @@ import type {
 /** Wall clock, injected so validators and tests control time. */
 export interface Clock {
   now(): EpochMs;
+}
+
+/**
+ * Proves who a caller is from what it presented. Implemented in
+ * service/authenticate.ts; the transports hand it what they received and
+ * never verify a credential themselves. Every method throws a MayflyError of
+ * kind `unauthenticated` (or `invalid_argument` for a malformed credential).
+ */
+export interface CallerAuthenticator {
+  /** Identity from a client certificate chain (leaf first, DER). */
+  fromCertificate(chainDer: Buffer[]): Identity;
+  /** Identity from a bearer credential: JWT-SVID, OIDC token or Mayfly task token. */
+  fromBearer(token: string): Promise<Identity>;
 }
 
 /** Randomness, injected for the same reason. */

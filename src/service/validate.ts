@@ -111,3 +111,10 @@ export function ttlSeconds(field: string, v: unknown, def: number, hardMax: numb
   if (v > hardMax) throw mayflyError('ERR_TTL_INVALID', `${field} ${v} exceeds the maximum of ${hardMax} seconds`, { field });
   return v;
 }
+
+/** A lifetime sent as text (an OAuth form field): whole seconds, or absent. */
+export function wholeSeconds(field: string, raw: string | undefined): number | undefined {
+  if (raw === undefined) return undefined;
+  if (!/^\d{1,9}$/.test(raw)) throw mayflyError('ERR_TTL_INVALID', `${field} must be whole seconds`, { field });
+  return Number(raw);
+}

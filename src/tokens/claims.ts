@@ -123,13 +123,13 @@ export function validateClaims(payload: Record<string, unknown>, o: ValidateOpti
     if (typeof payload[c] !== 'number' || !Number.isFinite(payload[c])) throw mayflyError('ERR_JWT_INVALID', `token claim ${c} is missing or not a number`);
   }
   const p = payload as unknown as MayflyClaims;
-  if (p.iss !== o.issuer) throw mayflyError('ERR_JWT_INVALID', `token issuer ${JSON.stringify(p.iss)} is not ${JSON.stringify(o.issuer)}`);
+  if (p.iss !== o.issuer) throw mayflyError('ERR_JWT_INVALID', `token issuer ${JSON.stringify(p.iss)} is not ${JSON.stringify(o.issuer)}`, { reason: 'wrong_issuer' });
   if (o.audience !== undefined) {
     const want = typeof o.audience === 'string' ? [o.audience] : o.audience;
     if (!want.includes(p.aud)) throw mayflyError('ERR_JWT_INVALID', `token audience ${JSON.stringify(p.aud)} is not accepted here`);
   }
   if (p.exp <= now - skew) throw mayflyError('ERR_JWT_EXPIRED', 'token is expired');
-  if (p.nbf > now + skew) throw mayflyError('ERR_JWT_INVALID', 'token is not yet valid (nbf)');
+  if (p.nbf > now + skew) throw mayflyError('ERR_JWT_INVALID', 'token is not yet valid (nbf)', { reason: 'not_yet_valid' });
   if (o.requiredScopes && o.requiredScopes.length > 0) {
     const have = new Set(p.scope.split(' ').filter(Boolean));
     const missing = o.requiredScopes.filter((s) => !have.has(s));

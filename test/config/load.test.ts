@@ -49,6 +49,6 @@ describe('config validation', () => {
     const path = join(dir, 'mayfly.yaml');
     writeFileSync(path, 'issuer: [unclosed\n');
     expect(() => loadConfig(path)).toThrow(/is not valid YAML/);
-    expect(() => loadConfig(join(dir, 'missing.yaml'))).toThrow(/cannot read config file/);
+    expect(() => loadConfig(join(dir, 'missing.yaml'))).toThrow(/config file .*missing\.yaml does not exist/);
   });
 });

@@ -125,6 +125,12 @@ max_ttl := object.get(rule, "max_task_ttl_seconds", rule.max_ttl_seconds) if inp
 
 max_ttl := rule.max_ttl_seconds if input.request.action != "begin_task"
 
+# An exchange without a task begins one: the rule's task cap bounds it, as it would a begin_task.
+begins_task if {
+	input.request.action == "exchange"
+	not input.task
+}
+
 decision := {
 	"allow": true,
 	"reasons": [concat("", ["rule \"", rule.name, "\" allows ", input.request.action])],
@@ -133,6 +139,19 @@ decision := {
 } if {
 	rule
 	scopes_ok
+	not begins_task
+}
+
+decision := {
+	"allow": true,
+	"reasons": [concat("", ["rule \"", rule.name, "\" allows ", input.request.action])],
+	"scopes": granted,
+	"max_ttl_seconds": max_ttl,
+	"max_task_ttl_seconds": object.get(rule, "max_task_ttl_seconds", rule.max_ttl_seconds),
+} if {
+	rule
+	scopes_ok
+	begins_task
 }
 
 decision := {

@@ -30,7 +30,7 @@ export async function auditVerify(loaded: LoadedConfig, o: AuditVerifyOptions): 
   const { config, baseDir } = loaded;
   const dataDir = resolvePath(baseDir, config.data_dir);
   const path = o.file ?? resolvePath(dataDir, config.audit.file);
-  if (!existsSync(path)) throw new MayflyError('ERR_INVALID_ARGUMENT', `no audit log at ${path}`);
+  if (!existsSync(path)) throw new MayflyError('ERR_FILE_NOT_FOUND', `no audit log at ${path}${o.file ? '' : ' (audit.file in the config; has the broker run yet?)'}`);
   const lines: string[] = [];
 
   let keys: CheckpointKeys | undefined;

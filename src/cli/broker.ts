@@ -21,13 +21,20 @@ import { Metrics } from '../observability/metrics.js';
 import { BuiltinEngine } from '../policy/builtin.js';
 import { DecisionPoint } from '../policy/decision-point.js';
 import { OpaEngine } from '../policy/opa.js';
-import { Authenticator } from '../service/authenticate.js';
+import { Authenticator, CallerAuthentication } from '../service/authenticate.js';
+import { Authorizer } from '../service/authorize.js';
 import { BrokerService } from '../service/broker.js';
+import type { ServiceObserver } from '../service/deps.js';
 import { RevocationFeed } from '../service/feed.js';
-import { MemoryStore } from '../store/memory.js';
-import { SqliteStore } from '../store/sqlite.js';
+import { KeyAdministration } from '../service/keys.js';
+import { FeedSubscriptions } from '../service/subscriptions.js';
 import { KeyManager } from '../tokens/keys.js';
+import { buildStore } from './build-store.js';
 import { openKeyStore } from './keystore.js';
+import { startClusterSync, type ClusterSync } from './cluster.js';
+import { PostgresStore } from '../store/postgres.js';
+import { PostgresKeyStore } from '../tokens/keystore-postgres.js';
+import type { EventPublisher } from '../service/deps.js';
 import { startGrpcServer, type GrpcListener } from '../transport/grpc/server.js';
 import { startHttpServer, type HealthReport, type HttpListener } from '../transport/http/server.js';
 
@@ -125,8 +132,14 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
     const oidc = issuers.length > 0 ? new OidcVerifier(issuers, { clock, minRefreshIntervalMs: c.oidc.jwks_refresh_cooldown_seconds * 1000, backgroundRefresh: c.oidc.jwks_background_refresh, onJwksError: (e, name) => log.warn({ issuer: name, code: e.code, err: e.message }, 'JWKS refresh failed') }) : null;
     if (oidc) cleanups.push(() => oidc.close());
 
-    const store: Store = c.store.backend === 'memory' ? new MemoryStore() : SqliteStore.open(resolvePath(dataDir, c.store.path));
+    const builtStore = await buildStore(c, dataDir, { env: opts.env ?? process.env, onStoreError: (m) => log.warn({ err: m }, 'store connection failed'), sqliteCheckpointInWorker: true });
+    const store: Store = builtStore.store;
     cleanups.push(() => store.close());
+    const coordinator = builtStore.coordinator;
+    cleanups.push(() => coordinator.close());
+    /** A job that must run on one broker of the cluster per tick (see Coordinator). */
+    const exclusive = (job: string, fn: () => Promise<unknown>) => () => coordinator.runExclusive(job, fn);
+    if (builtStore.backend === 'postgres') log.info({ store: builtStore.where }, 'store: PostgreSQL');
     const sealer = new AuditSealer(audit, AuditKey.loadOrCreate(resolvePath(dataDir, AUDIT_KEY_FILE), resolvePath(dataDir, AUDIT_JWKS_FILE)), store, clock);
     const cut = await sealer.open();
     if (cut) log.error({ seq: cut.seq, reason: cut.reason }, 'the audit log ends before the head recorded in the store; run `mayfly audit verify`');
@@ -162,9 +175,13 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
     const decider = new DecisionPoint(engine, { timeoutMs: c.policy.timeout_ms });
 
     // Keys and the feed.
-    const keyStore: KeyStore = await openKeyStore(c, dataDir, baseDir, opts.env ?? process.env, log);
+    const pool = store instanceof PostgresStore ? store.pool : undefined;
+    const keyStore: KeyStore = await openKeyStore(c, dataDir, baseDir, opts.env ?? process.env, log, pool);
     cleanups.push(() => keyStore.close());
     let feed: RevocationFeed | null = null;
+    // Single broker: events go straight to the feed. Cluster: through the relay, which reads them back from the shared log in cursor order.
+    let cluster: ClusterSync | null = null;
+    const publish = (ev: Parameters<EventPublisher['publish']>[0]) => (cluster ? cluster.relay.publish(ev) : feed?.publish(ev));
     let lastDelay = '';
     const keys = new KeyManager(
       keyStore,
@@ -175,20 +192,25 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
         prePublishMs: c.keys.pre_publish_seconds * 1000,
         skewMs: c.clock_skew_seconds * 1000,
         maxPromotionWaitMs: c.keys.max_promotion_wait_seconds * 1000,
+        // Shared key set: lifecycle changes under the cluster lock, other replicas follow (docs/clustering.md).
+        ...(keyStore instanceof PostgresKeyStore ? { cluster: keyStore } : {}),
       },
       {
-        onKeySetChange: (version, json) => {
+        onKeySetChange: (version, json, origin) => {
           if (!feed) return;
           const kids = (JSON.parse(json) as { keys: { kid: string }[] }).keys.map((k) => k.kid);
           feed.noteKeySet({ version, json, kids });
+          // The replica that changed the key set records the event; the others deliver it from the shared log.
+          if (origin === 'cluster') return;
           void store
             .appendEvent({ kind: 'keyset', at: clock.now(), taskIds: [], jtis: [], kid: version, reason: 'key set changed', coversUntil: clock.now() + c.keys.max_promotion_wait_seconds * 1000 })
-            .then((ev) => feed?.publish(ev))
+            .then((ev) => publish(ev))
             .catch((e) => log.error({ err: (e as Error).message }, 'could not record key-set change'));
         },
-        onStateChange: (info, from) => {
+        onStateChange: (info, from, origin) => {
           metrics.setKeyState(info.kid, info.state, info.createdAt, clock.now());
-          audit.write({ event: from === null ? 'key.create' : 'key.state', outcome: 'success', kid: info.kid, from: from ?? undefined, to: info.state });
+          // Audited by the replica that made the change.
+          if (origin === 'local') audit.write({ event: from === null ? 'key.create' : 'key.state', outcome: 'success', kid: info.kid, from: from ?? undefined, to: info.state });
         },
         onPromotionDelayed: (kid, laggards, waited) => {
           metrics.keyPromotionBlocked.set(1);
@@ -206,15 +228,44 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
     await feed.start();
     cleanups.push(() => feed!.stop());
     keys.setPromotionGate(feed.gate);
+    if (pool && keyStore instanceof PostgresKeyStore) {
+      cluster = await startClusterSync({
+        replica: c.broker_id,
+        pool,
+        store,
+        feed,
+        keys,
+        clock,
+        log,
+        pollIntervalMs: Math.min(1000, c.keys.check_interval_ms),
+        ackReportMs: Math.min(1000, c.feed.heartbeat_ms),
+      });
+      cleanups.push(() => cluster!.stop());
+    }
+    const events: EventPublisher = { publish };
 
+    const access = new Authorizer({ admins: c.admins, feedSubscribers: c.feed.subscribers });
+    const observer: ServiceObserver = {
+      taskBegun: () => metrics.tasksBegun.inc(),
+      taskEnded: (reason, n) => metrics.tasksEnded.inc({ reason }, n),
+      tokenIssued: (aud, ms) => {
+        metrics.tokensIssued.inc({ audience: aud });
+        metrics.issuanceSeconds.observe(ms / 1000);
+      },
+      denied: (code) => metrics.requestsDenied.inc({ code }),
+      revocation: (kind) => metrics.revocations.inc({ kind }),
+      misuse: (kind) => metrics.misuse(kind),
+      policyEval: (eng, allow, us) => metrics.observePolicyEval(eng, allow ? 'allow' : 'deny', us / 1e6),
+    };
     const service = new BrokerService({
       store,
+      access,
       keys,
       policy: decider,
       audit,
       clock,
       random: systemRandom,
-      events: feed,
+      events,
       config: {
         issuer: c.issuer,
         brokerId: c.broker_id,
@@ -223,20 +274,12 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
         tasks: { defaultTtlSeconds: c.tasks.default_ttl_seconds, maxTtlSeconds: c.tasks.max_ttl_seconds, maxDelegationDepth: c.tasks.max_delegation_depth, maxLeaseSeconds: c.tasks.max_lease_seconds },
         admins: c.admins,
       },
-      observer: {
-        taskBegun: () => metrics.tasksBegun.inc(),
-        taskEnded: (reason, n) => metrics.tasksEnded.inc({ reason }, n),
-        tokenIssued: (aud, ms) => {
-          metrics.tokensIssued.inc({ audience: aud });
-          metrics.issuanceSeconds.observe(ms / 1000);
-        },
-        denied: (code) => metrics.requestsDenied.inc({ code }),
-        revocation: (kind) => metrics.revocations.inc({ kind }),
-        misuse: (kind) => metrics.misuse(kind),
-        policyEval: (eng, allow, us) => metrics.observePolicyEval(eng, allow ? 'allow' : 'deny', us / 1e6),
-      },
+      observer,
     });
     const auth = new Authenticator(trust, oidc, service, { issuer: c.issuer, jwtSvidAudiences: c.jwt_svid.audiences, clockSkewSeconds: c.jwt_svid.clock_skew_seconds, clock });
+    const authentication = new CallerAuthentication(auth, audit);
+    const subscriptions = new FeedSubscriptions({ feed, access, audit, observer });
+    const keyAdmin = new KeyAdministration({ keys, store, events, access, audit, clock, observer });
 
     const tls = {
       cert: readFile(baseDir, c.tls.cert_file, 'tls.cert_file'),
@@ -261,6 +304,10 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
         const h = engine.health();
         checks['policy'] = h.ok ? { ok: true, detail: `revision ${h.revision}` } : { ok: false, detail: `last reload failed: ${h.lastError}; serving revision ${h.revision}` };
       } else checks['policy'] = { ok: true, detail: `builtin revision ${engine.revision()}` };
+      if (builtStore.health) {
+        const sh = builtStore.health();
+        checks['store'] = sh.ok ? { ok: true, detail: sh.detail } : { ok: false, detail: sh.detail };
+      }
       const failing = !ah.ok;
       const degraded = Object.values(checks).some((x) => !x.ok);
       return { status: failing ? 'failing' : degraded ? 'degraded' : 'ok', checks };
@@ -269,15 +316,16 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
     const g = splitHostPort(opts.grpcListen ?? c.listen.grpc);
     const h = splitHostPort(opts.httpListen ?? c.listen.http);
     const rid = () => requestId(systemRandom);
-    const grpc = await startGrpcServer({ broker: service, feed, auth, audit, clock, tls, requestId: rid, onError, feedSubscribers: c.feed.subscribers }, g.host, g.port);
+    const grpc = await startGrpcServer({ broker: service, subscriptions, auth, authentication, audit, clock, tls, requestId: rid, onError }, g.host, g.port);
     cleanups.push(() => grpc.close(2000));
     const http = await startHttpServer(
       {
         broker: service,
-        feed,
+        subscriptions,
+        keyAdmin,
         keys,
         auth,
-        audit,
+        authentication,
         clock,
         tls,
         issuer: c.issuer,
@@ -287,17 +335,6 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
         metrics: { contentType: metrics.contentType, render: () => metrics.render() },
         onJwksFetch: () => metrics.jwksFetches.inc({ source: 'http' }),
         onError,
-        feedSubscribers: c.feed.subscribers,
-        admins: c.admins,
-        revokeKey: async (kid, ctx) => {
-          // Order matters: stop publishing and signing with the key, then revoke its tokens and tell the feed.
-          await keys.revoke(kid);
-          const ev = await store.revokeTokensByKid(kid, 'signing key revoked', clock.now());
-          feed!.publish(ev);
-          metrics.revocations.inc({ kind: 'key' });
-          audit.write({ event: 'key.revoke', outcome: 'success', request_id: ctx.requestId, identity: { id: ctx.identity.id }, kid, revoked_tokens: ev.jtis.length, active_kid: keys.active().info.kid });
-          return { revokedTokens: ev.jtis.length, activeKid: keys.active().info.kid };
-        },
       },
       h.host,
       h.port,
@@ -317,13 +354,13 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
       t.unref();
       cleanups.push(() => clearInterval(t));
     };
-    every(c.tasks.sweep_interval_ms, () => service.expireDue(), 'deadline/lease sweep');
+    every(c.tasks.sweep_interval_ms, exclusive('tasks.sweep', () => service.expireDue()), 'deadline/lease sweep');
     every(c.keys.check_interval_ms, async () => {
       await keys.tick();
       if (keys.promotionBlockedSince() === null) metrics.keyPromotionBlocked.set(0);
       for (const k of keys.list()) metrics.setKeyState(k.kid, k.state, k.createdAt, clock.now());
     }, 'key lifecycle');
-    every(c.store.gc_interval_seconds * 1000, () => store.gc(clock.now(), c.store.gc_grace_seconds * 1000), 'garbage collection');
+    every(c.store.gc_interval_seconds * 1000, exclusive('store.gc', () => store.gc(clock.now(), c.store.gc_grace_seconds * 1000)), 'garbage collection');
     every(c.audit.checkpoint_interval_seconds * 1000, () => sealer.seal('periodic'), 'audit checkpoint');
     every(1000, async () => {
       metrics.feedSubscribers.set(feed!.subscriberCount());

@@ -2,7 +2,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import { join, resolve } from 'node:path';
-import { Command, Option } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import { loadConfig, resolvePath } from '../config/load.js';
 import { DECISION_CONTRACT_VERSION, type DecisionInput } from '../core/decision.js';
 import { MayflyError } from '../core/errors.js';
@@ -13,7 +13,9 @@ import { explain, formatExplanation } from '../policy/explain.js';
 import { OpaEngine } from '../policy/opa.js';
 import { decodeJws } from '../tokens/jws.js';
 import { startBroker } from './broker.js';
-import { devInit, issueDevSvid, loadDevCa } from './dev-init.js';
+import { devInit, issueDevSvid, loadDevCa, packageRoot } from './dev-init.js';
+import { fromHttpError, oneLine, readPem, readUserFile, toCliError } from './errors.js';
+import { parseIdentityId } from '../identity/identity-id.js';
 import { SqliteStore } from '../store/sqlite.js';
 import { openKeyStore } from './keystore.js';
 
@@ -28,37 +30,55 @@ interface ClientFlags {
   devDir: string;
 }
 
-function clientOptions(cmd: Command): Command {
+function clientOptions(cmd: Command, defaultCert = 'workload'): Command {
   return cmd
     .option('--broker <host:port>', 'broker gRPC address', '127.0.0.1:8443')
     .option('--dev-dir <dir>', 'where `mayfly dev init` wrote the dev files (defaults for --ca/--cert/--key)', DEFAULT_DEV_DIR)
     .option('--ca <file>', 'CA that signed the broker certificate (default: <dev-dir>/ca.pem)')
-    .option('--cert <file>', 'client X.509-SVID (default: <dev-dir>/workload.pem)')
-    .option('--key <file>', 'client key (default: <dev-dir>/workload.key)')
-    .option('--token-file <file>', 'authenticate with this bearer token (JWT-SVID, OIDC token or task token) instead of mTLS');
+    .option('--cert <file>', `client X.509-SVID (default: <dev-dir>/${defaultCert}.pem; with --token-file only when given)`)
+    .option('--key <file>', `client key (default: <dev-dir>/${defaultCert}.key)`)
+    .option('--token-file <file>', 'authenticate with this bearer token (JWT-SVID, OIDC token or task token); add --cert/--key for a certificate-bound token');
 }
 
-function connect(f: ClientFlags): BrokerClient {
+/** Reads a token argument: the token itself, or @file. */
+function tokenArg(arg: string): string {
+  const t = arg.startsWith('@') ? readUserFile(arg.slice(1), 'token file').toString('utf8').trim() : arg.trim();
+  if (t === '') throw new MayflyError('ERR_JWT_INVALID', arg.startsWith('@') ? `token file ${arg.slice(1)} is empty` : 'the token is empty');
+  return t;
+}
+
+function checkBrokerAddress(address: string): void {
+  if (!/^(\[[0-9a-fA-F:.]+\]|[^\s:/[\]]+):\d{1,5}$/.test(address) || Number(address.slice(address.lastIndexOf(':') + 1)) > 65535) {
+    throw new MayflyError('ERR_USAGE', `--broker ${JSON.stringify(address)} is not host:port, e.g. 127.0.0.1:8443`);
+  }
+}
+
+function connect(f: ClientFlags, defaultCert: string): BrokerClient {
+  checkBrokerAddress(f.broker);
   const dev = (name: string) => join(f.devDir, name);
-  const read = (p: string, what: string) => {
-    try {
-      return readFileSync(p);
-    } catch {
-      throw new MayflyError('ERR_INVALID_ARGUMENT', `cannot read ${what} ${p} (run \`mayfly dev init\` or pass --${what})`);
-    }
-  };
-  const ca = read(f.ca ?? dev('ca.pem'), 'ca');
+  const hint = (flag: string) => (f[flag as 'ca' | 'cert' | 'key'] ? `--${flag}` : `--${flag} (default from --dev-dir ${f.devDir}; run \`mayfly dev init\` or pass --${flag})`);
+  const ca = readPem(f.ca ?? dev('ca.pem'), hint('ca'), 'CERTIFICATE');
+  const mtls = () => ({ cert: readPem(f.cert ?? dev(`${defaultCert}.pem`), hint('cert'), 'CERTIFICATE'), key: readPem(f.key ?? dev(`${defaultCert}.key`), hint('key'), 'PRIVATE KEY') });
   if (f.tokenFile) {
-    const token = read(f.tokenFile, 'token-file').toString('utf8').trim();
+    const token = readUserFile(f.tokenFile, '--token-file').toString('utf8').trim();
+    if (token === '') throw new MayflyError('ERR_JWT_INVALID', `--token-file ${f.tokenFile} is empty`);
+    // A certificate-bound (cnf.x5t#S256) token is presented together with its certificate.
+    if (f.cert || f.key) {
+      if (!f.cert || !f.key) throw new MayflyError('ERR_USAGE', '--cert and --key go together: give both, or neither for a plain bearer token');
+      return new BrokerClient({ address: f.broker, ca, ...mtls(), bearer: token });
+    }
     return new BrokerClient({ address: f.broker, ca, bearer: token });
   }
-  return new BrokerClient({ address: f.broker, ca, cert: read(f.cert ?? dev('workload.pem'), 'cert'), key: read(f.key ?? dev('workload.key'), 'key') });
+  return new BrokerClient({ address: f.broker, ca, ...mtls() });
 }
 
-async function withClient<T>(f: ClientFlags, fn: (c: BrokerClient) => Promise<T>): Promise<T> {
-  const c = connect(f);
+async function withClient<T>(f: ClientFlags, fn: (c: BrokerClient) => Promise<T>, defaultCert = 'workload'): Promise<T> {
+  const c = connect(f, defaultCert);
   try {
     return await fn(c);
+  } catch (e) {
+    if (e instanceof MayflyError && e.code === 'ERR_UNAVAILABLE') throw new MayflyError('ERR_UNAVAILABLE', `cannot reach a broker at ${f.broker} (--broker): ${e.message.replace(/^broker unavailable: /, '')}`);
+    throw e;
   } finally {
     c.close();
   }
@@ -86,8 +106,11 @@ const collect = (v: string, prev: string[] = []) => [...prev, v];
 export function buildCli(): Command {
   const program = new Command('mayfly')
     .description('Ephemeral workload-identity token broker: verified identity in, task-scoped short-lived tokens out.')
-    .showHelpAfterError()
-    .configureOutput({ outputError: (s, write) => write(s) });
+    .version(packageVersion(), '-V, --version', 'print the version')
+    // Usage errors surface as CommanderError and become main()'s one error line; help a command
+    // prints because it was called without a subcommand goes to stdout, never to stderr.
+    .exitOverride()
+    .configureOutput({ outputError: () => undefined, writeErr: (s) => process.stdout.write(s) });
 
   const dev = program.command('dev').description('development helpers (dev CA, demo SVIDs, one-command start)');
   dev
@@ -126,7 +149,8 @@ export function buildCli(): Command {
     .requiredOption('--out <prefix>', 'writes PREFIX.pem and PREFIX.key')
     .option('--ttl <duration>', 'validity', '720h')
     .action((o: { caDir: string; spiffeId: string; out: string; ttl: string }) => {
-      issueDevSvid(loadDevCa(o.caDir), o.spiffeId, o.out, parseDuration(o.ttl));
+      const ttl = parseDuration(o.ttl);
+      issueDevSvid(loadDevCa(o.caDir), o.spiffeId, o.out, ttl);
       console.log(`wrote ${o.out}.pem and ${o.out}.key for ${o.spiffeId}`);
     });
 
@@ -153,8 +177,11 @@ export function buildCli(): Command {
     .option('--task <task-id>', 'task id (with --token-file, defaults to the task of that token)')
     .action(async (o: ClientFlags & { task?: string }) => {
       let taskId = o.task;
-      if (!taskId && o.tokenFile) taskId = String(decodeJws(readFileSync(o.tokenFile, 'utf8').trim()).payload['tid'] ?? '');
-      if (!taskId) throw new MayflyError('ERR_INVALID_ARGUMENT', '--task is required (or --token-file with a task token)');
+      if (!taskId && o.tokenFile) {
+        taskId = String(decodeJws(readUserFile(o.tokenFile, '--token-file').toString('utf8').trim()).payload['tid'] ?? '');
+        if (!taskId) throw new MayflyError('ERR_INVALID_ARGUMENT', `--token-file ${o.tokenFile} holds no task token (no tid claim): pass --task`);
+      }
+      if (!taskId) throw new MayflyError('ERR_USAGE', '--task is required (or --token-file with a task token)');
       const r = await withClient(o, (c) => c.completeTask(taskId!));
       console.log(`task ${taskId} completed; ${r.revokedTokens} token(s) revoked across ${r.taskIds.length} task(s)`);
     });
@@ -191,30 +218,30 @@ export function buildCli(): Command {
     .description('decode a JWT locally (no verification)')
     .argument('<jwt>', 'the token, or @file')
     .action((jwt: string) => {
-      const t = jwt.startsWith('@') ? readFileSync(jwt.slice(1), 'utf8').trim() : jwt;
-      const d = decodeJws(t);
+      const d = decodeJws(tokenArg(jwt));
       console.log(JSON.stringify({ header: d.header, claims: d.payload }, null, 2));
     });
   clientOptions(token.command('introspect').description('ask the broker whether a token is active (RFC 7662 semantics)'))
     .argument('<jwt>', 'the token, or @file')
     .action(async (jwt: string, o: ClientFlags) => {
-      const t = jwt.startsWith('@') ? readFileSync(jwt.slice(1), 'utf8').trim() : jwt;
+      const t = tokenArg(jwt);
       const r = await withClient(o, (c) => c.introspect(t));
       console.log(JSON.stringify(r.active ? { active: true, ...(JSON.parse(r.claimsJson) as object) } : { active: false, reason: r.reason }, null, 2));
     });
   clientOptions(token.command('revoke').description('revoke one token (RFC 7009 semantics)'))
     .argument('<jwt>', 'the token, or @file')
     .action(async (jwt: string, o: ClientFlags) => {
-      const t = jwt.startsWith('@') ? readFileSync(jwt.slice(1), 'utf8').trim() : jwt;
+      const t = tokenArg(jwt);
       const r = await withClient(o, (c) => c.revokeToken({ token: t }));
       console.log(r.revoked ? 'revoked' : 'nothing to revoke (unknown or already revoked)');
     });
 
-  clientOptions(program.command('revoke-identity').description('admin: revoke every live task of an identity'))
+  clientOptions(program.command('revoke-identity').description('admin: revoke every live task of an identity (mTLS as an admin; default <dev-dir>/admin.pem)'), 'admin')
     .argument('<identity>', 'SPIFFE ID or <issuer>#<sub>')
     .option('--reason <text>', 'recorded in audit')
     .action(async (id: string, o: ClientFlags & { reason?: string }) => {
-      const r = await withClient(o, (c) => c.revokeIdentity(id, o.reason ?? ''));
+      const target = parseIdentityId(id);
+      const r = await withClient(o, (c) => c.revokeIdentity(target, o.reason ?? ''), 'admin');
       console.log(`${r.revokedTasks} task(s) and ${r.revokedTokens} token(s) revoked`);
     });
 
@@ -228,13 +255,17 @@ export function buildCli(): Command {
     .option('--ttl <duration>', 'requested lifetime')
     .option('--task <task-id>', 'join an existing task of the same identity')
     .option('--url <url>', 'broker HTTPS base URL', 'https://127.0.0.1:8444')
-    .option('--ca <file>', 'CA of the broker certificate', join(DEFAULT_DEV_DIR, 'ca.pem'))
+    .option('--ca <file>', 'CA of the broker certificate (default: .mayfly/ca.pem if it exists, else the system CAs)')
     .addOption(new Option('--subject-token-type <type>', 'jwt or id_token').choices(['jwt', 'id_token']).default('jwt'))
     .option('--json', 'print the full response as JSON')
-    .action(async (o: { subjectTokenFile: string; audience: string; scope: string; purpose?: string; ttl?: string; task?: string; url: string; ca: string; subjectTokenType: string; json?: boolean }) => {
+    .action(async (flags: { subjectTokenFile: string; audience: string; scope: string; purpose?: string; ttl?: string; task?: string; url: string; ca?: string; subjectTokenType: string; json?: boolean }) => {
+      const o = { ...flags, ca: flags.ca ?? join(DEFAULT_DEV_DIR, 'ca.pem'), caGiven: flags.ca !== undefined };
+      const subject = readUserFile(o.subjectTokenFile, '--subject-token-file').toString('utf8').trim();
+      if (subject === '') throw new MayflyError('ERR_JWT_INVALID', `--subject-token-file ${o.subjectTokenFile} is empty`);
+      const url = brokerUrl(o.url, '/oauth2/token');
       const form = new URLSearchParams({
         grant_type: 'urn:ietf:params:oauth:grant-type:token-exchange',
-        subject_token: readFileSync(o.subjectTokenFile, 'utf8').trim(),
+        subject_token: subject,
         subject_token_type: `urn:ietf:params:oauth:token-type:${o.subjectTokenType}`,
         audience: o.audience,
         ...(o.scope ? { scope: o.scope } : {}),
@@ -242,9 +273,9 @@ export function buildCli(): Command {
         ...(o.ttl ? { requested_lifetime: String(parseDuration(o.ttl)) } : {}),
         ...(o.task ? { mayfly_task_id: o.task } : {}),
       });
-      const res = await postForm(new URL('/oauth2/token', o.url), form.toString(), existsSync(o.ca) ? readFileSync(o.ca) : undefined);
-      const body = JSON.parse(res.body) as Record<string, unknown>;
-      if (res.status !== 200) throw new MayflyError('ERR_UNAUTHENTICATED', `${String(body['error'])}: ${String(body['error_description'])}`);
+      const res = await postForm(url, form.toString(), o.caGiven || existsSync(o.ca) ? readPem(o.ca, '--ca', 'CERTIFICATE') : undefined);
+      if (res.status !== 200) throw fromHttpError(res.status, res.body, url.origin);
+      const body = parseJsonBody(res.body, url.origin);
       if (o.json) console.log(JSON.stringify(body));
       else {
         console.log(body['access_token']);
@@ -279,7 +310,7 @@ export function buildCli(): Command {
           ? await OpaEngine.load({ policyFile: resolvePath(baseDir, config.policy.opa!.policy_file), entrypoint: config.policy.opa!.entrypoint, ...(config.policy.opa!.data_file ? { dataFile: resolvePath(baseDir, config.policy.opa!.data_file) } : {}) })
           : await BuiltinEngine.fromFile(resolvePath(baseDir, config.policy.builtin.rules_file));
       try {
-        const raw = JSON.parse(readFileSync(o.input, 'utf8')) as Partial<DecisionInput>;
+        const raw = parseInput(readUserFile(o.input, '--input').toString('utf8'), o.input);
         const input: DecisionInput = {
           version: DECISION_CONTRACT_VERSION,
           ...raw,
@@ -330,16 +361,53 @@ export function buildCli(): Command {
       .action(async (...args: unknown[]) => {
         const kid = name === 'revoke' ? (args[0] as string) : undefined;
         const o = args[name === 'revoke' ? 1 : 0] as { url: string; devDir: string; ca?: string; cert?: string; key?: string };
-        const path = kid ? `/admin/keys/${encodeURIComponent(kid)}/revoke` : '/admin/keys/rotate';
-        const res = await postForm(new URL(path, o.url), '', readFileSync(o.ca ?? join(o.devDir, 'ca.pem')), {
-          cert: readFileSync(o.cert ?? join(o.devDir, 'admin.pem')),
-          key: readFileSync(o.key ?? join(o.devDir, 'admin.key')),
+        const url = brokerUrl(o.url, kid ? `/admin/keys/${encodeURIComponent(kid)}/revoke` : '/admin/keys/rotate');
+        const hint = (flag: 'ca' | 'cert' | 'key') => (o[flag] ? `--${flag}` : `--${flag} (default from --dev-dir ${o.devDir})`);
+        const res = await postForm(url, '', readPem(o.ca ?? join(o.devDir, 'ca.pem'), hint('ca'), 'CERTIFICATE'), {
+          cert: readPem(o.cert ?? join(o.devDir, 'admin.pem'), hint('cert'), 'CERTIFICATE'),
+          key: readPem(o.key ?? join(o.devDir, 'admin.key'), hint('key'), 'PRIVATE KEY'),
         });
-        if (res.status !== 200) throw new MayflyError('ERR_NOT_AUTHORIZED_CLIENT', `broker answered ${res.status}: ${res.body}`);
+        if (res.status !== 200) throw fromHttpError(res.status, res.body, url.origin);
         console.log(res.body);
       });
   }
   return program;
+}
+
+/** The version in package.json. */
+function packageVersion(): string {
+  return (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;
+}
+
+/** `path` on the broker's HTTPS base URL, or ERR_USAGE for a URL that is not https://host[:port]. */
+function brokerUrl(base: string, path: string): URL {
+  let u: URL;
+  try {
+    u = new URL(path, base);
+  } catch {
+    throw new MayflyError('ERR_USAGE', `--url ${JSON.stringify(base)} is not a URL: use e.g. https://127.0.0.1:8444`);
+  }
+  if (u.protocol !== 'https:') throw new MayflyError('ERR_USAGE', `--url ${JSON.stringify(base)} must be https:// (the broker serves HTTP only over TLS)`);
+  return u;
+}
+
+function parseJsonBody(body: string, origin: string): Record<string, unknown> {
+  try {
+    return JSON.parse(body) as Record<string, unknown>;
+  } catch {
+    throw new MayflyError('ERR_UNAVAILABLE', `${origin} did not answer with JSON: is --url a Mayfly broker?`);
+  }
+}
+
+function parseInput(text: string, path: string): Partial<DecisionInput> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new MayflyError('ERR_INVALID_ARGUMENT', `--input ${path} is not JSON (${(e as Error).message}): see docs/policy/input.schema.json`);
+  }
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new MayflyError('ERR_INVALID_ARGUMENT', `--input ${path} must hold a JSON object (a decision input)`);
+  return raw as Partial<DecisionInput>;
 }
 
 function postForm(url: URL, body: string, ca?: Buffer, client?: { cert: Buffer; key: Buffer }): Promise<{ status: number; body: string }> {
@@ -354,12 +422,20 @@ function postForm(url: URL, body: string, ca?: Buffer, client?: { cert: Buffer; 
       },
     );
     req.on('timeout', () => req.destroy(new MayflyError('ERR_UNAVAILABLE', `no answer from ${url.origin} within 10 s`)));
-    req.on('error', (e) => reject(e instanceof MayflyError ? e : new MayflyError('ERR_UNAVAILABLE', `cannot reach ${url.origin}: ${e.message}`)));
+    req.on('error', (e) => reject(e instanceof MayflyError ? e : new MayflyError('ERR_UNAVAILABLE', `cannot reach ${url.origin}: ${e.message}`, { cause: e })));
     req.end(body);
   });
 }
 
+function checkListen(flag: string, v: string | undefined): void {
+  if (v === undefined) return;
+  const m = /^(\[[0-9a-fA-F:.]+\]|[^\s:/[\]]*):(\d{1,5})$/.exec(v);
+  if (!m || Number(m[2]) > 65535) throw new MayflyError('ERR_LISTEN_ADDRESS_INVALID', `${flag} ${JSON.stringify(v)} is not host:port with a port from 0 to 65535, e.g. 127.0.0.1:8443`);
+}
+
 async function serve(configPath: string, o: { grpcListen?: string; httpListen?: string }, dev: boolean): Promise<void> {
+  checkListen('--grpc-listen', o.grpcListen);
+  checkListen('--http-listen', o.httpListen);
   const loaded = loadConfig(configPath);
   const broker = await startBroker(loaded, { ...(o.grpcListen ? { grpcListen: o.grpcListen } : {}), ...(o.httpListen ? { httpListen: o.httpListen } : {}) });
   const g = `${broker.grpc.address.host}:${broker.grpc.address.port}`;
@@ -389,14 +465,45 @@ async function serve(configPath: string, o: { grpcListen?: string; httpListen?: 
   process.on('SIGHUP', () => void broker.reload());
 }
 
-/** Entry point: runs the CLI and turns any error into one line and exit code 1. */
+/** The command a usage error is about, for its `--help` hint: the subcommands named in argv. */
+function commandPath(program: Command, args: string[]): string {
+  const names = ['mayfly'];
+  let cur = program;
+  for (const a of args) {
+    if (a.startsWith('-')) continue;
+    const next = cur.commands.find((c) => c.name() === a || c.aliases().includes(a));
+    if (!next) break;
+    names.push(a);
+    cur = next;
+  }
+  return names.join(' ');
+}
+
+function usageError(e: CommanderError, program: Command, args: string[]): MayflyError {
+  const path = commandPath(program, args);
+  const text = e.message.replace(/^error: /, '');
+  if (e.code === 'commander.help' || e.code === 'commander.executeSubCommandAsync') {
+    return new MayflyError('ERR_USAGE', `\`${path}\` needs a command: see the list above`);
+  }
+  return new MayflyError('ERR_USAGE', `${text} (see \`${path} --help\`)`);
+}
+
+/**
+ * Entry point: runs the CLI and turns any failure, usage errors included,
+ * into one `mayfly: ERR_…: …` line on stderr and exit code 1 (2 stays
+ * reserved for a policy denial from `policy eval`).
+ */
 export async function main(argv: string[]): Promise<void> {
+  const program = buildCli();
   try {
-    await buildCli().parseAsync(argv);
+    await program.parseAsync(argv);
   } catch (e) {
-    const err = e instanceof MayflyError ? e : MayflyError.from(e);
-    const msg = err.code === 'ERR_INTERNAL' && err.cause instanceof Error ? err.cause.message : err.message;
-    process.stderr.write(`mayfly: ${err.code}: ${msg}\n`);
+    if (e instanceof CommanderError && e.exitCode === 0) return; // --help, --version
+    const err = e instanceof CommanderError ? usageError(e, program, argv.slice(2)) : toCliError(e);
+    const msg = err.code === 'ERR_INTERNAL' && err.cause instanceof Error ? `${err.cause.message} (a Mayfly bug: please report it)` : err.message;
+    process.stderr.write(`mayfly: ${err.code}: ${oneLine(msg)}\n`);
     process.exitCode = 1;
+    // Whatever a failed command left open (a half-started listener, a socket) must not keep the process alive.
+    setTimeout(() => process.exit(1), 2_000).unref();
   }
 }

@@ -77,17 +77,19 @@ export class BrokerClient {
     });
   }
 
-  beginTask(req: MessageInitShape<typeof pb.BeginTaskRequestSchema>) {
-    return this.unary('BeginTask', pb.BeginTaskRequestSchema, pb.BeginTaskResponseSchema, req);
+  beginTask(req: WithSeconds<pb.BeginTaskRequest, 'ttlSeconds' | 'leaseSeconds'>) {
+    const { ttlSeconds, leaseSeconds, ...rest } = req;
+    return this.unary('BeginTask', pb.BeginTaskRequestSchema, pb.BeginTaskResponseSchema, { ...rest, ...seconds('ttlSeconds', ttlSeconds), ...seconds('leaseSeconds', leaseSeconds) });
   }
-  issueToken(req: MessageInitShape<typeof pb.IssueTokenRequestSchema>) {
-    return this.unary('IssueToken', pb.IssueTokenRequestSchema, pb.IssueTokenResponseSchema, req);
+  issueToken(req: WithSeconds<pb.IssueTokenRequest, 'ttlSeconds'>) {
+    const { ttlSeconds, ...rest } = req;
+    return this.unary('IssueToken', pb.IssueTokenRequestSchema, pb.IssueTokenResponseSchema, { ...rest, ...seconds('ttlSeconds', ttlSeconds) });
   }
   completeTask(taskId: string) {
     return this.unary('CompleteTask', pb.CompleteTaskRequestSchema, pb.CompleteTaskResponseSchema, { taskId });
   }
   renewTask(taskId: string, leaseSeconds: number) {
-    return this.unary('RenewTask', pb.RenewTaskRequestSchema, pb.RenewTaskResponseSchema, { taskId, leaseSeconds });
+    return this.unary('RenewTask', pb.RenewTaskRequestSchema, pb.RenewTaskResponseSchema, { taskId, leaseSeconds: BigInt(leaseSeconds) });
   }
   introspect(token: string) {
     return this.unary('Introspect', pb.IntrospectRequestSchema, pb.IntrospectResponseSchema, { token });
@@ -140,3 +142,12 @@ export class BrokerClient {
 }
 
 export { pb };
+
+/** A request shape whose 64-bit seconds fields also take plain numbers (as they did when they were uint32). */
+type WithSeconds<T, K extends keyof T> = Partial<Omit<T, K | '$typeName' | '$unknown'>> & { [P in K]?: number | bigint };
+
+/** `{ [field]: bigint }` for a given value, nothing for undefined; numbers must be whole and non-negative. */
+function seconds<K extends string>(field: K, v: number | bigint | undefined): { [P in K]?: bigint } {
+  if (v === undefined) return {};
+  return { [field]: BigInt(v) } as { [P in K]?: bigint };
+}

@@ -38,7 +38,10 @@ export function loadConfig(path: string): LoadedConfig {
   try {
     text = readFileSync(abs, 'utf8');
   } catch (cause) {
-    throw mayflyError('ERR_CONFIG_INVALID', `cannot read config file ${abs}: ${(cause as Error).message}`);
+    const code = (cause as { code?: unknown }).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') throw mayflyError('ERR_FILE_NOT_FOUND', `config file ${abs} does not exist (\`mayfly dev init\` writes one)`, undefined, cause);
+    if (code === 'EISDIR') throw mayflyError('ERR_FILE_ACCESS', `config file ${abs} is a directory: name the YAML file, e.g. ${abs}/mayfly.yaml`, undefined, cause);
+    throw mayflyError('ERR_FILE_ACCESS', `cannot read config file ${abs}: ${String(code ?? (cause as Error).message)}`, undefined, cause);
   }
   let doc: unknown;
   try {

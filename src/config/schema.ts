@@ -4,6 +4,7 @@
  */
 import { z } from 'zod';
 import { policySectionSchema } from './sections/policy.js';
+import { storeSectionSchema } from './sections/store.js';
 
 const hostPort = z
   .string()
@@ -78,15 +79,7 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
-    store: z
-      .object({
-        backend: z.enum(['sqlite', 'memory']).default('sqlite'),
-        path: z.string().min(1).default('mayfly.db'),
-        gc_interval_seconds: seconds(60, 86_400),
-        gc_grace_seconds: seconds(3600),
-      })
-      .strict()
-      .prefault({}),
+    store: storeSectionSchema.prefault({}),
     tokens: z
       .object({ default_ttl_seconds: seconds(300, 86_400), max_ttl_seconds: seconds(3600, 86_400) })
       .strict()
@@ -105,7 +98,8 @@ export const configSchema = z
     keys: z
       .object({
         alg: z.enum(['ES256', 'EdDSA', 'RS256']).default('ES256'),
-        store: z.enum(['file', 'memory']).default('file'),
+        /** Where signing keys live: file (data dir), memory (dev), postgres (shared by every replica). Default: postgres with store.backend postgres, else file. */
+        store: z.enum(['file', 'memory', 'postgres']).optional(),
         /** Key-encryption key (base64 of 32 bytes) from this environment variable... */
         kek_env: z.string().min(1).default('MAYFLY_KEK'),
         /** ...or from this file (mode 0600). */

@@ -25,6 +25,8 @@ export interface DecisionInput {
     audience?: string;
     scopes: string[];
     ttl_seconds: number;
+    /** exchange that begins its own task: the requested lifetime of that task. */
+    task_ttl_seconds?: number;
     purpose?: string;
     labels: Record<string, string>;
     tool?: string;
@@ -53,6 +55,11 @@ export interface DecisionOutput {
   reasons: string[];
   /** Upper bound on the TTL of what is granted, seconds. */
   max_ttl_seconds?: number;
+  /**
+   * exchange that begins its own task: upper bound on that task's TTL, seconds.
+   * Absent: max_ttl_seconds bounds the task too.
+   */
+  max_task_ttl_seconds?: number;
   /** Granted scopes; must be a subset of request.scopes. */
   scopes?: string[];
   /** Extra claims, embedded under the namespaced `mayfly` claim; never overriding registered claims. */

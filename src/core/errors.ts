@@ -25,6 +25,14 @@ export const ERROR_CODES = {
   ERR_AUDIENCE_INVALID: 'invalid_argument',
   ERR_SCOPE_INVALID: 'invalid_argument',
   ERR_TOO_LARGE: 'invalid_argument',
+  // Command-line and operator input (the CLI's one error line).
+  ERR_USAGE: 'invalid_argument',
+  ERR_FILE_NOT_FOUND: 'invalid_argument',
+  ERR_FILE_ACCESS: 'invalid_argument',
+  ERR_PEM_INVALID: 'invalid_argument',
+  ERR_TLS_KEY_MISMATCH: 'invalid_argument',
+  ERR_LISTEN_ADDRESS_INVALID: 'invalid_argument',
+  ERR_ADDRESS_IN_USE: 'unavailable',
   // Who is asking could not be established.
   ERR_UNAUTHENTICATED: 'unauthenticated',
   ERR_SPIFFE_ID_INVALID: 'unauthenticated',
@@ -34,6 +42,8 @@ export const ERROR_CODES = {
   ERR_JWT_SIGNATURE: 'unauthenticated',
   ERR_ISSUER_UNKNOWN: 'unauthenticated',
   ERR_KEY_UNKNOWN: 'unauthenticated',
+  /** A presented or fetched key is below the key-strength policy (core/key-policy.ts). */
+  ERR_KEY_WEAK: 'unauthenticated',
   // Authenticated but not allowed.
   ERR_POLICY_DENIED: 'permission_denied',
   ERR_POLICY_ERROR: 'permission_denied',

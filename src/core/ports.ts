@@ -1,12 +1,14 @@
 /**
- * Ports: the interfaces the service layer depends on. Adapters live in
- * store/, tokens/, policy/ and audit/; each port has a contract suite in
- * test/contracts that every adapter passes.
+ * Ports: the interfaces the service layer depends on, and the one the
+ * transports depend on to learn who is calling. Adapters live in store/,
+ * tokens/, policy/, audit/ and service/; each storage-like port has a
+ * contract suite in test/contracts that every adapter passes.
  */
 import type { DecisionInput } from './decision.js';
 import type {
   AuditHead,
   EpochMs,
+  Identity,
   KeyInfo,
   KeyState,
   RevocationEvent,
@@ -20,6 +22,19 @@ import type {
 /** Wall clock, injected so validators and tests control time. */
 export interface Clock {
   now(): EpochMs;
+}
+
+/**
+ * Proves who a caller is from what it presented. Implemented in
+ * service/authenticate.ts; the transports hand it what they received and
+ * never verify a credential themselves. Every method throws a MayflyError of
+ * kind `unauthenticated` (or `invalid_argument` for a malformed credential).
+ */
+export interface CallerAuthenticator {
+  /** Identity from a client certificate chain (leaf first, DER). */
+  fromCertificate(chainDer: Buffer[]): Identity;
+  /** Identity from a bearer credential: JWT-SVID, OIDC token or Mayfly task token. */
+  fromBearer(token: string): Promise<Identity>;
 }
 
 /** Randomness, injected for the same reason. */
@@ -97,6 +112,25 @@ export interface Store {
   putAuditHead(head: AuditHead): Promise<void>;
   /** The head last recorded for that broker, or null. */
   getAuditHead(brokerId: string): Promise<AuditHead | null>;
+  close(): Promise<void>;
+}
+
+/** What Coordinator.runExclusive did. */
+export type ExclusiveRun<T> = { ran: true; value: T } | { ran: false };
+
+/**
+ * Runs cluster-wide jobs (lease sweeper, GC, key promotion) on exactly one
+ * broker at a time. A broker that takes a job keeps it while it lives, so the
+ * job runs once per tick across the cluster; when that broker dies another
+ * takes the job over on its next tick. Single-process backends are always
+ * the leader.
+ */
+export interface Coordinator {
+  /** Runs `fn` if this broker holds (or can take) `job`; `{ ran: false }` without running when another broker holds it. */
+  runExclusive<T>(job: string, fn: () => Promise<T>): Promise<ExclusiveRun<T>>;
+  /** Jobs this broker currently holds (for health and tests). */
+  held(): string[];
+  /** Releases every job. */
   close(): Promise<void>;
 }
 
@@ -189,5 +223,12 @@ export interface AuditEntry {
 /** Append-only audit log. `write` must not throw on the request path; failures surface through health. */
 export interface AuditSink {
   write(entry: AuditEntry): void;
+  /**
+   * Appends like write(), and resolves once the record is written or rejects
+   * if it could not be, so a use-case never answers a request whose record
+   * is missing. Records confirmed in one event-loop turn share one write.
+   * Optional: a sink without it is written with write().
+   */
+  writeConfirmed?(entry: AuditEntry): Promise<void>;
   close(): Promise<void>;
 }

@@ -8,6 +8,7 @@
  */
 import { X509Certificate } from 'node:crypto';
 import { mayflyError } from '../core/errors.js';
+import { assertKeyStrength } from '../core/key-policy.js';
 import type { EpochMs } from '../core/types.js';
 import { certificateThumbprint } from '../tokens/hashes.js';
 import { DerError, OID, UNDERSTOOD_EXTENSIONS, readCertificateFields, type CertificateFields } from './x509-extensions.js';
@@ -133,6 +134,7 @@ function validatePath(path: Node[], trustDomain: string, now: EpochMs): void {
       fail(`${k - 1 === 0 ? 'leaf certificate' : `intermediate certificate ${below.index}`} names an issuer that does not match ${role} (issuer name or key identifier differs)`);
     }
     checkValidity(node, role, now);
+    if (isAnchor) assertKeyStrength(node.cert.publicKey, `root certificate key (${describe(node.cert)})`, { trustDomain });
   }
 }
 
@@ -152,6 +154,8 @@ export function verifyX509Svid(chainDer: Buffer[], source: X509BundleSource, opt
     }
   });
   const leaf = nodes[0]!;
+  // One key-strength policy for every key (core/key-policy.ts), checked before any signature work.
+  for (const n of nodes) assertKeyStrength(n.cert.publicKey, n.index === 0 ? 'leaf certificate key' : `intermediate certificate ${n.index} key`);
 
   // X.509-SVID §2 and §5.2: the SPIFFE ID is the single URI SAN; more than one MUST be rejected.
   const uris = leaf.fields.uris;

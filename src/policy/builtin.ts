@@ -171,8 +171,11 @@ function grant(rule: CompiledRule, input: DecisionInput): DecisionOutput {
   const reasons = [`rule "${rule.name}" allows ${action}`];
   const dropped = requested.filter((s) => !rule.scopes.includes(s));
   if (dropped.length > 0) reasons.push(`rule "${rule.name}": scopes [${dropped.join(', ')}] not allowed and dropped`);
-  const maxTtl = taskLevel ? (rule.maxTaskTtlSeconds ?? rule.maxTtlSeconds) : rule.maxTtlSeconds;
-  return { allow: true, reasons, scopes: granted, max_ttl_seconds: maxTtl };
+  const maxTaskTtl = rule.maxTaskTtlSeconds ?? rule.maxTtlSeconds;
+  const out: DecisionOutput = { allow: true, reasons, scopes: granted, max_ttl_seconds: taskLevel ? maxTaskTtl : rule.maxTtlSeconds };
+  // An exchange without a task begins one: the rule's task cap bounds it, as it would a begin_task.
+  if (action === 'exchange' && input.task === undefined) out.max_task_ttl_seconds = maxTaskTtl;
+  return out;
 }
 
 /** Pure evaluation of compiled rules against one input: first granting rule decides, default deny. */

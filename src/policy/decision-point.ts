@@ -23,7 +23,7 @@ export const REGISTERED_CLAIMS: ReadonlySet<string> = new Set([
   'iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'jti', 'scope', 'cnf', 'act', 'tid', 'client_id', 'typ',
 ]);
 
-const DECISION_FIELDS = new Set(['allow', 'reasons', 'max_ttl_seconds', 'scopes', 'claims']);
+const DECISION_FIELDS = new Set(['allow', 'reasons', 'max_ttl_seconds', 'max_task_ttl_seconds', 'scopes', 'claims']);
 
 /** Outcome of checking a raw engine document: `ok` is false when the document broke the contract. */
 export interface DecisionCheck {
@@ -51,6 +51,10 @@ function typeName(v: unknown): string {
   return typeof v;
 }
 
+function isPositiveInteger(v: unknown): boolean {
+  return typeof v === 'number' && Number.isSafeInteger(v) && v > 0;
+}
+
 function malformed(error: string): DecisionCheck {
   return { ok: false, error, output: { allow: false, reasons: [`policy error: ${error}`] } };
 }
@@ -71,13 +75,16 @@ export function checkDecision(input: DecisionInput, raw: unknown): DecisionCheck
   for (const key of Object.keys(raw)) {
     if (!DECISION_FIELDS.has(key)) return malformed(`unknown field "${key}" in decision (allowed: ${[...DECISION_FIELDS].join(', ')})`);
   }
-  const { allow, reasons, max_ttl_seconds: maxTtl, scopes, claims } = raw;
+  const { allow, reasons, max_ttl_seconds: maxTtl, max_task_ttl_seconds: maxTaskTtl, scopes, claims } = raw;
   if (typeof allow !== 'boolean') return malformed(`"allow" must be a boolean, got ${typeName(allow)}`);
   if (reasons !== undefined && !(Array.isArray(reasons) && reasons.every((r) => typeof r === 'string'))) {
     return malformed('"reasons" must be an array of strings');
   }
-  if (maxTtl !== undefined && !(typeof maxTtl === 'number' && Number.isSafeInteger(maxTtl) && maxTtl > 0)) {
+  if (maxTtl !== undefined && !isPositiveInteger(maxTtl)) {
     return malformed(`"max_ttl_seconds" must be a positive integer, got ${JSON.stringify(maxTtl) ?? typeName(maxTtl)}`);
+  }
+  if (maxTaskTtl !== undefined && !isPositiveInteger(maxTaskTtl)) {
+    return malformed(`"max_task_ttl_seconds" must be a positive integer, got ${JSON.stringify(maxTaskTtl) ?? typeName(maxTaskTtl)}`);
   }
   if (scopes !== undefined) {
     if (!(Array.isArray(scopes) && scopes.every((s) => typeof s === 'string'))) return malformed('"scopes" must be an array of strings');
@@ -94,6 +101,7 @@ export function checkDecision(input: DecisionInput, raw: unknown): DecisionCheck
   if (!allow) return { ok: true, output: { allow: false, reasons: why.length > 0 ? [...why] : ['denied by policy (no reason given)'] } };
   const output: DecisionOutput = { allow: true, reasons: [...why], scopes: [...new Set((scopes as string[] | undefined) ?? requested)] };
   if (maxTtl !== undefined) output.max_ttl_seconds = maxTtl as number;
+  if (maxTaskTtl !== undefined) output.max_task_ttl_seconds = maxTaskTtl as number;
   if (claims !== undefined) output.claims = { ...(claims as Record<string, unknown>) };
   return { ok: true, output };
 }

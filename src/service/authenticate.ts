@@ -1,18 +1,21 @@
 /**
- * Turns what a caller presents into a verified Identity: an X.509-SVID chain
- * from mTLS, or a bearer JWT (JWT-SVID, OIDC token, Mayfly task token),
- * routed by its unverified `iss`/`sub` and then fully verified by the one
- * verifier responsible for it.
+ * Who is calling. `Authenticator` turns what a caller presents into a
+ * verified Identity: an X.509-SVID chain from mTLS, or a bearer JWT
+ * (JWT-SVID, OIDC token, Mayfly task token), routed by its unverified
+ * `iss`/`sub` and then fully verified by the one verifier responsible for it.
+ * `CallerAuthentication` is the one authenticate-and-audit step both
+ * transports share: the only place that writes `auth.failure`.
  */
-import { isMayflyError, mayflyError } from '../core/errors.js';
-import type { Clock } from '../core/ports.js';
+import { isMayflyError, mayflyError, MayflyError } from '../core/errors.js';
+import type { AuditEntry, AuditSink, CallerAuthenticator, Clock } from '../core/ports.js';
 import type { Identity } from '../core/types.js';
 import { verifyJwtSvid } from '../identity/jwt-svid.js';
 import type { OidcVerifier } from '../identity/oidc.js';
 import type { TrustSource } from '../identity/trust-source.js';
 import { verifyX509Svid } from '../identity/x509-svid.js';
 import { decodeJws } from '../tokens/jws.js';
-import type { CallerAuthenticator } from '../transport/tls.js';
+import { tokenHash } from '../tokens/hashes.js';
+import type { CallContext } from './deps.js';
 
 export interface AuthenticatorOptions {
   /** The broker's own issuer: bearer tokens with this `iss` are task tokens. */
@@ -64,5 +67,77 @@ export class Authenticator implements CallerAuthenticator {
       return verifyJwtSvid(token, this.trust, { audience: this.o.jwtSvidAudiences, now: this.o.clock.now(), clockSkewSeconds: this.o.clockSkewSeconds });
     }
     throw mayflyError('ERR_ISSUER_UNKNOWN', typeof iss === 'string' ? `issuer ${JSON.stringify(iss.slice(0, 200))} is not a trusted issuer` : 'token has no issuer and is not a JWT-SVID');
+  }
+}
+
+/** Extracts the bearer token from an Authorization header (or gRPC metadata) value. */
+export function bearerFrom(header: string | undefined): string | undefined {
+  if (!header) return undefined;
+  const m = /^Bearer\s+([A-Za-z0-9._~+/=-]+)\s*$/i.exec(header);
+  if (!m) throw mayflyError('ERR_UNAUTHENTICATED', 'authorization must be "Bearer <token>"');
+  return m[1];
+}
+
+/** Where a call came from, for the context and the audit record. */
+export interface CallOrigin {
+  requestId: string;
+  peer?: string;
+  /** The RPC or route name. */
+  method: string;
+}
+
+/** What the transport received: the connection's certificate identity, and the authorization value. */
+export interface PresentedCredentials {
+  /**
+   * Identity of the connection's client certificate (the transport caches it
+   * per connection), null when the connection has none. Throws MayflyError
+   * when the certificate does not verify.
+   */
+  certificate?: () => Identity | null;
+  /** The Authorization header or metadata value, as received. */
+  authorization?: string;
+}
+
+/** The authenticate-and-audit step shared by every transport. */
+export class CallerAuthentication {
+  constructor(
+    private readonly auth: CallerAuthenticator,
+    private readonly audit: AuditSink,
+  ) {}
+
+  /** The caller by client certificate, else by bearer token. */
+  async caller(presented: PresentedCredentials, origin: CallOrigin): Promise<CallContext> {
+    try {
+      const fromCert = presented.certificate?.() ?? null;
+      if (fromCert) return this.context(fromCert, origin);
+      const token = bearerFrom(presented.authorization);
+      if (!token) throw mayflyError('ERR_UNAUTHENTICATED', 'no client certificate or bearer token was presented');
+      return this.context(await this.auth.fromBearer(token), origin);
+    } catch (e) {
+      throw this.failed(e, origin, {});
+    }
+  }
+
+  /**
+   * The subject of a token exchange (RFC 8693): the subject token is the
+   * credential. A malformed one is an invalid grant, not a bad request.
+   */
+  async subject(subjectToken: string, origin: CallOrigin): Promise<CallContext> {
+    try {
+      return this.context(await this.auth.fromBearer(subjectToken), origin);
+    } catch (e) {
+      const err = this.failed(e, origin, { token_sha256: tokenHash(subjectToken) });
+      throw err.kind === 'invalid_argument' ? mayflyError('ERR_JWT_INVALID', err.message) : err;
+    }
+  }
+
+  private context(identity: Identity, origin: CallOrigin): CallContext {
+    return { identity, requestId: origin.requestId, ...(origin.peer !== undefined ? { peer: origin.peer } : {}) };
+  }
+
+  private failed(e: unknown, origin: CallOrigin, extra: Partial<AuditEntry>): MayflyError {
+    const err = MayflyError.from(e);
+    this.audit.write({ event: 'auth.failure', outcome: 'denied', request_id: origin.requestId, peer: origin.peer, method: origin.method, code: err.code, reason: err.message, ...extra });
+    return err;
   }
 }

@@ -1,17 +1,22 @@
 /**
- * The broker's use-cases: begin, issue, complete, renew, introspect, revoke.
- * Transport-agnostic: gRPC and HTTP handlers authenticate the caller, then
- * call these with a CallContext. Every call writes exactly one audit record.
+ * The broker's use-cases: begin, issue, exchange, complete, renew,
+ * introspect, revoke. Transport-agnostic: the transports authenticate the
+ * caller (service/authenticate.ts), then call one of these with a
+ * CallContext. Each call authorizes (service/authorize.ts), validates
+ * (service/validate.ts), asks policy at most once, mints then verifies,
+ * stores, and writes exactly one audit record.
  */
 import { DECISION_CONTRACT_VERSION, type Decision, type DecisionInput, type PolicyAction } from '../core/decision.js';
 import { MayflyError, mayflyError } from '../core/errors.js';
-import type { AuditEntry, AuditEvent } from '../core/ports.js';
+import type { AuditEntry } from '../core/ports.js';
 import type { Identity, TaskEndResult, TaskRecord, TokenRecord } from '../core/types.js';
 import { buildClaims, type MayflyClaims } from '../tokens/claims.js';
 import { tokenHash } from '../tokens/hashes.js';
 import { mintToken } from '../tokens/mint.js';
 import { verifyMayflyToken } from '../tokens/verify.js';
 import { inputDigest } from '../policy/digest.js';
+import { audited, auditIdentity } from './audited.js';
+import { Authorizer } from './authorize.js';
 import type { CallContext, ServiceDeps } from './deps.js';
 import { IssuanceCounter } from './issuance-counter.js';
 import * as v from './validate.js';
@@ -34,8 +39,20 @@ export interface IssueTokenParams {
   tool?: unknown;
   argsDigest?: unknown;
   singleUse?: unknown;
-  /** Which action policy sees: issue_token (default) or exchange. */
-  action?: 'issue_token' | 'exchange';
+}
+
+/** RFC 8693 token exchange: a token for an existing task, or for a task begun by this exchange. */
+export interface ExchangeParams {
+  /** The task to issue for; absent: the exchange begins a task of its own. */
+  taskId?: unknown;
+  audience?: unknown;
+  scopes?: unknown;
+  /** Requested token lifetime. */
+  ttlSeconds?: unknown;
+  /** Lifetime of the task the exchange begins (default: the token's). */
+  taskTtlSeconds?: unknown;
+  /** Purpose of the task the exchange begins. */
+  purpose?: unknown;
 }
 
 export interface IssuedToken {
@@ -46,17 +63,54 @@ export interface IssuedToken {
   taskId: string;
 }
 
+export interface ExchangedToken extends IssuedToken {
+  /** Deadline of the task this exchange began; absent when it issued for an existing task. */
+  taskExpiresAt?: number;
+}
+
 export interface IntrospectResult {
   active: boolean;
   reason?: 'expired' | 'revoked' | 'unknown_signer' | 'malformed' | 'not_yet_valid' | 'unknown_token' | 'wrong_issuer' | 'invalid_signature';
   claims?: MayflyClaims;
 }
 
+/** Why a Mayfly token did not verify, by error code and detail (never by message text). */
+function inactiveReason(err: MayflyError): IntrospectResult['reason'] {
+  switch (err.code) {
+    case 'ERR_JWT_EXPIRED':
+      return 'expired';
+    case 'ERR_KEY_UNKNOWN':
+      return 'unknown_signer';
+    case 'ERR_JWT_SIGNATURE':
+      return 'invalid_signature';
+    case 'ERR_JWT_INVALID':
+      return err.details?.['reason'] === 'not_yet_valid' ? 'not_yet_valid' : err.details?.['reason'] === 'wrong_issuer' ? 'wrong_issuer' : 'malformed';
+    default:
+      return 'malformed';
+  }
+}
+
+/** A token to mint for a task, after policy said yes. */
+interface MintRequest {
+  task: TaskRecord;
+  audience: string;
+  requested: string[];
+  ttlSeconds: number;
+  decision: Decision;
+  tool: string | null;
+  argsDigest: string | null;
+  singleUse: boolean;
+  now: number;
+  started: number;
+}
 
 export class BrokerService {
   private readonly issuance = new IssuanceCounter();
+  private readonly access: Authorizer;
 
-  constructor(private readonly d: ServiceDeps) {}
+  constructor(private readonly d: ServiceDeps) {
+    this.access = d.access ?? new Authorizer({ admins: d.config.admins });
+  }
 
   /** Starts a task owned by the caller (or a delegated child of a task the caller holds). */
   async beginTask(ctx: CallContext, p: BeginTaskParams): Promise<TaskRecord> {
@@ -71,9 +125,7 @@ export class BrokerService {
       const actor = v.text('actor', p.actor, v.LIMITS.actorMax, false);
       const now = this.d.clock.now();
 
-      if (ctx.identity.method === 'task-token' && parentId !== ctx.identity.claims['tid']) {
-        throw mayflyError('ERR_NOT_AUTHORIZED_CLIENT', 'a task token may only start child tasks of its own task');
-      }
+      this.access.requireMayStartTask(ctx.identity, parentId);
       let parent: TaskRecord | null = null;
       if (parentId) {
         parent = await this.loadOwnedTask(ctx.identity, parentId, rec);
@@ -98,123 +150,165 @@ export class BrokerService {
       if (parent) expiresAt = Math.min(expiresAt, parent.expiresAt);
       // Delegated children are capped at what policy granted; root tasks keep the request as ceiling when given.
       const ceiling = parent ? (decision.scopes ?? requestedScopes) : requestedScopes.length > 0 ? (decision.scopes ?? requestedScopes) : null;
-      const id = this.newId(now);
-      const task: TaskRecord = {
-        id,
-        owner: ctx.identity.id,
-        ownerKind: ctx.identity.kind,
-        purpose,
-        labels,
-        createdAt: now,
-        expiresAt,
-        leaseExpiresAt: lease > 0 ? Math.min(now + lease * 1000, expiresAt) : null,
-        status: 'active',
-        endedAt: null,
-        endReason: null,
-        parentId: parent?.id ?? null,
-        rootId: parent?.rootId ?? id,
-        depth: parent ? parent.depth + 1 : 0,
-        scopeCeiling: ceiling,
-        actors: parent ? [...(parent.actors.length ? parent.actors : [parent.owner]), actor || ctx.identity.id] : [],
-        tokensIssued: 0,
-      };
-      await this.d.store.createTask(task);
-      rec.task_id = id;
+      const task = await this.createTask(ctx.identity, { purpose, labels, now, expiresAt, lease, parent, ceiling, actor });
+      rec.task_id = task.id;
       rec.parent_task_id = task.parentId ?? undefined;
       rec.expires_at = new Date(expiresAt).toISOString();
-      this.d.observer?.taskBegun?.();
       return task;
     });
   }
 
   /** Mints a token for one audience, scoped to the task. Only the task's owner may. */
   async issueToken(ctx: CallContext, p: IssueTokenParams): Promise<IssuedToken> {
-    return this.audited(p.action === 'exchange' ? 'token.exchange' : 'token.issue', ctx, async (rec) => {
+    return this.audited('token.issue', ctx, async (rec) => {
       const started = performance.now();
       const taskId = v.opaqueId('task_id', p.taskId);
       rec.task_id = taskId;
-      const aud = v.audience(p.audience);
-      rec.audience = aud;
+      const audience = v.audience(p.audience);
+      rec.audience = audience;
       const requested = v.scopes(p.scopes);
       rec.requested_scopes = requested;
       const tcfg = this.d.config.tokens;
-      const ttl = v.ttlSeconds('ttl_seconds', p.ttlSeconds, tcfg.defaultTtlSeconds, tcfg.maxTtlSeconds);
+      const ttlSeconds = v.ttlSeconds('ttl_seconds', p.ttlSeconds, tcfg.defaultTtlSeconds, tcfg.maxTtlSeconds);
       const tool = v.text('tool', p.tool, v.LIMITS.toolMax, false) || null;
       const argsDigest = v.digest('args_digest', p.argsDigest);
       const singleUse = p.singleUse === true;
       const now = this.d.clock.now();
 
-      const task = await this.loadOwnedTask(ctx.identity, taskId, rec);
-      this.assertActive(task, now);
-      if (ctx.identity.method === 'task-token') {
-        // A bearer task token can only be exchanged for a narrower one: same audience, a subset of its scopes.
-        const held = String(ctx.identity.claims['scope'] ?? '').split(' ').filter(Boolean);
-        if (aud !== ctx.identity.claims['aud']) throw mayflyError('ERR_AUDIENCE_DENIED', 'a task token can only be exchanged for a token of its own audience');
-        const wider = requested.filter((sc) => !held.includes(sc));
-        if (wider.length > 0) throw mayflyError('ERR_SCOPE_DENIED', `a task token cannot widen its scopes; not held: ${wider.join(' ')}`);
-      }
-      if (task.scopeCeiling) {
-        const outside = requested.filter((s) => !task.scopeCeiling!.includes(s));
-        if (outside.length > 0) throw mayflyError('ERR_SCOPE_DENIED', `scopes not available to this task: ${outside.join(' ')}`);
-      }
+      const task = await this.taskForToken(ctx, taskId, audience, requested, rec, now);
       const decision = await this.decide(ctx, rec, {
-        action: p.action ?? 'issue_token',
-        audience: aud,
+        action: 'issue_token',
+        audience,
         scopes: requested,
-        ttl_seconds: ttl,
+        ttl_seconds: ttlSeconds,
         labels: task.labels,
         ...(tool ? { tool } : {}),
         ...(argsDigest ? { args_digest: argsDigest } : {}),
       }, task, now);
-      const granted = decision.scopes ?? requested;
-      // exp ≤ min(now + requested TTL, policy max TTL, task deadline).
-      let exp = Math.min(now + ttl * 1000, task.expiresAt);
-      if (decision.max_ttl_seconds !== undefined) exp = Math.min(exp, now + decision.max_ttl_seconds * 1000);
-      exp = Math.floor(exp / 1000) * 1000;
-      if (exp <= now) throw mayflyError('ERR_TASK_NOT_ACTIVE', 'the task ends before a token could be valid');
-
-      const { signer, publicKey, info } = this.d.keys.active();
-      const jti = this.newId(now);
-      const claims = buildClaims({
-        issuer: this.d.config.issuer,
-        subject: task.owner,
-        audience: aud,
-        scopes: granted,
-        jti,
-        taskId: task.id,
-        issuedAtMs: now,
-        expiresAtMs: exp,
-        certThumbprint: ctx.identity.certThumbprint ?? null,
-        actors: task.actors,
-        parentTaskId: task.parentId,
-        tool,
-        argsDigest,
-        singleUse,
-        ...(decision.claims ? { extra: decision.claims } : {}),
-      });
-      const token = mintToken(claims, signer, publicKey, now);
-      const record: TokenRecord = {
-        jti,
-        taskId: task.id,
-        kid: info.kid,
-        sub: task.owner,
-        audience: aud,
-        scopes: granted,
-        issuedAt: now,
-        expiresAt: exp,
-        certThumbprint: ctx.identity.certThumbprint ?? null,
-        singleUse,
-        tool,
-        argsDigest,
-        revokedAt: null,
-      };
-      await this.d.store.recordToken(record);
-      this.d.keys.noteTokenExpiry(info.kid, exp);
-      this.issuance.add(ctx.identity.id, now);
-      Object.assign(rec, { jti, kid: info.kid, scopes: granted, expires_at: new Date(exp).toISOString(), tool: tool ?? undefined, args_digest: argsDigest ?? undefined });
-      this.d.observer?.tokenIssued?.(aud, performance.now() - started);
-      return { token, tokenId: jti, expiresAt: exp, scopes: granted, taskId: task.id };
+      return this.mint(ctx, rec, { task, audience, requested, ttlSeconds, decision, tool, argsDigest, singleUse, now, started });
     });
+  }
+
+  /**
+   * RFC 8693 token exchange for an already authenticated subject: one policy
+   * decision (action `exchange`) and one audit record (`token.exchange`).
+   * Without a task id it begins the task and mints its token in one step.
+   */
+  async exchange(ctx: CallContext, p: ExchangeParams): Promise<ExchangedToken> {
+    return this.audited('token.exchange', ctx, async (rec) => {
+      const started = performance.now();
+      const taskId = p.taskId === undefined ? null : v.opaqueId('task_id', p.taskId);
+      if (taskId) rec.task_id = taskId;
+      const audience = v.audience(p.audience);
+      rec.audience = audience;
+      const requested = v.scopes(p.scopes);
+      rec.requested_scopes = requested;
+      const tcfg = this.d.config.tokens;
+      const ttlSeconds = v.ttlSeconds('ttl_seconds', p.ttlSeconds, tcfg.defaultTtlSeconds, tcfg.maxTtlSeconds);
+      const common = { tool: null, argsDigest: null, singleUse: false, now: this.d.clock.now(), started };
+      const { now } = common;
+
+      if (taskId) {
+        const task = await this.taskForToken(ctx, taskId, audience, requested, rec, now);
+        const decision = await this.decide(ctx, rec, { action: 'exchange', audience, scopes: requested, ttl_seconds: ttlSeconds, labels: task.labels }, task, now);
+        return this.mint(ctx, rec, { ...common, task, audience, requested, ttlSeconds, decision });
+      }
+
+      this.access.requireMayStartTask(ctx.identity, null);
+      const cfg = this.d.config.tasks;
+      const taskTtl = v.ttlSeconds('ttl_seconds', p.taskTtlSeconds ?? p.ttlSeconds, cfg.defaultTtlSeconds, cfg.maxTtlSeconds);
+      const purpose = p.purpose === undefined ? `token exchange for ${audience}` : v.text('purpose', p.purpose, v.LIMITS.purposeMax);
+      const labels = { via: 'token-exchange' };
+      const decision = await this.decide(ctx, rec, { action: 'exchange', audience, scopes: requested, ttl_seconds: ttlSeconds, task_ttl_seconds: taskTtl, purpose, labels }, undefined, now);
+      const taskCap = decision.max_task_ttl_seconds ?? decision.max_ttl_seconds ?? taskTtl;
+      const expiresAt = now + Math.min(taskTtl, taskCap) * 1000;
+      const task = await this.createTask(ctx.identity, { purpose, labels, now, expiresAt, lease: 0, parent: null, ceiling: null, actor: '' });
+      Object.assign(rec, { task_id: task.id, task_begun: true, task_expires_at: new Date(expiresAt).toISOString() });
+      const issued = await this.mint(ctx, rec, { ...common, task, audience, requested, ttlSeconds, decision });
+      return { ...issued, taskExpiresAt: task.expiresAt };
+    });
+  }
+
+  /** The task a token is asked for: owned by the caller, active, and, for a task-token holder, only narrowed. */
+  private async taskForToken(ctx: CallContext, taskId: string, audience: string, requested: string[], rec: AuditEntry, now: number): Promise<TaskRecord> {
+    const task = await this.loadOwnedTask(ctx.identity, taskId, rec);
+    this.assertActive(task, now);
+    this.access.requireNarrowing(ctx.identity, audience, requested);
+    if (task.scopeCeiling) {
+      const outside = requested.filter((s) => !task.scopeCeiling!.includes(s));
+      if (outside.length > 0) throw mayflyError('ERR_SCOPE_DENIED', `scopes not available to this task: ${outside.join(' ')}`);
+    }
+    return task;
+  }
+
+  /** Mints, records and reports a token policy has allowed. exp ≤ min(now + requested TTL, policy max TTL, task deadline). */
+  private async mint(ctx: CallContext, rec: AuditEntry, m: MintRequest): Promise<IssuedToken> {
+    const { task, audience, decision, tool, argsDigest, singleUse, now } = m;
+    const granted = decision.scopes ?? m.requested;
+    let exp = Math.min(now + m.ttlSeconds * 1000, task.expiresAt);
+    if (decision.max_ttl_seconds !== undefined) exp = Math.min(exp, now + decision.max_ttl_seconds * 1000);
+    exp = Math.floor(exp / 1000) * 1000;
+    if (exp <= now) throw mayflyError('ERR_TASK_NOT_ACTIVE', 'the task ends before a token could be valid');
+
+    const { signer, publicKey, info } = this.d.keys.active();
+    const jti = this.newId(now);
+    const certThumbprint = ctx.identity.certThumbprint ?? null;
+    const claims = buildClaims({
+      issuer: this.d.config.issuer,
+      subject: task.owner,
+      audience,
+      scopes: granted,
+      jti,
+      taskId: task.id,
+      issuedAtMs: now,
+      expiresAtMs: exp,
+      certThumbprint,
+      actors: task.actors,
+      parentTaskId: task.parentId,
+      tool,
+      argsDigest,
+      singleUse,
+      ...(decision.claims ? { extra: decision.claims } : {}),
+    });
+    const token = mintToken(claims, signer, publicKey, now);
+    const record: TokenRecord = { jti, taskId: task.id, kid: info.kid, sub: task.owner, audience, scopes: granted, issuedAt: now, expiresAt: exp, certThumbprint, singleUse, tool, argsDigest, revokedAt: null };
+    await this.d.store.recordToken(record);
+    this.d.keys.noteTokenExpiry(info.kid, exp);
+    this.issuance.add(ctx.identity.id, now);
+    Object.assign(rec, { jti, kid: info.kid, scopes: granted, expires_at: new Date(exp).toISOString(), tool: tool ?? undefined, args_digest: argsDigest ?? undefined });
+    this.d.observer?.tokenIssued?.(audience, performance.now() - m.started);
+    return { token, tokenId: jti, expiresAt: exp, scopes: granted, taskId: task.id };
+  }
+
+  /** Writes a new active task owned by the caller (a root task, or a child of `parent`). */
+  private async createTask(
+    owner: Identity,
+    t: { purpose: string; labels: Record<string, string>; now: number; expiresAt: number; lease: number; parent: TaskRecord | null; ceiling: string[] | null; actor: string },
+  ): Promise<TaskRecord> {
+    const { parent, now, expiresAt } = t;
+    const id = this.newId(now);
+    const task: TaskRecord = {
+      id,
+      owner: owner.id,
+      ownerKind: owner.kind,
+      purpose: t.purpose,
+      labels: t.labels,
+      createdAt: now,
+      expiresAt,
+      leaseExpiresAt: t.lease > 0 ? Math.min(now + t.lease * 1000, expiresAt) : null,
+      status: 'active',
+      endedAt: null,
+      endReason: null,
+      parentId: parent?.id ?? null,
+      rootId: parent?.rootId ?? id,
+      depth: parent ? parent.depth + 1 : 0,
+      scopeCeiling: t.ceiling,
+      actors: parent ? [...(parent.actors.length ? parent.actors : [parent.owner]), t.actor || owner.id] : [],
+      tokensIssued: 0,
+    };
+    await this.d.store.createTask(task);
+    this.d.observer?.taskBegun?.();
+    return task;
   }
 
   /** Ends the task and all its descendants; every token of them is revoked durably before this resolves. */
@@ -253,7 +347,7 @@ export class BrokerService {
    * RFC 7662 semantics: never throws for a bad token; answers active=false
    * with the reason. A revoked token presented here is misuse and alerts.
    */
-  async introspect(ctx: CallContext, p: { token?: unknown }): Promise<IntrospectResult> {
+  async introspect(ctx: CallContext, p: { token?: unknown }): Promise<IntrospectResult & { visibleToCaller: boolean }> {
     return this.audited('token.introspect', ctx, async (rec) => {
       const token = typeof p.token === 'string' ? p.token : '';
       if (!token) throw mayflyError('ERR_INVALID_ARGUMENT', 'token is required', { field: 'token' });
@@ -266,7 +360,7 @@ export class BrokerService {
         rec.task_id = result.claims.tid;
       }
       if (result.reason === 'revoked') this.misuse(ctx, rec, 'revoked_use');
-      return result;
+      return { ...result, visibleToCaller: !result.claims || this.access.maySeeTokenOf(ctx.identity, result.claims.tid) };
     });
   }
 
@@ -281,15 +375,7 @@ export class BrokerService {
         clockSkewSeconds: this.d.config.clockSkewSeconds,
       }).claims;
     } catch (e) {
-      const err = MayflyError.from(e);
-      const reason: IntrospectResult['reason'] =
-        err.code === 'ERR_JWT_EXPIRED' ? 'expired'
-        : err.code === 'ERR_KEY_UNKNOWN' ? 'unknown_signer'
-        : err.code === 'ERR_JWT_SIGNATURE' ? 'invalid_signature'
-        : /not yet valid/.test(err.message) ? 'not_yet_valid'
-        : /issuer/.test(err.message) ? 'wrong_issuer'
-        : 'malformed';
-      return { active: false, reason };
+      return { active: false, reason: inactiveReason(MayflyError.from(e)) };
     }
     const record = await this.d.store.getToken(claims.jti);
     if (!record) return { active: false, reason: 'unknown_token', claims };
@@ -338,7 +424,7 @@ export class BrokerService {
       if (!record) return false;
       const task = await this.d.store.getTask(record.taskId);
       rec.task_id = record.taskId;
-      if (!task || !this.mayActOn(ctx.identity, task)) {
+      if (!task || !this.access.mayActOnTask(ctx.identity, task)) {
         throw mayflyError('ERR_NOT_TASK_OWNER', 'only the owner of the task may revoke its tokens');
       }
       const ev = await this.d.store.revokeToken(jti, 'revoked by owner', this.d.clock.now());
@@ -356,9 +442,7 @@ export class BrokerService {
       const target = v.text('identity', p.identity, 2048);
       const reason = v.text('reason', p.reason, 256, false) || 'identity revoked by admin';
       rec.target = target;
-      if (!this.d.config.admins.includes(ctx.identity.id) || ctx.identity.method === 'task-token') {
-        throw mayflyError('ERR_NOT_AUTHORIZED_CLIENT', `${ctx.identity.id} is not a configured admin`);
-      }
+      this.access.require('admin', ctx.identity);
       const res = await this.d.store.endTasksOfOwner(target, reason, this.d.clock.now());
       this.afterEnd(res, 'revoked');
       rec.revoked_tokens = res.revokedTokens;
@@ -387,7 +471,8 @@ export class BrokerService {
   /** Records misuse reported by a relying party (revoked token presented, cnf mismatch, replay). */
   reportMisuse(ctx: CallContext, p: { kind?: unknown; tokenId?: unknown; detail?: unknown }): void {
     const kind = p.kind === 'cnf_mismatch' || p.kind === 'replay' ? p.kind : 'revoked_use';
-    const rec: AuditEntry = { event: 'token.misuse', outcome: 'denied', request_id: ctx.requestId, identity: this.auditIdentity(ctx.identity), reported_by: ctx.identity.id };
+    this.access.require('misuse.report', ctx.identity);
+    const rec: AuditEntry = { event: 'token.misuse', outcome: 'denied', request_id: ctx.requestId, identity: auditIdentity(ctx.identity), reported_by: ctx.identity.id };
     rec.jti = typeof p.tokenId === 'string' ? p.tokenId.slice(0, 64) : undefined;
     rec.detail = typeof p.detail === 'string' ? p.detail.slice(0, 256) : undefined;
     this.misuse(ctx, rec, kind);
@@ -476,18 +561,11 @@ export class BrokerService {
   private async loadOwnedTask(identity: Identity, taskId: string, rec: AuditEntry): Promise<TaskRecord> {
     const task = await this.d.store.getTask(taskId);
     if (!task) throw mayflyError('ERR_TASK_NOT_FOUND', 'no such task');
-    if (!this.mayActOn(identity, task)) {
+    if (!this.access.mayActOnTask(identity, task)) {
       rec.task_owner = task.owner;
       throw mayflyError('ERR_NOT_TASK_OWNER', 'this task belongs to another identity');
     }
     return task;
-  }
-
-  /** Owner identity (by mTLS/JWT) may act on its tasks; a task-token holder only on that token's task. */
-  private mayActOn(identity: Identity, task: TaskRecord): boolean {
-    if (identity.id !== task.owner) return false;
-    if (identity.method === 'task-token') return identity.claims['tid'] === task.id;
-    return true;
   }
 
   private assertActive(task: TaskRecord, now: number): void {
@@ -511,24 +589,7 @@ export class BrokerService {
     return b.toString('base64url');
   }
 
-  private auditIdentity(id: Identity): AuditEntry['identity'] {
-    return { kind: id.kind, id: id.id, method: id.method, ...(id.certThumbprint ? { cert_sha256: id.certThumbprint } : {}), ...(id.source ? { source: id.source } : {}) };
-  }
-
-  /** Runs a use-case and writes its single audit record, whatever the outcome. */
-  private async audited<T>(event: AuditEvent, ctx: CallContext, fn: (rec: AuditEntry) => Promise<T>): Promise<T> {
-    const rec: AuditEntry = { event, outcome: 'success', request_id: ctx.requestId, identity: this.auditIdentity(ctx.identity), ...(ctx.peer ? { peer: ctx.peer } : {}) };
-    try {
-      return await fn(rec);
-    } catch (e) {
-      const err = MayflyError.from(e);
-      rec.outcome = err.kind === 'internal' || err.kind === 'unavailable' ? 'error' : 'denied';
-      rec.code = err.code;
-      rec.reason = err.message;
-      this.d.observer?.denied?.(err.code);
-      throw err;
-    } finally {
-      this.d.audit.write(rec);
-    }
+  private audited<T>(event: AuditEntry['event'], ctx: CallContext, fn: (rec: AuditEntry) => Promise<T>): Promise<T> {
+    return audited(this.d.audit, this.d.observer, event, ctx, fn);
   }
 }

@@ -3,6 +3,7 @@ import type { Decision, DecisionInput } from '../core/decision.js';
 import type { AuditSink, Clock, Random, Store } from '../core/ports.js';
 import type { Identity, RevocationEvent } from '../core/types.js';
 import type { KeyManager } from '../tokens/keys.js';
+import type { Authorizer } from './authorize.js';
 
 /** The policy decision point (policy/decision-point.ts implements it). */
 export interface Decider {
@@ -45,6 +46,8 @@ export interface ServiceDeps {
   config: ServiceConfig;
   events: EventPublisher;
   observer?: ServiceObserver;
+  /** Who may do what; built from config.admins when absent. */
+  access?: Authorizer;
 }
 
 /** Per-call context established by the transport. */

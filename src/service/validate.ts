@@ -101,8 +101,20 @@ export function digest(field: string, v: unknown): string | null {
  * rejected (an absurd request is a client bug worth surfacing, not clamping).
  */
 export function ttlSeconds(field: string, v: unknown, def: number, hardMax: number): number {
+  if (typeof v === 'bigint') {
+    // 64-bit wire fields arrive whole: a value past the maximum is refused, never cut or wrapped.
+    if (v < 0n || v > BigInt(hardMax)) throw mayflyError('ERR_TTL_INVALID', `${field} ${v} exceeds the maximum of ${hardMax} seconds`, { field });
+    v = Number(v);
+  }
   if (v === undefined || v === null || v === 0) return def;
   if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw mayflyError('ERR_TTL_INVALID', `${field} must be a positive whole number of seconds`, { field });
   if (v > hardMax) throw mayflyError('ERR_TTL_INVALID', `${field} ${v} exceeds the maximum of ${hardMax} seconds`, { field });
   return v;
+}
+
+/** A lifetime sent as text (an OAuth form field): whole seconds, or absent. */
+export function wholeSeconds(field: string, raw: string | undefined): number | undefined {
+  if (raw === undefined) return undefined;
+  if (!/^\d{1,9}$/.test(raw)) throw mayflyError('ERR_TTL_INVALID', `${field} must be whole seconds`, { field });
+  return Number(raw);
 }

@@ -121,7 +121,7 @@ export function validateClaims(payload: Record<string, unknown>, o: ValidateOpti
     if (typeof payload[c] !== 'number' || !Number.isFinite(payload[c])) throw mayflyError('ERR_JWT_INVALID', `token claim ${c} is missing or not a number`);
   }
   const p = payload as unknown as MayflyClaims;
-  if (p.iss !== o.issuer) throw mayflyError('ERR_JWT_INVALID', `token issuer ${JSON.stringify(p.iss)} is not ${JSON.stringify(o.issuer)}`);
+  if (p.iss !== o.issuer) throw mayflyError('ERR_JWT_INVALID', `token issuer ${JSON.stringify(p.iss)} is not ${JSON.stringify(o.issuer)}`, { reason: 'wrong_issuer' });
   checkAudience(p, o.audience);
   checkTimeWindow(p, o.now, o.clockSkewSeconds ?? 0);
   if (o.requiredScopes) checkScopes(p.scope, o.requiredScopes);
@@ -143,7 +143,7 @@ export function checkAudience(p: TimedClaims, audience: string | readonly string
 export function checkTimeWindow(p: TimedClaims, now: number, skewSeconds: number): void {
   const sec = Math.floor(now / 1000);
   if (p.exp <= sec - skewSeconds) throw mayflyError('ERR_JWT_EXPIRED', 'token is expired');
-  if (p.nbf > sec + skewSeconds) throw mayflyError('ERR_JWT_INVALID', 'token is not yet valid (nbf)');
+  if (p.nbf > sec + skewSeconds) throw mayflyError('ERR_JWT_INVALID', 'token is not yet valid (nbf)', { reason: 'not_yet_valid' });
 }
 
 /** Every required scope must be in the space-separated `scope`. */

@@ -18,6 +18,7 @@
  */
 import { createPublicKey, KeyObject, sign as cryptoSign, verify as cryptoVerify, type JsonWebKey } from 'node:crypto';
 import { mayflyError } from '../core/errors.js';
+import { assertKeyStrength } from '../core/key-policy.js';
 import type { SigningAlg } from '../core/types.js';
 
 /** Algorithms Mayfly accepts anywhere. Asymmetric only: no `none`, no HMAC (RFC 8725 §3.1–3.2). */
@@ -182,6 +183,8 @@ export function decodeJws(token: string, options: { understoodCrit?: readonly st
 export function verifyJwsSignature(jws: DecodedJws, key: KeyObject): void {
   const alg = jws.header.alg;
   if (key.type !== 'public') throw mayflyError('ERR_JWT_SIGNATURE', 'signature verification failed');
+  // One policy for every key, whoever published it (OIDC JWKS, SPIFFE bundle, our own keys): a weak key is named as such.
+  assertKeyStrength(key, 'token signing key');
   if (!keyFitsAlg(key, alg)) throw mayflyError('ERR_JWT_SIGNATURE', 'signature verification failed');
   const p = algParams(alg);
   let ok = false;
@@ -193,7 +196,7 @@ export function verifyJwsSignature(jws: DecodedJws, key: KeyObject): void {
   if (!ok) throw mayflyError('ERR_JWT_SIGNATURE', 'signature verification failed');
 }
 
-/** True if the key type and curve match the JWS algorithm (RFC 7518 §3). */
+/** True if the key type and curve match the JWS algorithm (RFC 7518 §3); strength is core/key-policy.ts's job. */
 export function keyFitsAlg(key: KeyObject, alg: string): boolean {
   const t = key.asymmetricKeyType;
   const curve = key.asymmetricKeyDetails?.namedCurve;
@@ -210,7 +213,7 @@ export function keyFitsAlg(key: KeyObject, alg: string): boolean {
     case 'PS256':
     case 'PS384':
     case 'PS512':
-      return (t === 'rsa' || t === 'rsa-pss') && (key.asymmetricKeyDetails?.modulusLength ?? 0) >= 2048;
+      return t === 'rsa' || t === 'rsa-pss';
     case 'EdDSA':
       return t === 'ed25519' || t === 'ed448';
     default:

@@ -7,6 +7,7 @@ import { createHash, createPublicKey, generateKeyPairSync, type KeyObject } from
 import { mayflyError } from '../core/errors.js';
 import type { Signer } from '../core/ports.js';
 import type { KeyState, SigningAlg } from '../core/types.js';
+import { keyStrengthProblem } from '../core/key-policy.js';
 import { keyFitsAlg, rawSign } from './jws.js';
 
 /** Algorithms a KeyStore can generate keys for. */
@@ -51,6 +52,8 @@ export function generateKeyMaterial(alg: SigningAlg): KeyMaterial {
 export function materialFromPrivateKey(alg: SigningAlg, privateKey: KeyObject): KeyMaterial {
   const publicKey = createPublicKey(privateKey);
   if (!keyFitsAlg(publicKey, alg)) throw mayflyError('ERR_KEYSTORE', `key does not fit algorithm ${alg}`);
+  const weak = keyStrengthProblem(publicKey);
+  if (weak !== null) throw mayflyError('ERR_KEYSTORE', `signing key is below the key-strength policy: ${weak}`);
   const publicJwk = publicJwkOf(publicKey, alg);
   return { kid: publicJwk['kid']!, alg, privateKey, publicKey, publicJwk };
 }

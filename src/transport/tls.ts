@@ -6,6 +6,7 @@
  */
 import type { PeerCertificate, DetailedPeerCertificate, TLSSocket } from 'node:tls';
 import { mayflyError, MayflyError } from '../core/errors.js';
+import type { CallerAuthenticator, Clock } from '../core/ports.js';
 import type { Identity } from '../core/types.js';
 
 export interface TlsMaterial {
@@ -13,14 +14,6 @@ export interface TlsMaterial {
   key: Buffer;
   /** PEM roots of all trust domains, advertised in the CertificateRequest. */
   clientCa?: Buffer;
-}
-
-/** Verifies callers; implemented by service/authenticate.ts. */
-export interface CallerAuthenticator {
-  /** Identity from a client certificate chain (leaf first, DER). Throws MayflyError. */
-  fromCertificate(chainDer: Buffer[]): Identity;
-  /** Identity from a bearer credential: JWT-SVID, OIDC token or Mayfly task token. */
-  fromBearer(token: string): Promise<Identity>;
 }
 
 /** The client's certificate chain as sent, leaf first, as DER. Empty without a client certificate. */
@@ -47,25 +40,37 @@ interface CachedPeer {
   checkedAt: number;
 }
 
+/** The key a connection is known by: its peer address, as grpc-js reports it and as audit records show it. */
+export function peerKey(socket: { remoteAddress?: string | undefined; remotePort?: number | undefined }): string {
+  return `${socket.remoteAddress}:${socket.remotePort}`;
+}
+
 /**
- * Remembers the client chain of each live TLS connection, keyed by the peer
- * address as grpc-js reports it, and caches the verified identity for a short
- * time so verification is not repeated on every call of a connection.
+ * The per-connection identity cache of both listeners: remembers the client
+ * chain of each live TLS connection, keyed by its peer address, and caches
+ * the verified identity for a short time so verification is not repeated on
+ * every call of a connection (and is repeated when the certificate expires).
  */
 export class PeerRegistry {
   private readonly peers = new Map<string, CachedPeer>();
 
-  constructor(private readonly recheckMs = 30_000) {}
+  constructor(
+    private readonly auth: CallerAuthenticator,
+    private readonly clock: Clock,
+    private readonly recheckMs = 30_000,
+  ) {}
 
   /** Registers a new TLS connection. */
   attach(socket: TLSSocket): void {
-    const key = `${socket.remoteAddress}:${socket.remotePort}`;
+    const key = peerKey(socket);
     this.peers.set(key, { chain: peerChain(socket), checkedAt: 0 });
     socket.once('close', () => this.peers.delete(key));
   }
 
-  /** Identity of the client certificate on connection `peer`, or null when it sent none. */
-  identify(peer: string, auth: CallerAuthenticator, now: number): Identity | null {
+  /** Identity of the client certificate on connection `peer`, or null when it sent none (or is not a registered TLS connection). */
+  identify(peer: string): Identity | null {
+    const auth = this.auth;
+    const now = this.clock.now();
     const p = this.peers.get(peer);
     if (!p || p.chain.length === 0) return null;
     const expired = p.identity?.credentialExpiresAt !== undefined && p.identity.credentialExpiresAt <= now;
@@ -87,12 +92,4 @@ export class PeerRegistry {
   size(): number {
     return this.peers.size;
   }
-}
-
-/** Extracts the bearer token from an Authorization header value. */
-export function bearerFrom(header: string | undefined): string | undefined {
-  if (!header) return undefined;
-  const m = /^Bearer\s+([A-Za-z0-9._~+/=-]+)\s*$/i.exec(header);
-  if (!m) throw mayflyError('ERR_UNAUTHENTICATED', 'authorization must be "Bearer <token>"');
-  return m[1];
 }

@@ -45,6 +45,15 @@ beforeAll(async () => {
         scopes: ['deploy', 'read'],
         max_ttl_seconds: 600,
       },
+      {
+        name: 'gha-exchange-only',
+        match: { oidc: { issuer: issuer.issuer, claims: { repository: 'acme/web' } } },
+        actions: ['exchange'],
+        audiences: [AUD],
+        scopes: ['deploy'],
+        max_ttl_seconds: 300,
+        max_task_ttl_seconds: 900,
+      },
     ],
   });
 });
@@ -72,6 +81,40 @@ function b64url(o: unknown): string {
 }
 
 describe('RFC 8693 token exchange over HTTPS', () => {
+  it('writes exactly one audit record per exchange request, whatever the outcome', async () => {
+    const requestRecords = async (form: Record<string, string>) => {
+      const mark = tb.auditMark();
+      const r = await exchange(form);
+      return { r, recs: tb.auditSince(mark).filter((x) => x['request_id'] !== undefined) };
+    };
+    const begun = await requestRecords(exchangeForm(mint()));
+    expect(begun.r.status, begun.r.text).toBe(200);
+    expect(begun.recs.map((x) => [x['event'], x['outcome']])).toEqual([['token.exchange', 'success']]);
+    expect(begun.recs[0]).toMatchObject({ task_id: begun.r.json!['mayfly_task_id'], task_begun: true });
+
+    const again = await requestRecords(exchangeForm(mint(), { mayfly_task_id: begun.r.json!['mayfly_task_id'] as string }));
+    expect(again.r.status, again.r.text).toBe(200);
+    expect(again.recs.map((x) => [x['event'], x['outcome']])).toEqual([['token.exchange', 'success']]);
+
+    const denied = await requestRecords(exchangeForm(mint(), { audience: 'demo-api' }));
+    expect(denied.r.status).toBe(400);
+    expect(denied.recs.map((x) => [x['event'], x['outcome'], x['code']])).toEqual([['token.exchange', 'denied', 'ERR_POLICY_DENIED']]);
+
+    const unauthenticated = await requestRecords(exchangeForm(mint({}, Date.now() - 3600_000)));
+    expect(unauthenticated.r.status).toBe(400);
+    expect(unauthenticated.recs.map((x) => [x['event'], x['code']])).toEqual([['auth.failure', 'ERR_JWT_EXPIRED']]);
+  });
+
+  it('a rule that allows only `exchange` allows the whole exchange: the task it begins and its token', async () => {
+    const r = await exchange(exchangeForm(mint({ repository: 'acme/web' }), { mayfly_task_ttl: '3600' }));
+    expect(r.status, r.text).toBe(200);
+    expect(r.json!['expires_in']).toBeLessThanOrEqual(300);
+    // The task is bounded by the rule's max_task_ttl_seconds, not by the token's cap or the request.
+    const taskSeconds = (r.json!['mayfly_task_expires_at'] as number) - Math.floor(Date.now() / 1000);
+    expect(taskSeconds).toBeGreaterThan(850);
+    expect(taskSeconds).toBeLessThanOrEqual(900);
+  });
+
   it('exchanges a matching CI token for a task token, completes the task with it, and introspection says inactive', async () => {
     const subject = mint();
     const r = await exchange(exchangeForm(subject, { scope: 'deploy admin' }));

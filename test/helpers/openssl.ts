@@ -31,7 +31,12 @@ export interface LeafSpec {
   /** openssl `ca` dates, YYYYMMDDHHMMSSZ. */
   startDate?: string;
   endDate?: string;
+  /** The leaf's key (default EC P-256). */
+  key?: LeafKey;
 }
+
+/** Key types a test leaf can have: the default, and ones the key-strength policy refuses. */
+export type LeafKey = 'ec-p256' | 'rsa-2048' | 'rsa-1024' | 'ec-secp256k1';
 
 /** Formats epoch ms as the GeneralizedTime `openssl ca -startdate/-enddate` accept. */
 export function opensslDate(ms: number): string {
@@ -66,10 +71,21 @@ export class OpensslPki {
     return join(this.dir, name);
   }
 
-  private ecKey(name: string): string {
+  private ecKey(name: string, kind: LeafKey = 'ec-p256'): string {
     const path = this.file(`${name}.key`);
-    this.run(['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', path]);
+    const opts: Record<LeafKey, string[]> = {
+      'ec-p256': ['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256'],
+      'ec-secp256k1': ['-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:secp256k1'],
+      'rsa-2048': ['-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048'],
+      'rsa-1024': ['-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:1024'],
+    };
+    this.run(['genpkey', ...opts[kind], '-out', path]);
     return path;
+  }
+
+  /** An existing CA (e.g. a broker's dev CA) to sign with. */
+  caFromFiles(name: string, certPath: string, keyPath: string): OpensslCa {
+    return this.toCa(name, certPath, keyPath);
   }
 
   private toCa(name: string, certPath: string, keyPath: string): OpensslCa {
@@ -105,8 +121,8 @@ export class OpensslPki {
   }
 
   /** Signs a CSR for a new EC key with `ca` via `openssl ca` (which, unlike `x509 -req`, takes explicit dates). */
-  private sign(ca: OpensslCa, name: string, extLines: string[], startDate?: string, endDate?: string): { certPath: string; keyPath: string } {
-    const key = this.ecKey(name);
+  private sign(ca: OpensslCa, name: string, extLines: string[], startDate?: string, endDate?: string, keyKind?: LeafKey): { certPath: string; keyPath: string } {
+    const key = this.ecKey(name, keyKind);
     const csr = this.file(`${name}.csr`);
     this.run(['req', '-new', '-config', this.file('req.cnf'), '-key', key, '-subj', `/CN=${name}`, '-out', csr]);
     const ext = this.file(`${name}.ext`);
@@ -158,13 +174,18 @@ export class OpensslPki {
 
   /** A leaf below `ca`, returned as DER. Defaults are a valid X.509-SVID. */
   leaf(ca: OpensslCa, name: string, spec: LeafSpec): Buffer {
+    return this.leafFiles(ca, name, spec).der;
+  }
+
+  /** A leaf below `ca` with the paths of its PEM certificate and key (for mTLS clients). */
+  leafFiles(ca: OpensslCa, name: string, spec: LeafSpec): { der: Buffer; certPath: string; keyPath: string } {
     const lines = [`basicConstraints = ${spec.basicConstraints ?? 'critical,CA:FALSE'}`, 'subjectKeyIdentifier = hash', 'authorityKeyIdentifier = keyid'];
     if (spec.keyUsage !== null) lines.push(`keyUsage = ${spec.keyUsage ?? 'critical,digitalSignature'}`);
     if (spec.extendedKeyUsage !== null) lines.push(`extendedKeyUsage = ${spec.extendedKeyUsage ?? 'serverAuth,clientAuth'}`);
     if (spec.san !== undefined) lines.push(`subjectAltName = ${spec.san}`);
     lines.push(...(spec.extra ?? []));
-    const { certPath } = this.sign(ca, name, lines, spec.startDate, spec.endDate);
-    return this.toCa(name, certPath, '').certDer;
+    const { certPath, keyPath } = this.sign(ca, name, lines, spec.startDate, spec.endDate, spec.key);
+    return { der: this.toCa(name, certPath, '').certDer, certPath, keyPath };
   }
 
   /** Removes the temp dir and every key in it. */

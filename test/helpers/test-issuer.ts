@@ -19,9 +19,9 @@ export interface TestKey {
 }
 
 /** Generates an ES256 or RS256 key pair with a public JWK. */
-export function makeKey(alg: TestAlg, kid: string = `${alg.toLowerCase()}-${randomUUID().slice(0, 8)}`): TestKey {
+export function makeKey(alg: TestAlg, kid: string = `${alg.toLowerCase()}-${randomUUID().slice(0, 8)}`, rsaBits = 2048): TestKey {
   const { privateKey, publicKey } =
-    alg === 'ES256' ? generateKeyPairSync('ec', { namedCurve: 'P-256' }) : generateKeyPairSync('rsa', { modulusLength: 2048 });
+    alg === 'ES256' ? generateKeyPairSync('ec', { namedCurve: 'P-256' }) : generateKeyPairSync('rsa', { modulusLength: rsaBits });
   const jwk = { ...(createPublicKey(privateKey).export({ format: 'jwk' }) as Record<string, unknown>), kid, alg, use: 'sig' };
   return { kid, alg, privateKey, publicKey, jwk };
 }
@@ -86,8 +86,8 @@ export class TestIssuer {
   }
 
   /** Creates a key; published in the JWKS unless `publish` is false. */
-  addKey(alg: TestAlg, options: { kid?: string; publish?: boolean } = {}): TestKey {
-    const key = makeKey(alg, options.kid);
+  addKey(alg: TestAlg, options: { kid?: string; publish?: boolean; rsaBits?: number } = {}): TestKey {
+    const key = makeKey(alg, options.kid, options.rsaBits);
     this.keys.set(key.kid, key);
     if (options.publish !== false) this.publish(key.kid);
     return key;

@@ -135,6 +135,12 @@ describe('OidcVerifier', () => {
     void aShared;
   });
 
+  it('an issuer key below the key-strength policy (RSA-1024 in its JWKS) → ERR_KEY_WEAK, not a generic failure', async () => {
+    const weak = A.addKey('RS256', { rsaBits: 1024 });
+    const { v } = verifier();
+    await expect(v.verify(A.mint({ kid: weak.kid, nowMs: NOW }), NOW)).rejects.toMatchObject({ code: 'ERR_KEY_WEAK', message: /RSA key of 1024 bits/ });
+  });
+
   it('kid of issuer B on a token of issuer A: one refresh of A only, then ERR_KEY_UNKNOWN', async () => {
     const { v } = verifier();
     await v.verify(A.mint({ kid: aEs.kid, nowMs: NOW }), NOW);

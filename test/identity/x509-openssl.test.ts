@@ -55,6 +55,11 @@ describe('openssl EC SVIDs: accepted', () => {
     expect(r.chain).toHaveLength(3);
   });
 
+  it('an RSA-2048 leaf meets the key-strength policy', () => {
+    const r = verifyX509Svid([ossl.leaf(root, 'ok-rsa', { san: `URI:${ID}`, key: 'rsa-2048' })], source, { now: NOW });
+    expect(r.chain[0]!.publicKey.asymmetricKeyDetails?.modulusLength).toBe(2048);
+  });
+
   it('two intermediates sent in reverse order', () => {
     const int2 = ossl.intermediate(int, 'int2', { trustDomain: 'example.org' });
     const leaf = ossl.leaf(int2, 'ok-int2', { san: `URI:${ID}` });
@@ -92,6 +97,8 @@ describe('openssl EC SVIDs: rejected', () => {
     { name: 'unknown critical extension', spec: { san: `URI:${ID}`, extra: ['1.2.3.4 = critical,ASN1:NULL'] }, code: 'ERR_SVID_INVALID', message: /critical extensions this broker does not process: 1\.2\.3\.4/ },
     { name: 'expired', spec: { san: `URI:${ID}`, startDate: '20200101000000Z', endDate: '20200102000000Z' }, code: 'ERR_SVID_INVALID', message: /leaf certificate expired at 2020-01-02T00:00:00\.000Z/ },
     { name: 'not yet valid', spec: { san: `URI:${ID}`, startDate: '20990101000000Z', endDate: '20990102000000Z' }, code: 'ERR_SVID_INVALID', message: /not yet valid \(notBefore 2099-01-01/ },
+    { name: 'RSA-1024 leaf key', spec: { san: `URI:${ID}`, key: 'rsa-1024' }, code: 'ERR_KEY_WEAK', message: /leaf certificate key: RSA key of 1024 bits; at least 2048 are required/ },
+    { name: 'secp256k1 leaf key', spec: { san: `URI:${ID}`, key: 'ec-secp256k1' }, code: 'ERR_KEY_WEAK', message: /leaf certificate key: EC key on curve secp256k1/ },
     { name: 'signed by the CA of another trust domain', spec: { san: `URI:${ID}` }, viaOther: true, code: 'ERR_SVID_INVALID', message: /does not lead to a root trusted for trust domain example\.org/ },
   ];
 

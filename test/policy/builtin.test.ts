@@ -75,7 +75,14 @@ describe('builtin rules', () => {
     ['re spiffe', mkInput({ id: 'spiffe://example.org/billing/v2', audience: 'https://api.example.com/x', scopes: ['pay'], action: 'exchange' }), { allow: true, source: 'payments' }],
     ['oidc all claims (numbers and booleans as text)', ci({}), { allow: true, scopes: ['deploy'], max_ttl_seconds: 300, source: 'ci-push' }],
     ['oidc begin_task without audience', ci({}, { action: 'begin_task', audience: undefined, scopes: [] }), { allow: true, max_ttl_seconds: 300, source: 'ci-push' }],
+    ['exchange that begins its task: token and task caps', mkInput({ action: 'exchange', scopes: ['read'] }), { allow: true, scopes: ['read'], max_ttl_seconds: 600, max_task_ttl_seconds: 3600, source: 'demo' }],
+    ['exchange that begins its task: no task cap on the rule falls back to max_ttl_seconds', mkInput({ id: 'spiffe://example.org/payments/api', audience: 'https://api.example.com/v1/charge', scopes: ['pay'], action: 'exchange' }), { allow: true, max_ttl_seconds: 120, max_task_ttl_seconds: 120, source: 'payments' }],
   ];
+  it('exchange for an existing task has no task cap', async () => {
+    const d = await dp.decide(mkInput({ action: 'exchange', scopes: ['read'], depth: 0 }));
+    expect(d).toMatchObject({ allow: true, max_ttl_seconds: 600 });
+    expect(d.max_task_ttl_seconds).toBeUndefined();
+  });
   it.each(table)('%s', async (_n, input, want) => {
     const d = await dp.decide(input);
     expect(d).toMatchObject({ ...want, engine: 'builtin', revision: engine.revision() });

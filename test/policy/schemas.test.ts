@@ -54,7 +54,7 @@ function fullInput(): DecisionInput {
   const i = mkInput({ depth: 1 });
   i.identity.issuer = 'https://issuer';
   i.identity.cert_sha256 = 'abc';
-  Object.assign(i.request, { purpose: 'p', tool: 't', args_digest: 'd', labels: { a: 'b' } });
+  Object.assign(i.request, { purpose: 'p', tool: 't', args_digest: 'd', labels: { a: 'b' }, task_ttl_seconds: 900 });
   i.context.peer = '10.0.0.1:1234';
   return i;
 }
@@ -95,6 +95,7 @@ describe('output.schema.json agrees with checkDecision', () => {
   const samples: unknown[] = [
     true, false, { allow: true }, { allow: false, reasons: ['x'] },
     { allow: true, scopes: ['read'], max_ttl_seconds: 60, reasons: [], claims: { team: 'a' } },
+    { allow: true, max_ttl_seconds: 60, max_task_ttl_seconds: 900 }, { allow: true, max_task_ttl_seconds: 0 }, { allow: true, max_task_ttl_seconds: '900' },
     { allow: 'yes' }, { reasons: [] }, { allow: true, max_ttl_seconds: 0 }, { allow: true, max_ttl_seconds: 1.5 },
     { allow: true, scopes: 'read' }, { allow: true, reasons: [1] }, { allow: true, claims: [] }, { allow: true, extra: 1 },
     ...[...REGISTERED_CLAIMS].map((c) => ({ allow: true, claims: { [c]: 'x' } })),

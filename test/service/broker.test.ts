@@ -13,6 +13,8 @@ import { decodeJws } from '../../src/tokens/jws.js';
 import { KeyManager } from '../../src/tokens/keys.js';
 import { MemoryKeyStore } from '../../src/tokens/keystore-memory.js';
 import { verifyMayflyToken } from '../../src/tokens/verify.js';
+import { buildClaims } from '../../src/tokens/claims.js';
+import { mintToken } from '../../src/tokens/mint.js';
 
 const RULES = `
 rules:
@@ -42,6 +44,7 @@ async function setup() {
   await keys.init();
   const events: RevocationEvent[] = [];
   const misuse: string[] = [];
+  const decisions: boolean[] = [];
   const service = new BrokerService({
     store,
     keys,
@@ -58,9 +61,9 @@ async function setup() {
       tasks: { defaultTtlSeconds: 900, maxTtlSeconds: 86_400, maxDelegationDepth: 2, maxLeaseSeconds: 3600 },
       admins: ['spiffe://example.org/ops/admin'],
     },
-    observer: { misuse: (k) => misuse.push(k) },
+    observer: { misuse: (k) => misuse.push(k), policyEval: (_engine, allow) => decisions.push(allow) },
   });
-  return { clock, store, audit, keys, service, events, misuse };
+  return { clock, store, audit, keys, service, events, misuse, decisions };
 }
 
 async function code(p: Promise<unknown>): Promise<string> {
@@ -163,6 +166,18 @@ describe('BrokerService', () => {
     expect(JSON.stringify(s.audit.records)).not.toContain(t.token);
   });
 
+  it('introspection tells a token from the future and a foreign issuer apart (by code and detail, not message)', async () => {
+    const task = await s.service.beginTask(ctx(workload), { purpose: 'p' });
+    const t = await s.service.issueToken(ctx(workload), { taskId: task.id, audience: 'demo-api', scopes: ['read'], ttlSeconds: 60 });
+    const { signer, publicKey } = s.keys.active();
+    const now = s.clock.now();
+    const claims = buildClaims({ issuer: 'https://elsewhere.test', subject: workload.id, audience: 'demo-api', scopes: ['read'], jti: 'j1', taskId: task.id, issuedAtMs: now, expiresAtMs: now + 60_000, certThumbprint: null, actors: [], parentTaskId: null, tool: null, argsDigest: null, singleUse: false });
+    const foreign = mintToken(claims, signer, publicKey, now);
+    expect(await s.service.introspect(ctx(other), { token: foreign })).toMatchObject({ active: false, reason: 'wrong_issuer' });
+    s.clock.set(now - 3_600_000);
+    expect(await s.service.introspect(ctx(other), { token: t.token })).toMatchObject({ active: false, reason: 'not_yet_valid' });
+  });
+
   it('delegation: child scopes within the parent, act chain, depth limit, cascading revoke', async () => {
     const root = await s.service.beginTask(ctx(workload), { purpose: 'agent run', scopes: ['read', 'write'] });
     const child = await s.service.beginTask(ctx(workload), { purpose: 'sub-agent', parentTaskId: root.id, scopes: ['read'], actor: 'agent:planner' });
@@ -240,5 +255,76 @@ describe('BrokerService', () => {
     expect(jwk['d']).toBeUndefined();
     expect(createPublicKey({ key: jwk, format: 'jwk' }).equals(active.publicKey)).toBe(true);
     expect(jwks.keys.map((k) => k['kid'])).toContain(s.keys.list().find((k) => k.state === 'next')!.kid);
+  });
+});
+
+describe('BrokerService.exchange', () => {
+  let s: Awaited<ReturnType<typeof setup>>;
+  beforeEach(async () => {
+    s = await setup();
+  });
+  const activeTasks = () => s.store.dueTasks(Number.MAX_SAFE_INTEGER, 1000);
+
+  it('begins the task and mints its token with one decision and one audit record', async () => {
+    const before = s.audit.records.length;
+    const t = await s.service.exchange(ctx(workload), { audience: 'demo-api', scopes: ['read', 'admin'] });
+    expect(s.decisions).toEqual([true]);
+    const recs = s.audit.records.slice(before);
+    expect(recs).toHaveLength(1);
+    expect(recs[0]).toMatchObject({ event: 'token.exchange', outcome: 'success', task_id: t.taskId, jti: t.tokenId, task_begun: true, audience: 'demo-api', scopes: ['read'] });
+    expect(recs[0]!.decision).toMatchObject({ allow: true, source: 'demo', reasons: ['rule "demo" allows exchange', 'rule "demo": scopes [admin] not allowed and dropped'] });
+    const task = await s.store.getTask(t.taskId);
+    expect(task).toMatchObject({ owner: workload.id, status: 'active', labels: { via: 'token-exchange' }, purpose: 'token exchange for demo-api', tokensIssued: 1, scopeCeiling: null });
+    expect(t.taskExpiresAt).toBe(task!.expiresAt);
+    expect(await s.store.getToken(t.tokenId)).toMatchObject({ taskId: t.taskId, audience: 'demo-api', scopes: ['read'], certThumbprint: 'thumb-1' });
+    expect((await s.service.check(t.token)).active).toBe(true);
+  });
+
+  it('bounds the task it begins by the rule\'s task cap and the token by its token cap', async () => {
+    const t = await s.service.exchange(ctx(workload), { audience: 'demo-api', scopes: ['read'], ttlSeconds: 3000, taskTtlSeconds: 7200, purpose: 'deploy' });
+    expect((t.taskExpiresAt! - s.clock.now()) / 1000).toBe(3600);
+    expect((t.expiresAt - s.clock.now()) / 1000).toBe(600);
+    expect(await s.store.getTask(t.taskId)).toMatchObject({ purpose: 'deploy' });
+    // Without a task TTL the task lives as long as the token asked for, within the caps.
+    const u = await s.service.exchange(ctx(workload), { audience: 'demo-api', scopes: ['read'], ttlSeconds: 120 });
+    expect((u.taskExpiresAt! - s.clock.now()) / 1000).toBe(120);
+  });
+
+  it('issues for an existing task with one exchange decision and no new task', async () => {
+    const task = await s.service.beginTask(ctx(workload), { purpose: 'p' });
+    const tasks = (await activeTasks()).length;
+    const before = s.audit.records.length;
+    s.decisions.length = 0;
+    const t = await s.service.exchange(ctx(workload), { taskId: task.id, audience: 'demo-api', scopes: ['write'] });
+    expect(t.taskId).toBe(task.id);
+    expect(t.taskExpiresAt).toBeUndefined();
+    expect(s.decisions).toEqual([true]);
+    expect(s.audit.records.slice(before).map((r) => [r.event, r.outcome, r.task_begun])).toEqual([['token.exchange', 'success', undefined]]);
+    expect((await activeTasks()).length).toBe(tasks);
+    expect(await code(s.service.exchange(ctx(other), { taskId: task.id, audience: 'demo-api', scopes: ['read'] }))).toBe('ERR_NOT_TASK_OWNER');
+  });
+
+  it.each([
+    ['an audience no rule allows', { audience: 'other-api', scopes: ['read'] }, 'ERR_POLICY_DENIED', workload],
+    ['no allowed scope', { audience: 'demo-api', scopes: ['admin'] }, 'ERR_POLICY_DENIED', workload],
+    ['an absurd token TTL', { audience: 'demo-api', scopes: ['read'], ttlSeconds: 999_999 }, 'ERR_TTL_INVALID', workload],
+    ['an absurd task TTL', { audience: 'demo-api', scopes: ['read'], taskTtlSeconds: 999_999 }, 'ERR_TTL_INVALID', workload],
+    ['a malformed task id', { taskId: '../x', audience: 'demo-api', scopes: ['read'] }, 'ERR_INVALID_ARGUMENT', workload],
+    ['an unknown identity', { audience: 'demo-api', scopes: ['read'] }, 'ERR_POLICY_DENIED', { ...workload, id: 'spiffe://example.org/nobody' }],
+  ])('refuses %s with one denied record and leaves no task behind', async (_n, params, expected, who) => {
+    const before = s.audit.records.length;
+    expect(await code(s.service.exchange(ctx(who), params))).toBe(expected);
+    expect(s.audit.records.slice(before).map((r) => [r.event, r.outcome, r.code])).toEqual([['token.exchange', 'denied', expected]]);
+    expect(await activeTasks()).toEqual([]);
+  });
+
+  it('a task token cannot begin a task by exchange, only narrow within its own', async () => {
+    const task = await s.service.beginTask(ctx(workload), { purpose: 'p' });
+    const unbound = await s.service.issueToken(ctx({ ...workload, certThumbprint: undefined }), { taskId: task.id, audience: 'demo-api', scopes: ['read'] });
+    const holder = await s.service.authenticateTaskToken(unbound.token);
+    expect(await code(s.service.exchange(ctx(holder), { audience: 'demo-api', scopes: ['read'] }))).toBe('ERR_NOT_AUTHORIZED_CLIENT');
+    expect(await code(s.service.exchange(ctx(holder), { taskId: task.id, audience: 'demo-api', scopes: ['write'] }))).toBe('ERR_SCOPE_DENIED');
+    const narrowed = await s.service.exchange(ctx(holder), { taskId: task.id, audience: 'demo-api', scopes: ['read'] });
+    expect(narrowed.taskId).toBe(task.id);
   });
 });

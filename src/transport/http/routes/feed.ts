@@ -1,0 +1,46 @@
+/** The revocation feed as server-sent events (resume with Last-Event-ID or ?cursor=), and key-set acknowledgements. */
+import type { FastifyInstance } from 'fastify';
+import type { RouteKit } from '../kit.js';
+
+export function registerFeedRoutes(app: FastifyInstance, kit: RouteKit): void {
+  const { deps } = kit;
+
+  app.get('/v1/revocations', async (req, reply) => {
+    const q = req.query as Record<string, string | undefined>;
+    const last = (req.headers['last-event-id'] as string | undefined) ?? q['cursor'] ?? '0';
+    const cursor = /^\d{1,15}$/.test(last) ? Number(last) : 0;
+    const res = reply.raw;
+    let opened = false;
+    try {
+      const ctx = await kit.authenticate(req, 'revocations');
+      const sub = await deps.subscriptions.subscribe(ctx, { subscriberId: q['subscriber_id'], cursor, transport: 'sse' }, {
+        open: () => {
+          reply.hijack();
+          opened = true;
+          res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive' });
+          res.write(': mayfly revocation feed\n\n');
+        },
+        message: (m) => {
+          const id = m.kind === 'heartbeat' ? '' : `id: ${m.cursor}\n`;
+          res.write(`${id}event: ${m.kind}\ndata: ${JSON.stringify(m)}\n\n`);
+        },
+        end: () => res.end(),
+      });
+      req.raw.on('close', () => sub.close());
+    } catch (e) {
+      if (opened) res.end();
+      else return kit.fail(reply, 'revocations', req, e, 'json');
+    }
+  });
+
+  app.post('/v1/keyset/ack', async (req, reply) => {
+    try {
+      const ctx = await kit.authenticate(req, 'keyset.ack');
+      const body = (req.body ?? {}) as Record<string, unknown>;
+      deps.subscriptions.ack(ctx, { subscriberId: body['subscriber_id'], keysetVersion: body['keyset_version'] });
+      return reply.send({});
+    } catch (e) {
+      return kit.fail(reply, 'keyset.ack', req, e, 'json');
+    }
+  });
+}

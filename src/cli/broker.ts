@@ -131,6 +131,10 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
     const builtStore = await buildStore(c, dataDir, { env: opts.env ?? process.env, onStoreError: (m) => log.warn({ err: m }, 'store connection failed') });
     const store: Store = builtStore.store;
     cleanups.push(() => store.close());
+    const coordinator = builtStore.coordinator;
+    cleanups.push(() => coordinator.close());
+    /** A job that must run on one broker of the cluster per tick (see Coordinator). */
+    const exclusive = (job: string, fn: () => Promise<unknown>) => () => coordinator.runExclusive(job, fn);
     if (builtStore.backend === 'postgres') log.info({ store: builtStore.where }, 'store: PostgreSQL');
     const sealer = new AuditSealer(audit, AuditKey.loadOrCreate(resolvePath(dataDir, AUDIT_KEY_FILE), resolvePath(dataDir, AUDIT_JWKS_FILE)), store, clock);
     const cut = await sealer.open();
@@ -322,13 +326,13 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
       t.unref();
       cleanups.push(() => clearInterval(t));
     };
-    every(c.tasks.sweep_interval_ms, () => service.expireDue(), 'deadline/lease sweep');
+    every(c.tasks.sweep_interval_ms, exclusive('tasks.sweep', () => service.expireDue()), 'deadline/lease sweep');
     every(c.keys.check_interval_ms, async () => {
       await keys.tick();
       if (keys.promotionBlockedSince() === null) metrics.keyPromotionBlocked.set(0);
       for (const k of keys.list()) metrics.setKeyState(k.kid, k.state, k.createdAt, clock.now());
     }, 'key lifecycle');
-    every(c.store.gc_interval_seconds * 1000, () => store.gc(clock.now(), c.store.gc_grace_seconds * 1000), 'garbage collection');
+    every(c.store.gc_interval_seconds * 1000, exclusive('store.gc', () => store.gc(clock.now(), c.store.gc_grace_seconds * 1000)), 'garbage collection');
     every(c.audit.checkpoint_interval_seconds * 1000, () => sealer.seal('periodic'), 'audit checkpoint');
     every(1000, async () => {
       metrics.feedSubscribers.set(feed!.subscriberCount());

@@ -7,13 +7,17 @@ import { formatIssues, resolvePath } from '../config/load.js';
 import type { MayflyConfig } from '../config/schema.js';
 import { pgUrlSchema, STORE_URL_ENV } from '../config/sections/store.js';
 import { mayflyError } from '../core/errors.js';
-import type { Store } from '../core/ports.js';
+import type { Coordinator, Store } from '../core/ports.js';
+import { LocalCoordinator } from '../store/local-coordinator.js';
+import { PgCoordinator } from '../store/postgres-coordinator.js';
 import { MemoryStore } from '../store/memory.js';
 import { PostgresStore, redactPgUrl } from '../store/postgres.js';
 import { SqliteStore } from '../store/sqlite.js';
 
 export interface BuiltStore {
   store: Store;
+  /** Runs cluster-wide jobs (sweeper, GC, key promotion) on one broker at a time. */
+  coordinator: Coordinator;
   backend: MayflyConfig['store']['backend'];
   /** Where the store lives, safe to log (password redacted). */
   where: string;
@@ -55,10 +59,10 @@ export interface BuildStoreOptions {
 export async function buildStore(c: MayflyConfig, dataDir: string, opts: BuildStoreOptions = {}): Promise<BuiltStore> {
   switch (c.store.backend) {
     case 'memory':
-      return { store: new MemoryStore(), backend: 'memory', where: 'memory', shared: false };
+      return { store: new MemoryStore(), coordinator: new LocalCoordinator(), backend: 'memory', where: 'memory', shared: false };
     case 'sqlite': {
       const path = resolvePath(dataDir, c.store.path);
-      return { store: SqliteStore.open(path), backend: 'sqlite', where: path, shared: false };
+      return { store: SqliteStore.open(path), coordinator: new LocalCoordinator(), backend: 'sqlite', where: path, shared: false };
     }
     case 'postgres': {
       const url = resolveStoreUrl(c, opts.env ?? process.env);
@@ -72,7 +76,8 @@ export async function buildStore(c: MayflyConfig, dataDir: string, opts: BuildSt
         healthIntervalMs: opts.healthIntervalMs ?? 2000,
         onIdleError: (e) => opts.onStoreError?.(e.message),
       });
-      return { store, backend: 'postgres', where: redactPgUrl(url), health: () => store.health(), shared: true };
+      const coordinator = new PgCoordinator({ url, connectTimeoutMs: c.store.connect_timeout_ms, applicationName: `mayfly ${c.broker_id} jobs`.slice(0, 63) });
+      return { store, coordinator, backend: 'postgres', where: redactPgUrl(url), health: () => store.health(), shared: true };
     }
   }
 }

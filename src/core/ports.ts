@@ -115,6 +115,25 @@ export interface Store {
   close(): Promise<void>;
 }
 
+/** What Coordinator.runExclusive did. */
+export type ExclusiveRun<T> = { ran: true; value: T } | { ran: false };
+
+/**
+ * Runs cluster-wide jobs (lease sweeper, GC, key promotion) on exactly one
+ * broker at a time. A broker that takes a job keeps it while it lives, so the
+ * job runs once per tick across the cluster; when that broker dies another
+ * takes the job over on its next tick. Single-process backends are always
+ * the leader.
+ */
+export interface Coordinator {
+  /** Runs `fn` if this broker holds (or can take) `job`; `{ ran: false }` without running when another broker holds it. */
+  runExclusive<T>(job: string, fn: () => Promise<T>): Promise<ExclusiveRun<T>>;
+  /** Jobs this broker currently holds (for health and tests). */
+  held(): string[];
+  /** Releases every job. */
+  close(): Promise<void>;
+}
+
 /** Signs with one key. Local keys sign synchronously (the hot path). */
 export interface Signer {
   readonly kid: string;

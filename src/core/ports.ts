@@ -223,6 +223,13 @@ export interface AuditEntry {
 /** Append-only audit log. `write` must not throw on the request path; failures surface through health. */
 export interface AuditSink {
   write(entry: AuditEntry): void;
+  /**
+   * Appends like write(), and resolves once the record is written or rejects
+   * if it could not be, so a use-case never answers a request whose record
+   * is missing. Records confirmed in one event-loop turn share one write.
+   * Optional: a sink without it is written with write().
+   */
+  writeConfirmed?(entry: AuditEntry): Promise<void>;
   close(): Promise<void>;
 }
 

@@ -232,3 +232,20 @@ export interface AuditSink {
   writeConfirmed?(entry: AuditEntry): Promise<void>;
   close(): Promise<void>;
 }
+
+/** One subscriber's acknowledged key set, as a replica reports it. */
+export interface SubscriberAck {
+  subscriber: string;
+  /** Kids of the key set it acknowledged ([] if none yet). */
+  kids: string[];
+}
+
+/** Shared record of every replica's live subscribers and what they acknowledged (PostgreSQL table). */
+export interface AckRegistry {
+  /** Replaces this replica's rows with `acks`, stamped `now`. */
+  report(replica: string, acks: SubscriberAck[], now: number): Promise<void>;
+  /** Subscribers, on any replica reported within `freshMs` of `now`, whose key set lacks `kid`. */
+  laggards(kid: string, now: number, freshMs: number): Promise<string[]>;
+  /** Removes this replica's rows (clean shutdown). */
+  forget(replica: string): Promise<void>;
+}

@@ -227,8 +227,8 @@ export interface SqliteStoreOptions {
   checkpointIntervalMs?: number;
 }
 
-/** Maps a better-sqlite3 failure to ERR_STORE with a message the operator can act on. */
-function storeError(path: string, what: string, err: unknown): MayflyError {
+/** Maps a better-sqlite3 failure to ERR_STORE with a message the operator can act on; `db` tells a closed connection. */
+function storeError(path: string, what: string, err: unknown, db?: Db): MayflyError {
   if (isMayflyError(err)) return err;
   const code = (err as { code?: unknown }).code;
   const c = typeof code === 'string' ? code : '';
@@ -245,7 +245,7 @@ function storeError(path: string, what: string, err: unknown): MayflyError {
   }
   if (c.startsWith('SQLITE_IOERR')) return mayflyError('ERR_STORE', `I/O error on store database ${path} (${what}); check the disk`, details, err);
   if (c.startsWith('SQLITE_CONSTRAINT')) return mayflyError('ERR_STORE', `store constraint violated (${what})`, details, err);
-  if (err instanceof TypeError && /not open/.test(err.message)) return mayflyError('ERR_STORE', 'store is closed', details, err);
+  if (err instanceof TypeError && db !== undefined && !db.open) return mayflyError('ERR_STORE', 'store is closed', details, err);
   return mayflyError('ERR_STORE', `store database ${path} failed (${what})`, details, err);
 }
 
@@ -417,7 +417,7 @@ export class SqliteStore implements Store {
     try {
       return fn();
     } catch (err) {
-      throw storeError(this.path, what, err);
+      throw storeError(this.path, what, err, this.db);
     }
   }
 
@@ -455,10 +455,10 @@ export class SqliteStore implements Store {
         });
       });
     } catch (err) {
-      for (const it of items) it.reject(storeError(this.path, it.what, err));
+      for (const it of items) it.reject(storeError(this.path, it.what, err, this.db));
       return;
     }
-    items.forEach((it, i) => (outcomes[i] === undefined ? it.resolve() : it.reject(storeError(this.path, it.what, outcomes[i]))));
+    items.forEach((it, i) => (outcomes[i] === undefined ? it.resolve() : it.reject(storeError(this.path, it.what, outcomes[i], this.db))));
   }
 
   /**

@@ -31,6 +31,10 @@ import { FeedSubscriptions } from '../service/subscriptions.js';
 import { KeyManager } from '../tokens/keys.js';
 import { buildStore } from './build-store.js';
 import { openKeyStore } from './keystore.js';
+import { startClusterSync, type ClusterSync } from './cluster.js';
+import { PostgresStore } from '../store/postgres.js';
+import { PostgresKeyStore } from '../tokens/keystore-postgres.js';
+import type { EventPublisher } from '../service/deps.js';
 import { startGrpcServer, type GrpcListener } from '../transport/grpc/server.js';
 import { startHttpServer, type HealthReport, type HttpListener } from '../transport/http/server.js';
 
@@ -128,7 +132,7 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
     const oidc = issuers.length > 0 ? new OidcVerifier(issuers, { clock, minRefreshIntervalMs: c.oidc.jwks_refresh_cooldown_seconds * 1000, backgroundRefresh: c.oidc.jwks_background_refresh, onJwksError: (e, name) => log.warn({ issuer: name, code: e.code, err: e.message }, 'JWKS refresh failed') }) : null;
     if (oidc) cleanups.push(() => oidc.close());
 
-    const builtStore = await buildStore(c, dataDir, { env: opts.env ?? process.env, onStoreError: (m) => log.warn({ err: m }, 'store connection failed') });
+    const builtStore = await buildStore(c, dataDir, { env: opts.env ?? process.env, onStoreError: (m) => log.warn({ err: m }, 'store connection failed'), sqliteCheckpointInWorker: true });
     const store: Store = builtStore.store;
     cleanups.push(() => store.close());
     const coordinator = builtStore.coordinator;
@@ -171,9 +175,13 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
     const decider = new DecisionPoint(engine, { timeoutMs: c.policy.timeout_ms });
 
     // Keys and the feed.
-    const keyStore: KeyStore = await openKeyStore(c, dataDir, baseDir, opts.env ?? process.env, log);
+    const pool = store instanceof PostgresStore ? store.pool : undefined;
+    const keyStore: KeyStore = await openKeyStore(c, dataDir, baseDir, opts.env ?? process.env, log, pool);
     cleanups.push(() => keyStore.close());
     let feed: RevocationFeed | null = null;
+    // Single broker: events go straight to the feed. Cluster: through the relay, which reads them back from the shared log in cursor order.
+    let cluster: ClusterSync | null = null;
+    const publish = (ev: Parameters<EventPublisher['publish']>[0]) => (cluster ? cluster.relay.publish(ev) : feed?.publish(ev));
     let lastDelay = '';
     const keys = new KeyManager(
       keyStore,
@@ -184,20 +192,25 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
         prePublishMs: c.keys.pre_publish_seconds * 1000,
         skewMs: c.clock_skew_seconds * 1000,
         maxPromotionWaitMs: c.keys.max_promotion_wait_seconds * 1000,
+        // Shared key set: lifecycle changes under the cluster lock, other replicas follow (docs/clustering.md).
+        ...(keyStore instanceof PostgresKeyStore ? { cluster: keyStore } : {}),
       },
       {
-        onKeySetChange: (version, json) => {
+        onKeySetChange: (version, json, origin) => {
           if (!feed) return;
           const kids = (JSON.parse(json) as { keys: { kid: string }[] }).keys.map((k) => k.kid);
           feed.noteKeySet({ version, json, kids });
+          // The replica that changed the key set records the event; the others deliver it from the shared log.
+          if (origin === 'cluster') return;
           void store
             .appendEvent({ kind: 'keyset', at: clock.now(), taskIds: [], jtis: [], kid: version, reason: 'key set changed', coversUntil: clock.now() + c.keys.max_promotion_wait_seconds * 1000 })
-            .then((ev) => feed?.publish(ev))
+            .then((ev) => publish(ev))
             .catch((e) => log.error({ err: (e as Error).message }, 'could not record key-set change'));
         },
-        onStateChange: (info, from) => {
+        onStateChange: (info, from, origin) => {
           metrics.setKeyState(info.kid, info.state, info.createdAt, clock.now());
-          audit.write({ event: from === null ? 'key.create' : 'key.state', outcome: 'success', kid: info.kid, from: from ?? undefined, to: info.state });
+          // Audited by the replica that made the change.
+          if (origin === 'local') audit.write({ event: from === null ? 'key.create' : 'key.state', outcome: 'success', kid: info.kid, from: from ?? undefined, to: info.state });
         },
         onPromotionDelayed: (kid, laggards, waited) => {
           metrics.keyPromotionBlocked.set(1);
@@ -215,6 +228,21 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
     await feed.start();
     cleanups.push(() => feed!.stop());
     keys.setPromotionGate(feed.gate);
+    if (pool && keyStore instanceof PostgresKeyStore) {
+      cluster = await startClusterSync({
+        replica: c.broker_id,
+        pool,
+        store,
+        feed,
+        keys,
+        clock,
+        log,
+        pollIntervalMs: Math.min(1000, c.keys.check_interval_ms),
+        ackReportMs: Math.min(1000, c.feed.heartbeat_ms),
+      });
+      cleanups.push(() => cluster!.stop());
+    }
+    const events: EventPublisher = { publish };
 
     const access = new Authorizer({ admins: c.admins, feedSubscribers: c.feed.subscribers });
     const observer: ServiceObserver = {
@@ -237,7 +265,7 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
       audit,
       clock,
       random: systemRandom,
-      events: feed,
+      events,
       config: {
         issuer: c.issuer,
         brokerId: c.broker_id,
@@ -251,7 +279,7 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
     const auth = new Authenticator(trust, oidc, service, { issuer: c.issuer, jwtSvidAudiences: c.jwt_svid.audiences, clockSkewSeconds: c.jwt_svid.clock_skew_seconds, clock });
     const authentication = new CallerAuthentication(auth, audit);
     const subscriptions = new FeedSubscriptions({ feed, access, audit, observer });
-    const keyAdmin = new KeyAdministration({ keys, store, events: feed, access, audit, clock, observer });
+    const keyAdmin = new KeyAdministration({ keys, store, events, access, audit, clock, observer });
 
     const tls = {
       cert: readFile(baseDir, c.tls.cert_file, 'tls.cert_file'),

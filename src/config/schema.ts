@@ -98,7 +98,8 @@ export const configSchema = z
     keys: z
       .object({
         alg: z.enum(['ES256', 'EdDSA', 'RS256']).default('ES256'),
-        store: z.enum(['file', 'memory']).default('file'),
+        /** Where signing keys live: file (data dir), memory (dev), postgres (shared by every replica). Default: postgres with store.backend postgres, else file. */
+        store: z.enum(['file', 'memory', 'postgres']).optional(),
         /** Key-encryption key (base64 of 32 bytes) from this environment variable... */
         kek_env: z.string().min(1).default('MAYFLY_KEK'),
         /** ...or from this file (mode 0600). */

@@ -139,6 +139,16 @@ export class RevocationFeed implements EventPublisher {
     this.acks.set(subscriberId, version);
   }
 
+  /** Each live subscriber with the kids of the key set it last acknowledged (shared with other replicas for the promotion gate). */
+  ackedKeySets(): { subscriber: string; kids: string[] }[] {
+    const out = new Map<string, string[]>();
+    for (const s of this.subs) {
+      const v = this.acks.get(s.id);
+      out.set(s.id, v ? [...(this.versionKids.get(v) ?? [])] : []);
+    }
+    return [...out].map(([subscriber, kids]) => ({ subscriber, kids }));
+  }
+
   /** Promotion gate: every live subscriber has acknowledged a key set containing `kid`. */
   readonly gate = (kid: string): { ready: boolean; laggards: string[] } => {
     const laggards: string[] = [];

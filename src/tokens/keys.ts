@@ -11,6 +11,16 @@
  *
  * Promotion of next also waits for a gate (live feed subscribers having
  * acknowledged a key set containing it) up to `maxPromotionWaitMs`.
+ *
+ * Several replicas sharing one KeyStore (PostgreSQL): pass `cluster`. Every
+ * change to the lifecycle then runs under the cluster's lifecycle lock, after
+ * re-reading the key set, so one replica at a time creates, promotes, retires
+ * or revokes; the others `sync()` (on their lifecycle tick and whenever the
+ * store notifies a change) and so publish a next key long before anyone may
+ * promote it (pre-publication ≥ JWKS max-age ≫ sync interval). How long
+ * promotion has been held back is measured from when it became due, a fact
+ * of the shared key set, so it is the same whichever replica holds the lock.
+ * See docs/clustering.md.
  */
 import { createHash, createPublicKey, type KeyObject, type JsonWebKey } from 'node:crypto';
 import { mayflyError } from '../core/errors.js';
@@ -27,18 +37,28 @@ export interface KeyManagerOptions {
   skewMs: number;
   /** Longest promotion waits for laggard subscribers to acknowledge. */
   maxPromotionWaitMs: number;
+  /** Set when several replicas share the KeyStore. */
+  cluster?: KeyLifecycleLock;
 }
 
 /** Result of asking whether live consumers hold a key set containing `kid`. */
 export interface PromotionGate {
-  (kid: string): { ready: boolean; laggards: string[] };
+  (kid: string): { ready: boolean; laggards: string[] } | Promise<{ ready: boolean; laggards: string[] }>;
+}
+
+/** Where a key change came from: this broker, or another replica seen by `sync()`. */
+export type ChangeOrigin = 'local' | 'cluster';
+
+/** The cluster-wide lifecycle lock of a shared KeyStore (PostgresKeyStore.lock). */
+export interface KeyLifecycleLock {
+  lock<T>(fn: () => Promise<T>, wait: boolean): Promise<{ ran: true; value: T } | { ran: false }>;
 }
 
 export interface KeyManagerEvents {
-  /** The published key set changed (a key was added, retired or revoked). */
-  onKeySetChange?(version: string, jwksJson: string): void;
-  /** A key changed state. */
-  onStateChange?(info: KeyInfo, from: KeyState | null): void;
+  /** The published key set changed (a key was added, retired or revoked), here or (origin cluster) on another replica. */
+  onKeySetChange?(version: string, jwksJson: string, origin: ChangeOrigin): void;
+  /** A key changed state, here or (origin cluster) on another replica. */
+  onStateChange?(info: KeyInfo, from: KeyState | null, origin: ChangeOrigin): void;
   /** Promotion is being held back by laggards (called once per tick while blocked). */
   onPromotionDelayed?(nextKid: string, laggards: string[], waitedMs: number): void;
 }
@@ -68,6 +88,7 @@ export class KeyManager {
   private blockedSince: number | null = null;
   private gate: PromotionGate | null = null;
   private ticking: Promise<void> | null = null;
+  private syncing: Promise<void> | null = null;
 
   constructor(
     private readonly store: KeyStore,
@@ -78,6 +99,13 @@ export class KeyManager {
 
   /** Loads keys and makes sure there is an active and a next key. */
   async init(): Promise<void> {
+    await this.exclusive(() => this.initLocked(), true);
+    await this.refresh('local');
+    await this.tick();
+  }
+
+  private async initLocked(): Promise<void> {
+    this.keys.clear();
     for (const k of await this.store.list()) this.keys.set(k.kid, k);
     const now = this.clock.now();
     if (![...this.keys.values()].some((k) => k.state === 'active')) {
@@ -89,11 +117,61 @@ export class KeyManager {
         // First start: nothing was ever signed, so no pre-publication is needed.
         const k = await this.store.create(this.options.alg, 'active', now);
         this.keys.set(k.kid, k);
-        this.events.onStateChange?.(k, null);
+        this.events.onStateChange?.(k, null, 'local');
       }
     }
-    await this.refresh();
-    await this.tick();
+  }
+
+  /**
+   * Runs `fn` alone in the cluster (under the lifecycle lock, after re-reading
+   * the shared key set), or just runs it on a single broker. Without `wait`,
+   * returns false when another replica holds the lock (after syncing with it).
+   */
+  private async exclusive(fn: () => Promise<void>, wait: boolean): Promise<boolean> {
+    const cluster = this.options.cluster;
+    if (!cluster) {
+      await fn();
+      return true;
+    }
+    const r = await cluster.lock(async () => {
+      await this.sync();
+      await fn();
+    }, wait);
+    if (!r.ran) await this.sync();
+    return r.ran;
+  }
+
+  /**
+   * Re-reads the key set from the store and adopts other replicas' changes
+   * (new keys, state changes): the JWKS and the signing key follow at once.
+   * A no-op on a single broker's own store apart from the re-read.
+   */
+  async sync(): Promise<void> {
+    if (this.syncing) return this.syncing;
+    this.syncing = this.doSync().finally(() => {
+      this.syncing = null;
+    });
+    return this.syncing;
+  }
+
+  private async doSync(): Promise<void> {
+    let changed = false;
+    for (const k of await this.store.list()) {
+      const mine = this.keys.get(k.kid);
+      if (!mine) {
+        this.keys.set(k.kid, k);
+        this.events.onStateChange?.(k, null, 'cluster');
+        changed = true;
+      } else if (mine.state !== k.state || mine.stateSince !== k.stateSince) {
+        const from = mine.state;
+        mine.state = k.state;
+        mine.stateSince = k.stateSince;
+        this.events.onStateChange?.(mine, from, 'cluster');
+        changed = true;
+      }
+      if (mine && (mine.lastTokenExpiresAt ?? 0) < (k.lastTokenExpiresAt ?? 0)) mine.lastTokenExpiresAt = k.lastTokenExpiresAt;
+    }
+    if (changed && this.byState('active')[0]) await this.refresh('cluster');
   }
 
   /** Installs the gate that promotion waits on (the revocation feed's acknowledgements). */
@@ -157,9 +235,15 @@ export class KeyManager {
    * learn the new set from the feed, JWKS pollers on the unknown kid).
    */
   async revoke(kid: string): Promise<KeyInfo> {
+    await this.exclusive(() => this.revokeLocked(kid), true);
+    await this.tick();
+    return this.keys.get(kid)!;
+  }
+
+  private async revokeLocked(kid: string): Promise<void> {
     const info = this.keys.get(kid);
     if (!info) throw mayflyError('ERR_KEY_NOT_FOUND', `no key with kid ${kid}`);
-    if (info.state === 'revoked') return info;
+    if (info.state === 'revoked') return;
     const now = this.clock.now();
     const wasActive = info.state === 'active';
     await this.setState(info, 'revoked', now);
@@ -169,19 +253,21 @@ export class KeyManager {
       else {
         const k = await this.store.create(this.options.alg, 'active', now);
         this.keys.set(k.kid, k);
-        this.events.onStateChange?.(k, null);
+        this.events.onStateChange?.(k, null, 'local');
       }
       this.rotateRequested = false;
     }
-    await this.refresh();
-    await this.tick();
-    return this.keys.get(kid)!;
+    await this.refresh('local');
   }
 
-  /** Advances the lifecycle. Safe to call often; concurrent calls share one run. */
+  /**
+   * Advances the lifecycle. Safe to call often; concurrent calls share one
+   * run. In a cluster, only the replica that gets the lifecycle lock acts;
+   * the others sync.
+   */
   async tick(): Promise<void> {
     if (this.ticking) return this.ticking;
-    this.ticking = this.doTick().finally(() => {
+    this.ticking = this.exclusive(() => this.doTick(), false).then(() => undefined).finally(() => {
       this.ticking = null;
     });
     return this.ticking;
@@ -201,15 +287,20 @@ export class KeyManager {
     if (!next) {
       next = await this.store.create(this.options.alg, 'next', now);
       this.keys.set(next.kid, next);
-      this.events.onStateChange?.(next, null);
+      this.events.onStateChange?.(next, null, 'local');
       changed = true;
     }
     const active = this.byState('active')[0];
     const due = !active || this.rotateRequested || now - active.stateSince >= this.options.rotationPeriodMs;
     const published = now - next.stateSince >= this.options.prePublishMs;
     if (due && published) {
-      const verdict = this.gate ? this.gate(next.kid) : { ready: true, laggards: [] };
-      if (!verdict.ready && this.blockedSince === null) this.blockedSince = now;
+      const verdict = this.gate ? await this.gate(next.kid) : { ready: true, laggards: [] };
+      if (!verdict.ready && this.blockedSince === null) {
+        // In a cluster another replica may have been waiting already: count from when promotion became due.
+        this.blockedSince = this.options.cluster && active && !this.rotateRequested
+          ? Math.min(now, Math.max(next.stateSince + this.options.prePublishMs, active.stateSince + this.options.rotationPeriodMs))
+          : now;
+      }
       const waited = this.blockedSince === null ? 0 : now - this.blockedSince;
       if (verdict.ready || waited >= this.options.maxPromotionWaitMs) {
         if (active) await this.setState(active, 'retiring', now);
@@ -218,13 +309,13 @@ export class KeyManager {
         this.blockedSince = null;
         const fresh = await this.store.create(this.options.alg, 'next', now);
         this.keys.set(fresh.kid, fresh);
-        this.events.onStateChange?.(fresh, null);
+        this.events.onStateChange?.(fresh, null, 'local');
         changed = true;
       } else {
         this.events.onPromotionDelayed?.(next.kid, verdict.laggards, waited);
       }
     }
-    if (changed) await this.refresh();
+    if (changed) await this.refresh('local');
   }
 
   private byState(state: KeyState): KeyInfo[] {
@@ -236,16 +327,19 @@ export class KeyManager {
     await this.store.setState(info.kid, state, now);
     info.state = state;
     info.stateSince = now;
-    this.events.onStateChange?.(info, from);
+    this.events.onStateChange?.(info, from, 'local');
   }
 
-  private async refresh(): Promise<void> {
+  private async refresh(origin: ChangeOrigin): Promise<void> {
     this.publicKeys.clear();
     const published: Record<string, string>[] = [];
     for (const k of this.list()) {
       if (!PUBLISHED.includes(k.state)) continue;
-      const jwk = { ...k.publicJwk, kid: k.kid, alg: k.alg, use: 'sig' };
-      delete (jwk as Record<string, unknown>)['d'];
+      const all: Record<string, string> = { ...k.publicJwk, kid: k.kid, alg: k.alg, use: 'sig' };
+      delete all['d'];
+      // Members in a fixed order: every replica of a cluster serves byte-identical JWKS (same ETag behind a load balancer).
+      const jwk: Record<string, string> = {};
+      for (const m of Object.keys(all).sort()) jwk[m] = all[m]!;
       this.publicKeys.set(k.kid, createPublicKey({ key: jwk as JsonWebKey, format: 'jwk' }));
       published.push(jwk);
     }
@@ -260,6 +354,6 @@ export class KeyManager {
     const version = createHash('sha256').update(kids.join(',')).digest('hex').slice(0, 16);
     const prev = this.jwksDoc.version;
     this.jwksDoc = { json: JSON.stringify({ keys: published }), version, kids };
-    if (prev !== version) this.events.onKeySetChange?.(version, this.jwksDoc.json);
+    if (prev !== version) this.events.onKeySetChange?.(version, this.jwksDoc.json, origin);
   }
 }

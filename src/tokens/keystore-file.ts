@@ -36,8 +36,9 @@ import type { KeyStore, Signer } from '../core/ports.js';
 import type { EpochMs, KeyInfo, KeyState, SigningAlg } from '../core/types.js';
 import { canSign, checkTransition, generateKeyMaterial, localSigner, materialFromPrivateKey, SIGNING_ALGS, type KeyMaterial } from './key-material.js';
 
-const FORMAT = 'mayfly.key/v1';
-const KEY_STATES: readonly KeyState[] = ['next', 'active', 'retiring', 'retired', 'revoked'];
+/** Key record format; also bound into the AEAD of every sealed private key (shared with the PostgreSQL key store). */
+export const FORMAT = 'mayfly.key/v1';
+export const KEY_STATES: readonly KeyState[] = ['next', 'active', 'retiring', 'retired', 'revoked'];
 const CHECK_MODES = process.platform !== 'win32';
 
 /** Options of FileKeyStore.open. */
@@ -52,14 +53,14 @@ export interface FileKeyStoreOptions {
   onFlushError?: (err: MayflyError) => void;
 }
 
-interface SealedKey {
+export interface SealedKey {
   enc: 'A256GCM';
   iv: string;
   ciphertext: string;
   tag: string;
 }
 
-interface KeyFile {
+export interface KeyFile {
   format: typeof FORMAT;
   kid: string;
   alg: SigningAlg;
@@ -80,23 +81,24 @@ interface Entry {
   signer?: Signer;
 }
 
-interface DerivedKeys {
+export interface DerivedKeys {
   wrap: Buffer;
   mac: Buffer;
   kekId: string;
 }
 
-function derive(kek: Buffer): DerivedKeys {
+/** Wrap key, MAC key and KEK id derived from the KEK (HKDF-SHA256). */
+export function derive(kek: Buffer): DerivedKeys {
   const sub = (info: string, n: number) => Buffer.from(hkdfSync('sha256', kek, Buffer.alloc(0), info, n));
   return { wrap: sub('mayfly keystore v1 wrap', 32), mac: sub('mayfly keystore v1 mac', 32), kekId: sub('mayfly keystore v1 kek id', 16).toString('base64url') };
 }
 
-function aad(kid: string, alg: string): Buffer {
+export function aad(kid: string, alg: string): Buffer {
   return Buffer.from(`${FORMAT}|${kid}|${alg}`);
 }
 
 /** Canonical bytes covered by the MAC: every field but `mac`, in a fixed order, JWK members sorted. */
-function macInput(f: Omit<KeyFile, 'mac'>): Buffer {
+export function macInput(f: Omit<KeyFile, 'mac'>): Buffer {
   const jwk = Object.keys(f.publicJwk)
     .sort()
     .map((k) => [k, f.publicJwk[k]]);
@@ -396,7 +398,7 @@ async function writeAtomic(dir: string, path: string, data: string): Promise<voi
   }
 }
 
-function checkKek(kek: Buffer, source: string): void {
+export function checkKek(kek: Buffer, source: string): void {
   if (!Buffer.isBuffer(kek) || kek.length !== 32) {
     throw mayflyError('ERR_KEYSTORE', `${source} must be exactly 32 bytes (got ${Buffer.isBuffer(kek) ? kek.length : typeof kek}); generate one with: openssl rand -base64 32`);
   }

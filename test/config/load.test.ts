@@ -1,4 +1,5 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import { keyStoreKind } from '../../src/cli/keystore.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -24,7 +25,10 @@ describe('config validation', () => {
     expect(c.tokens).toEqual({ default_ttl_seconds: 300, max_ttl_seconds: 3600 });
     expect(c.tasks.default_ttl_seconds).toBe(900);
     expect(c.store.backend).toBe('sqlite');
-    expect(c.keys).toMatchObject({ alg: 'ES256', store: 'file', kek_env: 'MAYFLY_KEK' });
+    expect(c.keys).toMatchObject({ alg: 'ES256', kek_env: 'MAYFLY_KEK' });
+    // keys.store follows the store: file beside SQLite, the shared table on PostgreSQL.
+    expect(keyStoreKind(c)).toBe('file');
+    expect(keyStoreKind(parseConfig({ ...base, store: { backend: 'postgres', url: 'postgres://m@db:5432/mayfly' } }))).toBe('postgres');
     expect(c.policy.engine).toBe('builtin');
   });
 

@@ -18,8 +18,10 @@ const T0 = Date.UTC(2026, 0, 1);
 export interface KeyStoreHarness {
   /** Opens the backend (again, for persistent ones: same backing storage). */
   open(): Promise<KeyStore>;
-  /** For persistent backends: where key files live and how to open them with another KEK. */
-  atRest?: { keyDir: string; openWithKek(kek: Buffer): Promise<KeyStore> };
+  /** For persistent backends: how to open the same backing storage with another KEK. */
+  persistent?: { openWithKek(kek: Buffer): Promise<KeyStore> };
+  /** For file backends: where key files live. */
+  atRest?: { keyDir: string };
   cleanup?(): Promise<void> | void;
 }
 
@@ -144,7 +146,7 @@ export function runKeyStoreContract(name: string, harness: () => KeyStoreHarness
 
     describe('persistence', () => {
       it('keeps keys, states, timestamps and noted expiries across reopen, and still signs', async () => {
-        if (!h.atRest) return;
+        if (!h.persistent) return;
         const a = await store.create('ES256', 'next', T0);
         const b = await store.create('RS256', 'active', T0 + 1);
         const c = await store.create('EdDSA', 'active', T0 + 2);
@@ -220,10 +222,10 @@ export function runKeyStoreContract(name: string, harness: () => KeyStoreHarness
       });
 
       it('refuses to start under a different KEK with a clear message', async () => {
-        if (!h.atRest) return;
+        if (!h.persistent) return;
         await store.create('ES256', 'active', T0);
         await store.close();
-        const msg = await messageOf(track(h.atRest.openWithKek(randomBytes(32))));
+        const msg = await messageOf(track(h.persistent.openWithKek(randomBytes(32))));
         expect(msg).toMatch(/^ERR_KEYSTORE: key store cannot be decrypted with the configured KEK/);
       });
 

@@ -13,7 +13,8 @@ runKeyStoreContract('FileKeyStore', () => {
   const kek = randomBytes(32);
   return {
     open: () => FileKeyStore.open({ dataDir, kek }),
-    atRest: { keyDir: join(dataDir, 'keys'), openWithKek: (other) => FileKeyStore.open({ dataDir, kek: other }) },
+    persistent: { openWithKek: (other) => FileKeyStore.open({ dataDir, kek: other }) },
+    atRest: { keyDir: join(dataDir, 'keys') },
     cleanup: () => rmSync(dataDir, { recursive: true, force: true }),
   };
 });

@@ -98,4 +98,33 @@ export const PG_MIGRATIONS: readonly PgMigration[] = [
       );
     `,
   },
+  {
+    version: 2,
+    name: 'cluster: shared signing keys, feed acknowledgements of every replica',
+    sql: `
+      -- One row per signing key of the cluster (tokens/keystore-postgres.ts):
+      -- the private key sealed under the KEK, which stays outside the database.
+      CREATE TABLE signing_keys (
+        kid                   text PRIMARY KEY,
+        alg                   text NOT NULL,
+        state                 text NOT NULL,
+        created_at            bigint NOT NULL,
+        state_since           bigint NOT NULL,
+        last_token_expires_at bigint,
+        public_jwk            jsonb NOT NULL,
+        kek_id                text NOT NULL,
+        private_key           jsonb NOT NULL,
+        mac                   text NOT NULL
+      );
+      -- Live feed subscribers of each replica and the key set each acknowledged
+      -- (store/postgres-cluster.ts): the key promotion gate reads every replica's.
+      CREATE TABLE feed_acks (
+        replica     text NOT NULL,
+        subscriber  text NOT NULL,
+        kids        jsonb NOT NULL,
+        reported_at bigint NOT NULL,
+        PRIMARY KEY (replica, subscriber)
+      );
+    `,
+  },
 ];

@@ -1,0 +1,249 @@
+/**
+ * Three `mayfly serve` processes on one PostgreSQL (issue 9 "done when"):
+ * - a task begun on replica 1 gets a token on replica 2 and is completed on
+ *   replica 3; verifiers subscribed to each replica reject that token;
+ * - the JWKS of every replica verifies tokens from every other;
+ * - an emergency key revocation on one replica reaches every replica;
+ * - the kill test: ≥ 20 s of BeginTask / IssueToken / CompleteTask through
+ *   clients given all three addresses, one replica kill -9'd half-way; then
+ *   every completed task's tokens are revoked at the surviving replicas and
+ *   their verifiers, every abandoned task of the dead replica is revoked when
+ *   its lease lapses, within its bound, and every audit chain verifies.
+ */
+import { execFile } from 'node:child_process';
+import { request } from 'node:https';
+import { readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { BrokerClient } from '../../src/client/broker-client.js';
+import type { MayflyVerifier } from '../../src/verifier/index.js';
+import { freshDatabase } from '../helpers/postgres.js';
+import { startCluster, type Cluster } from './cluster-harness.js';
+
+const LOAD_SECONDS = Number(process.env['MAYFLY_CLUSTER_LOAD_SECONDS'] ?? 20);
+const LEASE_SECONDS = 2;
+const SWEEP_MS = 200;
+
+function codeOf(e: unknown): string {
+  return (e as { code?: string }).code ?? String(e);
+}
+
+async function verdict(v: MayflyVerifier, token: string): Promise<string> {
+  try {
+    await v.verify(token);
+    return 'OK';
+  } catch (e) {
+    return codeOf(e);
+  }
+}
+
+async function until(what: string, ok: () => boolean | Promise<boolean>, ms = 5000): Promise<number> {
+  const t0 = performance.now();
+  while (!(await ok())) {
+    if (performance.now() - t0 > ms) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return performance.now() - t0;
+}
+
+function runCli(args: string[], cwd: string): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((done) => {
+    execFile(process.execPath, [resolve('bin/mayfly.js'), ...args], { cwd, timeout: 30_000 }, (err, stdout, stderr) => {
+      done({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout: stdout.trim(), stderr: stderr.trim() });
+    });
+  });
+}
+
+function post(url: string, ca: Buffer, dir: string, who: string): Promise<{ status: number; body: string }> {
+  return new Promise((done, fail) => {
+    const req = request(url, { method: 'POST', ca, cert: readFileSync(join(dir, `${who}.pem`)), key: readFileSync(join(dir, `${who}.key`)), servername: 'localhost' }, (res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c.toString()));
+      res.on('end', () => done({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('error', fail);
+    req.end();
+  });
+}
+
+describe('three brokers on one PostgreSQL', () => {
+  let cluster: Cluster;
+  let dbUrl: string;
+  let verifiers: MayflyVerifier[];
+
+  beforeAll(async () => {
+    dbUrl = await freshDatabase('mayfly_cluster');
+    cluster = await startCluster(3, dbUrl, (doc) => {
+      doc['tokens'] = { default_ttl_seconds: 120, max_ttl_seconds: 600 };
+    });
+    verifiers = [0, 1, 2].map((i) => cluster.verifier(i, `rp-on-replica-${i + 1}`));
+    await Promise.all(verifiers.map((v) => v.start()));
+  }, 90_000);
+
+  afterAll(async () => {
+    await cluster?.stop();
+  }, 30_000);
+
+  it('a task begun on replica 1 gets a token on replica 2, is completed on replica 3, and verifiers on every replica reject the token', async () => {
+    const [c1, c2, c3] = [cluster.client(0), cluster.client(1), cluster.client(2)];
+    const task = await c1.beginTask({ purpose: 'cross-replica flow', ttlSeconds: 300 });
+    const issued = await c2.issueToken({ taskId: task.taskId, audience: 'demo-api', scopes: ['read'] });
+    for (const v of verifiers) expect(await verdict(v, issued.token)).toBe('OK');
+    const done = await c3.completeTask(task.taskId);
+    expect(done.revokedTokens).toBe(1);
+    const ms = await until('every verifier to reject the token', async () => (await Promise.all(verifiers.map((v) => verdict(v, issued.token)))).every((c) => c === 'ERR_TOKEN_REVOKED'));
+    console.log(`completion on replica 3 reached verifiers of all three replicas within ${ms.toFixed(0)} ms`);
+    for (const c of [c1, c2, c3]) expect((await c.introspect(issued.token)).active).toBe(false);
+  });
+
+  it('the JWKS of every replica verifies tokens from every other, and they publish the same key set', async () => {
+    const tokens: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const c = cluster.client(i);
+      const t = await c.beginTask({ purpose: `jwks check ${i}`, ttlSeconds: 300 });
+      tokens.push((await c.issueToken({ taskId: t.taskId, audience: 'demo-api', scopes: ['read'] })).token);
+    }
+    for (const t of tokens) for (const v of verifiers) expect(await verdict(v, t)).toBe('OK');
+    const jwks = await Promise.all(cluster.replicas.map((r) => fetchText(r.jwksUrl, cluster.ca)));
+    expect(new Set(jwks).size).toBe(1);
+  });
+
+  it('an emergency key revocation on one replica removes the key from every replica and revokes its tokens everywhere', async () => {
+    const c1 = cluster.client(0);
+    const t = await c1.beginTask({ purpose: 'key revoke', ttlSeconds: 300 });
+    const tok = await c1.issueToken({ taskId: t.taskId, audience: 'demo-api', scopes: ['read'] });
+    const kid = JSON.parse(Buffer.from(tok.token.split('.')[0]!, 'base64url').toString()).kid as string;
+    const res = await post(`${cluster.replicas[1]!.https}/admin/keys/${encodeURIComponent(kid)}/revoke`, cluster.ca, cluster.dir, 'admin');
+    expect(res.status).toBe(200);
+    await until('every verifier to reject tokens of the revoked key', async () => (await Promise.all(verifiers.map((v) => verdict(v, tok.token)))).every((c) => c === 'ERR_TOKEN_REVOKED'));
+    await until('every replica to drop the key from its JWKS', async () => (await Promise.all(cluster.replicas.map((r) => fetchText(r.jwksUrl, cluster.ca)))).every((j) => !j.includes(kid)));
+    // Every replica signs with the replacement, which verifies everywhere.
+    for (let i = 0; i < 3; i++) {
+      const c = cluster.client(i);
+      const fresh = await c.issueToken({ taskId: t.taskId, audience: 'demo-api', scopes: ['read'] });
+      expect(JSON.parse(Buffer.from(fresh.token.split('.')[0]!, 'base64url').toString()).kid).not.toBe(kid);
+      await until('the new key at every verifier', async () => (await Promise.all(verifiers.map((v) => verdict(v, fresh.token)))).every((c) => c === 'OK'));
+    }
+  });
+
+  it(`kill -9 of one replica during ${LOAD_SECONDS} s of load: no completed task keeps a live token, lapsed leases are revoked within their bound, audit chains verify`, async () => {
+    // Each worker holds a client of every replica and fails over to the next on ERR_UNAVAILABLE.
+    const clients: BrokerClient[][] = [];
+    const WORKERS = 6;
+    for (let w = 0; w < WORKERS; w++) clients.push([0, 1, 2].map((i) => cluster.client(i)));
+    const dead = new Set<number>();
+    let calls = 0;
+    let failedOver = 0;
+    let failed = 0;
+    const completed: { taskId: string; tokens: string[] }[] = [];
+    const abandoned: { taskId: string; replica: number; tokens: string[] }[] = [];
+    /** Calls `fn` on `first`, moving to the next replica on ERR_UNAVAILABLE; returns the result and where it ran. */
+    const call = async <T,>(w: number, first: number, fn: (c: BrokerClient) => Promise<T>): Promise<{ value: T; at: number }> => {
+      let lastErr: unknown;
+      for (let k = 0; k < 3; k++) {
+        const at = (first + k) % 3;
+        calls++;
+        try {
+          return { value: await fn(clients[w]![at]!), at };
+        } catch (e) {
+          lastErr = e;
+          if (codeOf(e) !== 'ERR_UNAVAILABLE') throw e;
+          failedOver++;
+        }
+      }
+      throw lastErr;
+    };
+    const stopAt = Date.now() + LOAD_SECONDS * 1000;
+    const killAt = Date.now() + (LOAD_SECONDS * 1000) / 2;
+    const VICTIM = 1;
+    let n = 0;
+    const worker = async (w: number) => {
+      while (Date.now() < stopAt) {
+        const i = n++;
+        const first = i % 3;
+        try {
+          const begun = await call(w, first, (c) => c.beginTask({ purpose: 'load', ttlSeconds: 300, leaseSeconds: LEASE_SECONDS }));
+          const taskId = begun.value.taskId;
+          const tokens: string[] = [];
+          for (let k = 0; k < 2; k++) tokens.push((await call(w, (first + 1 + k) % 3, (c) => c.issueToken({ taskId, audience: 'demo-api', scopes: ['read'] }))).value.token);
+          // One task in five is abandoned: its lease must lapse and revoke it, even if the replica that began it is dead.
+          if (i % 5 === 0) {
+            abandoned.push({ taskId, replica: begun.at, tokens });
+            continue;
+          }
+          await call(w, (first + 2) % 3, (c) => c.completeTask(taskId));
+          completed.push({ taskId, tokens });
+        } catch (e) {
+          failed++;
+          if (codeOf(e) !== 'ERR_UNAVAILABLE' && codeOf(e) !== 'ERR_TASK_NOT_ACTIVE') throw e;
+        }
+      }
+    };
+    const killer = (async () => {
+      await new Promise((r) => setTimeout(r, killAt - Date.now()));
+      await cluster.kill(VICTIM);
+      dead.add(VICTIM);
+    })();
+    await Promise.all([...Array.from({ length: WORKERS }, (_, w) => worker(w)), killer]);
+    const survivors = [0, 2];
+    const liveVerifiers = survivors.map((i) => verifiers[i]!);
+
+    // Every CompleteTask that returned OK: all its tokens revoked at the surviving replicas' verifiers...
+    let lost = 0;
+    await until('completed tasks revoked at surviving verifiers', async () => {
+      lost = 0;
+      for (const c of completed) for (const t of c.tokens) for (const v of liveVerifiers) if ((await verdict(v, t)) !== 'ERR_TOKEN_REVOKED') lost++;
+      return lost === 0;
+    }, 10_000).catch(() => undefined);
+    // ...and at the replicas themselves (a sample through Introspect, all of them in the shared database).
+    const db = new pg.Client({ connectionString: dbUrl });
+    await db.connect();
+    try {
+      for (const c of completed.slice(0, 30)) for (const i of survivors) expect((await cluster.client(i).introspect(c.tokens[0]!)).active).toBe(false);
+      const live = await db.query(`SELECT count(*)::int AS n FROM tokens k JOIN tasks t ON t.id = k.task_id WHERE t.id = ANY($1) AND (t.status = 'active' OR k.revoked_at IS NULL)`, [completed.map((c) => c.taskId)]);
+      expect(live.rows[0].n).toBe(0);
+
+      // Abandoned tasks (including those begun on the dead replica): revoked once the lease lapsed, by a surviving replica's sweeper.
+      const bound = SWEEP_MS + 1500;
+      await new Promise((r) => setTimeout(r, LEASE_SECONDS * 1000 + bound));
+      const rows = (await db.query(`SELECT id, status, lease_expires_at, ended_at FROM tasks WHERE id = ANY($1)`, [abandoned.map((a) => a.taskId)])).rows as { id: string; status: string; lease_expires_at: string; ended_at: string | null }[];
+      expect(rows.length).toBe(abandoned.length);
+      const late = rows.filter((r) => r.status !== 'revoked' || r.ended_at === null || Number(r.ended_at) - Number(r.lease_expires_at) > bound);
+      expect(late).toEqual([]);
+      const lateness = rows.map((r) => Number(r.ended_at) - Number(r.lease_expires_at)).sort((a, b) => a - b);
+      const ofDead = abandoned.filter((a) => a.replica === VICTIM);
+      for (const a of abandoned) for (const v of liveVerifiers) expect(await verdict(v, a.tokens[0]!)).toBe('ERR_TOKEN_REVOKED');
+
+      console.log(
+        `kill test: ${LOAD_SECONDS} s, ${calls} calls, ${failedOver} failed over, ${failed} operations abandoned on error, ` +
+          `${completed.length} tasks completed (${completed.length * 2} tokens), lost revocations ${lost}; ` +
+          `${abandoned.length} abandoned tasks (${ofDead.length} begun on the killed replica) revoked ${lateness[0]}..${lateness[lateness.length - 1]} ms after their lease lapsed (bound ${bound} ms)`,
+      );
+      expect(lost).toBe(0);
+      expect(completed.length).toBeGreaterThan(20);
+      expect(ofDead.length).toBeGreaterThan(0);
+      expect(failedOver).toBeGreaterThan(0);
+    } finally {
+      await db.end();
+    }
+
+    // Every replica's audit chain verifies, the killed one's included.
+    for (const r of cluster.replicas) {
+      const v = await runCli(['audit', 'verify', '--config', r.config], cluster.dir);
+      expect(v.code, `${r.brokerId}: ${v.stdout} ${v.stderr}`).toBe(0);
+    }
+  }, 120_000);
+});
+
+function fetchText(url: string, ca: Buffer): Promise<string> {
+  return new Promise((done, fail) => {
+    const req = request(url, { ca, servername: 'localhost' }, (res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c.toString()));
+      res.on('end', () => done(body));
+    });
+    req.on('error', fail);
+    req.end();
+  });
+}

@@ -25,7 +25,7 @@
 // BENCH_PROFILE=<dir> (one CPU profile of the broker per scenario, <dir>/<scenario>.cpuprofile,
 // taken by bench/broker-probe.mjs; summarise with `node bench/profile-top.mjs <file>`).
 import { execFileSync, fork, spawn } from 'node:child_process';
-import { createPrivateKey, generateKeyPairSync, randomBytes, sign as cryptoSign, verify as cryptoVerify } from 'node:crypto';
+import { X509Certificate, createPrivateKey, generateKeyPairSync, randomBytes, sign as cryptoSign, verify as cryptoVerify } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpsServer } from 'node:https';
 import { connect, createServer as createNetServer } from 'node:net';
@@ -591,7 +591,7 @@ if (want('revocation')) {
   log(`(g) starting ${VERIFIERS} verifiers in a child process …`);
   const vp = await startIpcChild('verifiers.mjs', 'verifier process');
   const init = await vp
-    .call('init', { count: VERIFIERS, issuer: ISSUER, audience: AUDIENCE, jwksUrl: `https://127.0.0.1:${httpPort}/.well-known/jwks.json`, grpcAddress: `127.0.0.1:${grpcPort}`, ca: join(tmpDir, 'ca.pem'), cert: join(tmpDir, 'relying-party.pem'), key: join(tmpDir, 'relying-party.key') })
+    .call('init', { count: VERIFIERS, issuer: ISSUER, audience: AUDIENCE, jwksUrl: `https://127.0.0.1:${httpPort}/.well-known/jwks.json`, grpcAddress: `127.0.0.1:${grpcPort}`, ca: join(tmpDir, 'ca.pem'), cert: join(tmpDir, 'relying-party.pem'), key: join(tmpDir, 'relying-party.key'), clientCert: join(tmpDir, 'workload.pem') })
     .catch((e) => die(`(g) verifiers did not start: ${e.message}\n${tail(brokerLog)}`));
   log(`(g) ${init.verifiers} verifiers synchronized in ${fmtMs(init.startMs)}; ${REVOCATIONS} BeginTask/IssueToken/CompleteTask iterations`);
   const client = new BrokerClient({ address: `127.0.0.1:${grpcPort}`, ca: readFileSync(join(tmpDir, 'ca.pem')), ...pemOf('workload'), timeoutMs: 10_000 });
@@ -671,7 +671,9 @@ if (want('verifier')) {
   const check = (c) => {
     if (c.aud !== AUDIENCE) bad++;
   };
-  for (let i = 0; i < VERIFY_WARM_TOKENS; i++) check(await v.verify(mintedTokens[i]));
+  // The tokens are bound to the load generator's workload certificate; this relying party sees it on the (notional) mTLS connection.
+  const vo = { clientCertDer: new X509Certificate(readFileSync(join(tmpDir, 'workload.pem'))).raw };
+  for (let i = 0; i < VERIFY_WARM_TOKENS; i++) check(await v.verify(mintedTokens[i], vo));
   for (let i = 0; i < 2000; i++) rawOnce();
   // Interleaved rounds (raw, first-time slice, repeat), so machine-load drift hits all three alike.
   const ROUNDS = 5;
@@ -702,14 +704,14 @@ if (want('verifier')) {
     });
     await timed(firstA, async () => {
       const slice = first.slice(round * per, (round + 1) * per);
-      for (const t of slice) check(await v.verify(t));
+      for (const t of slice) check(await v.verify(t, vo));
       return slice.length;
     });
     await timed(repeatA, async () => {
       let n = 0;
       const end = performance.now() + 300;
       do {
-        for (let i = 0; i < 50; i++) check(await v.verify(same));
+        for (let i = 0; i < 50; i++) check(await v.verify(same, vo));
         n += 50;
       } while (performance.now() < end);
       return n;
@@ -988,7 +990,7 @@ if (ran('exchange')) {
 }
 if (ran('issue-opa')) md.push(`- (f) The OPA module is built at bench time by bench/opa-module.mjs (the tests' OPA-ABI 1.2 runtime.wat, compiled with wabt; loaded and evaluated by the real @open-policy-agent/opa-wasm SDK): issue_token for demo-api → {allow: true, scopes: [read]}, begin_task → {allow: true}. Its decision cost is the SDK's JSON in/out plus a byte scan, a lower bound for compiled Rego. Decision latency is one awaited DecisionPoint.decide() (deadline timer, contract check included), ${fmtInt(OPA_EVALS)} calls after warm-up. The OPA and rotation brokers are restarts on the same data dir (same SQLite store, key store and audit log) with the same ${fmtInt(OPEN_TASKS)}-task IssueToken scenario after the same pre-warm; mayfly.yaml is rewritten for each.`);
 if (rv) md.push(`- (g) ${rv.verifiers} MayflyVerifier instances in bench/verifiers.mjs, each with its own BrokerClient (gRPC channel, relying-party SVID), default feed heartbeat; synchronized in ${fmtMs(rv.startMs)}; feed reconnects during the run: ${rv.reconnects}. Per iteration: BeginTask, IssueToken, all verifiers accept the token, then t0 and CompleteTask; each verifier checks verify(token) right after it processes each feed message, and the time the last one gets ERR_TOKEN_REVOKED is t_last (process.hrtime, CLOCK_MONOTONIC across processes). Misuse reports are disabled in these verifiers so ${rv.verifiers} ReportMisuse calls do not load the broker mid-measurement.${rv.stoppedEarly ? ` Stopped after ${REVOCATION_BUDGET_MS / 1000} s.` : ''}`);
-if (vr) md.push(`- (h) One feed-subscribed MayflyVerifier in the bench process; tokens minted by the broker (${fmtInt(VERIFY_WARM_TOKENS)} verified first as warm-up). Five interleaved rounds of raw verify (300 ms), a fifth of the first-time tokens, and the repeated token (300 ms). Each call is an awaited verify() (the async API), so the rate includes a promise per call.`);
+if (vr) md.push(`- (h) One feed-subscribed MayflyVerifier in the bench process; tokens minted by the broker (${fmtInt(VERIFY_WARM_TOKENS)} verified first as warm-up). Five interleaved rounds of raw verify (300 ms), a fifth of the first-time tokens, and the repeated token (300 ms). Each call is an awaited verify() (the async API), so the rate includes a promise per call, with the workload's client certificate (the tokens are bound to it). A repeated token is answered from the verifier's verified-token cache: no signature check or JSON parse, but expiry, audience, revocation (token, task, parent, key), the key still current, the certificate binding, scopes and single use on every call.`);
 if (ran('issue-rot')) md.push(`- (i) keys: ${Object.entries(ROTATION_KEYS).map(([k, v]) => `${k}: ${v}`).join(', ')}. Promotions (audit key.state → active) during the scenario incl. warm-up: ${r['issue-rot'].rotations}; in the whole rotating run: ${r['issue-rot'].rotationsTotal}; \`mayfly keys list\` afterwards lists ${r['issue-rot'].keysListed} keys.`);
 if (failures.length) md.push('', '**FAILURES**', '', ...failures.map((f) => `- ${f}`));
 md.push('');

@@ -277,7 +277,7 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
       observer,
     });
     const auth = new Authenticator(trust, oidc, service, { issuer: c.issuer, jwtSvidAudiences: c.jwt_svid.audiences, clockSkewSeconds: c.jwt_svid.clock_skew_seconds, clock });
-    const authentication = new CallerAuthentication(auth, audit);
+    const authentication = new CallerAuthentication(auth, audit, c.issuer);
     const subscriptions = new FeedSubscriptions({ feed, access, audit, observer });
     const keyAdmin = new KeyAdministration({ keys, store, events, access, audit, clock, observer });
 

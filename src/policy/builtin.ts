@@ -37,6 +37,16 @@ function configError(message: string, rule?: string): Error {
   return mayflyError('ERR_CONFIG_INVALID', `policy rules: ${message}`, rule === undefined ? undefined : { rule });
 }
 
+/** The value at a zod issue path in the raw document (undefined where it is absent). */
+function valueAt(doc: unknown, path: readonly PropertyKey[]): unknown {
+  let cur: unknown = doc;
+  for (const k of path) {
+    if (cur === null || typeof cur !== 'object') return undefined;
+    cur = (cur as Record<PropertyKey, unknown>)[k];
+  }
+  return cur;
+}
+
 function formatIssues(doc: unknown, err: z.ZodError): string {
   const rules = (doc as { rules?: Array<{ name?: unknown }> } | null)?.rules;
   return err.issues
@@ -49,8 +59,9 @@ function formatIssues(doc: unknown, err: z.ZodError): string {
         path.splice(0, 2);
       }
       const rest = path.map(String).join('.');
-      // zod says "Invalid input: expected string, received undefined" for a missing field.
-      const message = i.code === 'invalid_type' && /received undefined$/.test(i.message) ? `is required (${i.expected})` : i.message;
+      // A field the document lacks is named as required, not in zod's "expected …, received undefined".
+      const missing = i.code === 'invalid_type' && valueAt(doc, i.path) === undefined;
+      const message = missing ? `is required (${i.expected})` : i.message;
       return `${[where, rest].filter(Boolean).join(' ')}${where || rest ? ': ' : ''}${message}`;
     })
     .join('; ');

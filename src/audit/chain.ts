@@ -45,6 +45,8 @@ export abstract class ChainedAuditSink implements AuditSink {
   private errors = 0;
   private lastError: string | undefined;
   protected closed = false;
+  /** Records waiting for the end of this event-loop turn (writeConfirmed). */
+  private queued: Array<{ entry: Record<string, unknown>; resolve: () => void; reject: (err: unknown) => void }> = [];
 
   protected constructor(options: ChainedSinkOptions, head: ChainHead = GENESIS_HEAD) {
     this.brokerId = options.brokerId;
@@ -70,8 +72,76 @@ export abstract class ChainedAuditSink implements AuditSink {
     }
   }
 
+  /**
+   * Appends `entry` together with every record confirmed in the same
+   * event-loop turn, in one backend write at setImmediate; resolves once it
+   * is written, rejects if it could not be (the chain head then stays where
+   * it was, as for write()). A synchronous write, a sealed record, sync() or
+   * close() first writes what is queued, so the log keeps call order.
+   */
+  writeConfirmed(entry: AuditEntry): Promise<void> {
+    if (this.closed) return Promise.reject(new Error('audit sink is closed'));
+    let redacted: Record<string, unknown>;
+    try {
+      redacted = redact(entry);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return new Promise((resolve, reject) => {
+      this.queued.push({ entry: redacted, resolve, reject });
+      if (this.queued.length === 1) setImmediate(() => this.flushQueued());
+    });
+  }
+
+  /** Chains the queued records from the head and appends them in one backend write, all or none. */
+  protected flushQueued(): void {
+    if (this.queued.length === 0) return;
+    const items = this.queued;
+    this.queued = [];
+    const at = { now: this.clock.now(), brokerId: this.brokerId };
+    const records: AuditRecord[] = [];
+    const lines: string[] = [];
+    let head = this.head;
+    try {
+      if (this.closed) throw new Error('audit sink is closed');
+      for (const it of items) {
+        const record = chainRecord(it.entry, head, at);
+        records.push(record);
+        lines.push(serializeRecord(record));
+        head = { seq: record.seq, hash: record.hash };
+      }
+      this.appendMany(records, lines);
+    } catch (err) {
+      this.errors += items.length;
+      this.lastError = err instanceof Error ? err.message : String(err);
+      try {
+        this.onError?.(err);
+      } catch {
+        // Listener errors are not audit errors.
+      }
+      for (const it of items) it.reject(err);
+      return;
+    }
+    this.head = head;
+    this.written += items.length;
+    for (const record of records) {
+      try {
+        this.onWrite?.(record);
+      } catch {
+        // Listener errors are not audit errors.
+      }
+    }
+    for (const it of items) it.resolve();
+  }
+
+  /** Appends several chained records, all or none (throwing on failure); the default appends them one by one. */
+  protected appendMany(records: AuditRecord[], lines: string[]): void {
+    for (let i = 0; i < records.length; i++) this.append(records[i]!, lines[i]!);
+  }
+
   /** Chains and appends an already-redacted entry; throws on failure (used at open for the resume record). */
   protected writeRecord(entry: Record<string, unknown>): AuditRecord {
+    this.flushQueued();
     const record = chainRecord(entry, this.head, { now: this.clock.now(), brokerId: this.brokerId });
     this.append(record, serializeRecord(record));
     // Advance only after the append succeeded, so a lost record never leaves a seq gap or dangling prev.
@@ -119,6 +189,7 @@ export abstract class ChainedAuditSink implements AuditSink {
   /** Closes the backend; later writes count as errors. Idempotent. */
   async close(): Promise<void> {
     if (this.closed) return;
+    this.flushQueued();
     this.closed = true;
     this.closeBackend();
   }

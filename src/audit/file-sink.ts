@@ -150,11 +150,20 @@ export class FileAuditSink extends ChainedAuditSink {
 
   /** Flushes the file to disk; take a verify anchor (chainHead) after this. */
   override sync(): void {
+    this.flushQueued();
     if (!this.closed) fsyncSync(this.fd);
   }
 
   protected append(_record: AuditRecord, line: string): void {
     const buf = Buffer.from(line + '\n', 'utf8');
+    if (this.maxBytes !== undefined && this.size > 0 && this.size + buf.length > this.maxBytes) this.rotate();
+    this.appendBytes(buf);
+  }
+
+  /** One write(2) for a group of records (writeConfirmed); a failed write is truncated away, so it is all or none. */
+  protected override appendMany(_records: AuditRecord[], lines: string[]): void {
+    const buf = Buffer.from(lines.join('\n') + '\n', 'utf8');
+    // A group never straddles a rotation: the file rotates before it, and may end a group past maxBytes.
     if (this.maxBytes !== undefined && this.size > 0 && this.size + buf.length > this.maxBytes) this.rotate();
     this.appendBytes(buf);
   }

@@ -53,6 +53,8 @@ export interface BuildStoreOptions {
   migrate?: boolean;
   /** Ping PostgreSQL this often for health (ms); 0 = only calls tell (CLI commands). */
   healthIntervalMs?: number;
+  /** SQLite: checkpoint the WAL from a worker thread (the broker; short-lived CLI commands leave it to SQLite). */
+  sqliteCheckpointInWorker?: boolean;
 }
 
 /** Opens the configured store; see BuiltStore. */
@@ -62,7 +64,7 @@ export async function buildStore(c: MayflyConfig, dataDir: string, opts: BuildSt
       return { store: new MemoryStore(), coordinator: new LocalCoordinator(), backend: 'memory', where: 'memory', shared: false };
     case 'sqlite': {
       const path = resolvePath(dataDir, c.store.path);
-      return { store: SqliteStore.open(path), coordinator: new LocalCoordinator(), backend: 'sqlite', where: path, shared: false };
+      return { store: SqliteStore.open(path, { checkpointInWorker: opts.sqliteCheckpointInWorker ?? false }), coordinator: new LocalCoordinator(), backend: 'sqlite', where: path, shared: false };
     }
     case 'postgres': {
       const url = resolveStoreUrl(c, opts.env ?? process.env);

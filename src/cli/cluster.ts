@@ -43,9 +43,9 @@ export interface ClusterSync {
 export async function startClusterSync(o: ClusterOptions): Promise<ClusterSync> {
   let lastErr = '';
   const onError = (e: MayflyError) => {
-    // Once per distinct failure, not on every poll while PostgreSQL is down.
-    if (e.message === lastErr) return;
-    lastErr = e.message;
+    // Once per kind of failure (its code), not on every poll while PostgreSQL is down.
+    if (e.code === lastErr) return;
+    lastErr = e.code;
     o.log.warn({ code: e.code, err: e.message }, 'cluster sync failed; retrying');
   };
   const relay = new ClusterFeedRelay(o.store, o.feed, {

@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { ERROR_CODES, MayflyError, type ErrorCode } from '../core/errors.js';
 
-type NodeError = Error & { code?: unknown; errno?: unknown; syscall?: unknown; path?: unknown; address?: unknown; port?: unknown };
+type NodeError = Error & { code?: unknown; errno?: unknown; syscall?: unknown; path?: unknown; address?: unknown; port?: unknown; library?: unknown; reason?: unknown };
 
 function nodeCode(e: unknown): string | undefined {
   return e instanceof Error && typeof (e as NodeError).code === 'string' ? ((e as NodeError).code as string) : undefined;
@@ -105,10 +105,11 @@ function listenError(e: NodeError): MayflyError | undefined {
 /** TLS material errors from OpenSSL (through Node) as codes that say which file to fix. */
 function tlsError(e: NodeError): MayflyError | undefined {
   const code = typeof e.code === 'string' ? e.code : '';
-  if (code === 'ERR_OSSL_X509_KEY_VALUES_MISMATCH' || /key values mismatch/.test(e.message)) {
+  // OpenSSL's library and reason travel as fields of the error; the message is never parsed.
+  if (code === 'ERR_OSSL_X509_KEY_VALUES_MISMATCH' || e.reason === 'key values mismatch') {
     return new MayflyError('ERR_TLS_KEY_MISMATCH', 'the TLS certificate and key do not belong together (tls.cert_file / tls.key_file): give the key the certificate was issued for', { cause: e });
   }
-  if (code.startsWith('ERR_OSSL_PEM') || code === 'ERR_OSSL_UNSUPPORTED' || /PEM routines|no start line|bad decrypt|DECODER routines/.test(e.message)) {
+  if (code.startsWith('ERR_OSSL_PEM') || code === 'ERR_OSSL_UNSUPPORTED' || e.library === 'PEM routines' || e.library === 'DECODER routines' || e.reason === 'bad decrypt') {
     return new MayflyError('ERR_PEM_INVALID', 'a TLS certificate or key is not valid PEM (tls.cert_file / tls.key_file): give a PEM certificate chain and its unencrypted PEM private key', { cause: e });
   }
   return undefined;

@@ -20,6 +20,8 @@ import { fromHttpError, oneLine, readPem, readUserFile, toCliError } from './err
 import { parseIdentityId } from '../identity/identity-id.js';
 import { SqliteStore } from '../store/sqlite.js';
 import { openKeyStore } from './keystore.js';
+import cluster from 'node:cluster';
+import { asWorker, parseWorkers, reportListening, runPrimary, workerIndex } from './workers.js';
 
 const DEFAULT_DEV_DIR = '.mayfly';
 
@@ -140,7 +142,8 @@ export function buildCli(): Command {
     .requiredOption('--config <file>', 'config file (YAML)')
     .option('--grpc-listen <host:port>', 'gRPC listen address (overrides listen.grpc)')
     .option('--http-listen <host:port>', 'HTTPS listen address (overrides listen.http)')
-    .action(async (o: { config: string; grpcListen?: string; httpListen?: string }) => serve(o.config, o, false));
+    .option('--workers <n>', 'broker processes sharing the listen ports (needs store.backend postgres)', '1')
+    .action(async (o: { config: string; grpcListen?: string; httpListen?: string; workers?: string }) => serve(o.config, o, false));
 
   const svid = program.command('svid').description('dev X.509-SVIDs');
   svid
@@ -450,14 +453,17 @@ function checkListen(flag: string, v: string | undefined): void {
   if (!m || Number(m[2]) > 65535) throw new MayflyError('ERR_LISTEN_ADDRESS_INVALID', `${flag} ${JSON.stringify(v)} is not host:port with a port from 0 to 65535, e.g. 127.0.0.1:8443`);
 }
 
-async function serve(configPath: string, o: { grpcListen?: string; httpListen?: string }, dev: boolean): Promise<void> {
+async function serve(configPath: string, o: { grpcListen?: string; httpListen?: string; workers?: string }, dev: boolean): Promise<void> {
   checkListen('--grpc-listen', o.grpcListen);
   checkListen('--http-listen', o.httpListen);
-  const loaded = loadConfig(configPath);
+  const workers = parseWorkers(o.workers);
+  if (workers > 1 && cluster.isPrimary) return runPrimary(loadConfig(configPath), workers);
+  const loaded = asWorker(loadConfig(configPath));
   const broker = await startBroker(loaded, { ...(o.grpcListen ? { grpcListen: o.grpcListen } : {}), ...(o.httpListen ? { httpListen: o.httpListen } : {}) });
   const g = `${broker.grpc.address.host}:${broker.grpc.address.port}`;
   const h = `https://${broker.http.address.host}:${broker.http.address.port}`;
-  console.error(`mayfly: gRPC (mTLS) on ${g}; HTTPS on ${h} (JWKS ${h}/.well-known/jwks.json)`);
+  console.error(`mayfly: ${workerIndex() === null ? '' : `worker ${workerIndex()} (pid ${process.pid}) `}gRPC (mTLS) on ${g}; HTTPS on ${h} (JWKS ${h}/.well-known/jwks.json)`);
+  reportListening(g, h);
   if (dev) {
     const d = resolve(loaded.baseDir);
     console.error(`mayfly: dev setup in ${d}. Try, in another shell:

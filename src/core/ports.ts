@@ -223,5 +223,29 @@ export interface AuditEntry {
 /** Append-only audit log. `write` must not throw on the request path; failures surface through health. */
 export interface AuditSink {
   write(entry: AuditEntry): void;
+  /**
+   * Appends like write(), and resolves once the record is written or rejects
+   * if it could not be, so a use-case never answers a request whose record
+   * is missing. Records confirmed in one event-loop turn share one write.
+   * Optional: a sink without it is written with write().
+   */
+  writeConfirmed?(entry: AuditEntry): Promise<void>;
   close(): Promise<void>;
+}
+
+/** One subscriber's acknowledged key set, as a replica reports it. */
+export interface SubscriberAck {
+  subscriber: string;
+  /** Kids of the key set it acknowledged ([] if none yet). */
+  kids: string[];
+}
+
+/** Shared record of every replica's live subscribers and what they acknowledged (PostgreSQL table). */
+export interface AckRegistry {
+  /** Replaces this replica's rows with `acks`, stamped `now`. */
+  report(replica: string, acks: SubscriberAck[], now: number): Promise<void>;
+  /** Subscribers, on any replica reported within `freshMs` of `now`, whose key set lacks `kid`. */
+  laggards(kid: string, now: number, freshMs: number): Promise<string[]>;
+  /** Removes this replica's rows (clean shutdown). */
+  forget(replica: string): Promise<void>;
 }

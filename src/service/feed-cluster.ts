@@ -17,10 +17,13 @@
  * to a shared registry, and the gate asks the registry who still lags.
  */
 import { isMayflyError, mayflyError, type MayflyError } from '../core/errors.js';
-import type { Clock, Store } from '../core/ports.js';
+import type { AckRegistry, Clock, Store, SubscriberAck } from '../core/ports.js';
 import type { RevocationEvent } from '../core/types.js';
 import type { EventPublisher } from './deps.js';
 import type { RevocationFeed } from './feed.js';
+
+// The registry is a port (core/ports.ts); re-exported here for its users.
+export type { AckRegistry, SubscriberAck };
 
 export interface ClusterRelayOptions {
   /** Fallback poll of the event log when no notification arrives (ms). */
@@ -118,22 +121,6 @@ export class ClusterFeedRelay implements EventPublisher {
   }
 }
 
-/** One subscriber's acknowledged key set, as a replica reports it. */
-export interface SubscriberAck {
-  subscriber: string;
-  /** Kids of the key set it acknowledged ([] if none yet). */
-  kids: string[];
-}
-
-/** Shared record of every replica's live subscribers and what they acknowledged (PostgreSQL table). */
-export interface AckRegistry {
-  /** Replaces this replica's rows with `acks`, stamped `now`. */
-  report(replica: string, acks: SubscriberAck[], now: number): Promise<void>;
-  /** Subscribers, on any replica reported within `freshMs` of `now`, whose key set lacks `kid`. */
-  laggards(kid: string, now: number, freshMs: number): Promise<string[]>;
-  /** Removes this replica's rows (clean shutdown). */
-  forget(replica: string): Promise<void>;
-}
 
 /**
  * Promotion gate over every replica's subscribers. A replica that died stops

@@ -12,7 +12,7 @@
  */
 import type pg from 'pg';
 import { isMayflyError, mayflyError, type MayflyError } from '../core/errors.js';
-import type { AckRegistry, SubscriberAck } from '../service/feed-cluster.js';
+import type { AckRegistry, SubscriberAck } from '../core/ports.js';
 
 /** Channel a replica notifies after committing a revocation event (payload: the cursor). */
 export const EVENTS_CHANNEL = 'mayfly_events';

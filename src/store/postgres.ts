@@ -119,7 +119,13 @@ function storeError(url: string, what: string, err: unknown): MayflyError {
   const where = target(url);
   const details = { target: where, pgCode: c || undefined };
   const reason = err instanceof Error ? err.message.replace(/postgres(ql)?:\/\/[^\s]*/gi, (m) => redactPgUrl(m)) : String(err);
-  if (isPgUnavailable(err)) return mayflyError('ERR_UNAVAILABLE', `PostgreSQL store at ${where} is unavailable (${what}): ${reason}`, details, err);
+  if (isPgUnavailable(err)) {
+    // At startup the operator reads this, so it says where and why. On the request path it goes
+    // to callers too (ERR_UNAVAILABLE is not an internal error), so it does not name the database
+    // host; the target and the driver's reason stay in the details and in health().
+    if (what === 'open' || what === 'migrate' || what === 'schema version') return mayflyError('ERR_UNAVAILABLE', `PostgreSQL store at ${where} is unavailable (${what}): ${reason}`, details, err);
+    return mayflyError('ERR_UNAVAILABLE', `store unavailable (${what}); the broker refuses to proceed without recording it`, { ...details, reason }, err);
+  }
   if (c === '28P01' || c === '28000') return mayflyError('ERR_STORE', `PostgreSQL store at ${where} refused the credentials (${what}); check the user and password of store.url / MAYFLY_STORE_URL`, details, err);
   if (c === '3D000') return mayflyError('ERR_STORE', `PostgreSQL database ${where} does not exist (${what}); create it (CREATE DATABASE) or fix store.url`, details, err);
   if (c === '42501') return mayflyError('ERR_STORE', `PostgreSQL store at ${where}: permission denied (${what}); the broker's role needs to own its tables`, details, err);
@@ -397,7 +403,7 @@ export class PostgresStore implements Store {
    */
   private eventQueue: Promise<unknown> = Promise.resolve();
   /** Set by the last call that could not reach the server, cleared by the next one that did. */
-  private outage: { since: number; message: string } | null = null;
+  private outage: { since: number; reason: string } | null = null;
   private probe: NodeJS.Timeout | undefined;
 
   private constructor(
@@ -415,13 +421,13 @@ export class PostgresStore implements Store {
   /** ok until a call fails because the server is unreachable; ok again after the next call that reaches it. */
   health(): PgStoreHealth {
     if (this.closed) return { ok: false, detail: 'store is closed' };
-    if (this.outage) return { ok: false, detail: `PostgreSQL unavailable for ${Math.round((Date.now() - this.outage.since) / 1000)}s: ${this.outage.message}` };
+    if (this.outage) return { ok: false, detail: `PostgreSQL at ${target(this.url)} unavailable for ${Math.round((Date.now() - this.outage.since) / 1000)}s: ${this.outage.reason}` };
     return { ok: true, detail: `postgres ${target(this.url)}` };
   }
 
   private noteOutcome(err?: unknown): void {
     if (err === undefined) this.outage = null;
-    else if (isMayflyError(err, 'ERR_UNAVAILABLE')) this.outage ??= { since: Date.now(), message: err.message };
+    else if (isMayflyError(err, 'ERR_UNAVAILABLE')) this.outage ??= { since: Date.now(), reason: String(err.details?.['reason'] ?? err.message) };
   }
 
   /**

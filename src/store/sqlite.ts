@@ -8,23 +8,34 @@
  * (createTask, recordToken, renewLease). Ending and revoking is different: a
  * lost revocation means a token the operator believes dead verifies again
  * after a power cut. So endTask, endTasksOfOwner, revokeToken,
- * revokeTokensByKid and appendEvent switch the connection to
- * `synchronous=FULL` around their transaction, which makes SQLite fsync the
- * WAL at that commit: the revocation is on disk before the promise resolves.
- * (The pragma is per connection and read at commit time; it cannot be changed
- * inside a transaction, hence the switch around it.)
+ * revokeTokensByKid, appendEvent and putAuditHead resolve only after an
+ * fsync of the WAL that started after their commit: the revocation is on
+ * disk before the promise resolves, as with `synchronous=FULL`, but the
+ * fsync runs on the libuv thread pool instead of blocking the event loop,
+ * and concurrent revocations share one fsync (see `walSync`). Their effect
+ * is visible to every later read and write at once (a token recorded after
+ * the commit is refused), only the promise waits for the disk.
+ *
+ * Checkpoints. With `checkpointInWorker` (the broker sets it), SQLite's
+ * automatic checkpoint, which copies the WAL into the database file and
+ * fsyncs it inside whichever commit crosses 1000 WAL pages, is turned off on
+ * this connection, and a worker thread with its own connection runs passive
+ * checkpoints instead (`sqlite-checkpointer.ts`). If the worker fails, the
+ * automatic checkpoint is switched back on. docs/durability.md says what a
+ * crash can lose.
  *
  * better-sqlite3 is synchronous and Node is single-threaded, so every method
  * is atomic with respect to the others without further locking. All SQL
  * stays in this file, behind the Store port.
  */
-import { chmodSync, mkdirSync } from 'node:fs';
+import { chmodSync, close as closeFd, fsync, mkdirSync, open as openFd } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { isMayflyError, mayflyError, MayflyError } from '../core/errors.js';
 import type { RevocationSnapshot, Store } from '../core/ports.js';
 import type { AuditHead, EpochMs, RevocationEvent, TaskEndResult, TaskRecord, TaskStatus, TokenRecord } from '../core/types.js';
 import { descendantEndReason, EMPTY_END } from './semantics.js';
+import { startCheckpointer, type Checkpointer, type CheckpointStats } from './sqlite-checkpointer.js';
 
 type Db = Database.Database;
 type Stmt = Database.Statement;
@@ -96,6 +107,9 @@ const MIGRATIONS: readonly string[] = [
   ) WITHOUT ROWID;
   `,
 ];
+
+/** WAL pages after which a commit checkpoints itself when the worker checkpoints (SQLite's default is 1000). */
+const WAL_BACKSTOP_PAGES = 10_000;
 
 /** Schema version this build writes. */
 export const SQLITE_SCHEMA_VERSION = MIGRATIONS.length;
@@ -204,10 +218,17 @@ function eventFromRow(r: EventRow): RevocationEvent {
 export interface SqliteStoreOptions {
   /** How long a write waits for another connection's lock before failing with ERR_STORE (ms, default 2000). */
   busyTimeoutMs?: number;
+  /**
+   * Checkpoint the WAL from a worker thread instead of inside commits on the
+   * event loop (default false: short-lived CLI commands keep SQLite's own).
+   */
+  checkpointInWorker?: boolean;
+  /** How often the worker runs a passive checkpoint (ms, default 200). */
+  checkpointIntervalMs?: number;
 }
 
-/** Maps a better-sqlite3 failure to ERR_STORE with a message the operator can act on. */
-function storeError(path: string, what: string, err: unknown): MayflyError {
+/** Maps a better-sqlite3 failure to ERR_STORE with a message the operator can act on; `db` tells a closed connection. */
+function storeError(path: string, what: string, err: unknown, db?: Db): MayflyError {
   if (isMayflyError(err)) return err;
   const code = (err as { code?: unknown }).code;
   const c = typeof code === 'string' ? code : '';
@@ -224,7 +245,7 @@ function storeError(path: string, what: string, err: unknown): MayflyError {
   }
   if (c.startsWith('SQLITE_IOERR')) return mayflyError('ERR_STORE', `I/O error on store database ${path} (${what}); check the disk`, details, err);
   if (c.startsWith('SQLITE_CONSTRAINT')) return mayflyError('ERR_STORE', `store constraint violated (${what})`, details, err);
-  if (err instanceof TypeError && /not open/.test(err.message)) return mayflyError('ERR_STORE', 'store is closed', details, err);
+  if (err instanceof TypeError && db !== undefined && !db.open) return mayflyError('ERR_STORE', 'store is closed', details, err);
   return mayflyError('ERR_STORE', `store database ${path} failed (${what})`, details, err);
 }
 
@@ -260,8 +281,6 @@ export class SqliteStore implements Store {
     gcTokens: Stmt;
     gcTasks: Stmt;
     gcEvents: Stmt;
-    syncFull: Stmt;
-    syncNormal: Stmt;
   };
   private readonly recordTokenTx: (t: TokenRecord) => void;
   private closed = false;
@@ -270,6 +289,10 @@ export class SqliteStore implements Store {
   /** Runs a write in a savepoint when called inside the batch transaction (better-sqlite3 nests transactions as savepoints). */
   private readonly savepoint: (fn: () => void) => void;
   private readonly batchTx: (run: () => void) => void;
+  /** The fsync of the WAL in flight, and the one queued behind it (see walSync). */
+  private syncing: Promise<void> | null = null;
+  private queuedSync: { promise: Promise<void>; resolve: () => void; reject: (e: unknown) => void } | null = null;
+  private checkpointer: Checkpointer | null = null;
 
   private constructor(
     private readonly db: Db,
@@ -325,8 +348,6 @@ export class SqliteStore implements Store {
       gcTokens: p('DELETE FROM tokens WHERE task_id IN (SELECT id FROM tasks WHERE expires_at < ?)'),
       gcTasks: p('DELETE FROM tasks WHERE expires_at < ?'),
       gcEvents: p('DELETE FROM events WHERE covers_until < ?'),
-      syncFull: p('PRAGMA synchronous = FULL'),
-      syncNormal: p('PRAGMA synchronous = NORMAL'),
     };
     const s = this.s;
     this.savepoint = db.transaction((fn: () => void) => fn());
@@ -366,18 +387,37 @@ export class SqliteStore implements Store {
       db.pragma('synchronous = NORMAL');
       db.pragma('foreign_keys = OFF');
       migrate(db, path);
-      return new SqliteStore(db, path);
+      const store = new SqliteStore(db, path);
+      if (options.checkpointInWorker) store.startCheckpointer(options.checkpointIntervalMs ?? 200);
+      return store;
     } catch (err) {
       db?.close();
       throw storeError(path, 'open', err);
     }
   }
 
+  private startCheckpointer(intervalMs: number): void {
+    const db = this.db;
+    // Only a backstop: the worker keeps the WAL backfilled, so when a commit does cross this many
+    // pages (sustained writes never leave the worker a quiet moment to let the WAL restart) the
+    // checkpoint it runs has little left to copy.
+    db.pragma(`wal_autocheckpoint = ${WAL_BACKSTOP_PAGES}`);
+    this.checkpointer = startCheckpointer(this.path, intervalMs, () => {
+      // The worker is gone: SQLite checkpoints inside commits again, so the WAL stays bounded.
+      if (db.open) db.pragma('wal_autocheckpoint = 1000');
+    });
+  }
+
+  /** Checkpoints done by the worker (null when checkpoints run inside commits). */
+  checkpointStats(): CheckpointStats | null {
+    return this.checkpointer?.stats() ?? null;
+  }
+
   private run<T>(what: string, fn: () => T): T {
     try {
       return fn();
     } catch (err) {
-      throw storeError(this.path, what, err);
+      throw storeError(this.path, what, err, this.db);
     }
   }
 
@@ -415,22 +455,64 @@ export class SqliteStore implements Store {
         });
       });
     } catch (err) {
-      for (const it of items) it.reject(storeError(this.path, it.what, err));
+      for (const it of items) it.reject(storeError(this.path, it.what, err, this.db));
       return;
     }
-    items.forEach((it, i) => (outcomes[i] === undefined ? it.resolve() : it.reject(storeError(this.path, it.what, outcomes[i]))));
+    items.forEach((it, i) => (outcomes[i] === undefined ? it.resolve() : it.reject(storeError(this.path, it.what, outcomes[i], this.db))));
   }
 
-  /** Runs `fn` in one transaction committed with synchronous=FULL (fsynced before returning). */
-  private durably<T>(what: string, fn: () => T): T {
-    return this.run(what, () => {
-      this.s.syncFull.run();
-      try {
-        return this.db.transaction(fn).immediate();
-      } finally {
-        this.s.syncNormal.run();
-      }
-    });
+  /**
+   * Runs `fn` in one transaction, then resolves once the WAL holding its
+   * commit is on disk. The commit itself is synchronous (every later read
+   * sees it); the fsync runs on the thread pool. If the fsync fails the
+   * promise rejects with ERR_STORE: the change may or may not survive a power
+   * loss, so the caller must not report it as done.
+   */
+  private async durably<T>(what: string, fn: () => T): Promise<T> {
+    const result = this.run(what, () => this.db.transaction(fn).immediate());
+    try {
+      await this.walSync();
+    } catch (err) {
+      throw mayflyError('ERR_STORE', `store database ${this.path}: the ${what} commit could not be flushed to disk (fsync failed); check the disk`, { path: this.path }, err);
+    }
+    return result;
+  }
+
+  /**
+   * Resolves after an fsync of the WAL file that started after this call:
+   * that fsync covers every commit made before the call. Group commit for
+   * durability: while one fsync runs, every caller waits for the next one,
+   * and all of them share it. fsync on any descriptor of a file flushes the
+   * file; a checkpoint that moved the frames into the database file first
+   * has already fsynced that file (synchronous=NORMAL does before it lets
+   * the WAL be reused).
+   */
+  private walSync(): Promise<void> {
+    let waiter = this.queuedSync;
+    if (!waiter) {
+      let resolve!: () => void;
+      let reject!: (e: unknown) => void;
+      const promise = new Promise<void>((res, rej) => {
+        resolve = res;
+        reject = rej;
+      });
+      waiter = this.queuedSync = { promise, resolve, reject };
+    }
+    if (!this.syncing) this.startWalSync();
+    return waiter.promise;
+  }
+
+  /** Starts the queued fsync; when it ends, the one queued meanwhile (if any) starts. */
+  private startWalSync(): void {
+    const waiter = this.queuedSync;
+    if (!waiter) return;
+    this.queuedSync = null;
+    this.syncing = fsyncPath(`${this.path}-wal`)
+      .then(waiter.resolve, waiter.reject)
+      .finally(() => {
+        this.syncing = null;
+        this.startWalSync();
+      });
   }
 
   /** Creates a task; ERR_STORE if the id already exists. */
@@ -615,7 +697,7 @@ export class SqliteStore implements Store {
   /** Records the audit chain head of one broker, in the meta table (no migration), fsynced before resolving. */
   async putAuditHead(head: AuditHead): Promise<void> {
     const value = JSON.stringify({ seq: head.seq, hash: head.hash, at: head.at });
-    this.durably('putAuditHead', () => this.s.setMeta.run(auditHeadKey(head.brokerId), value));
+    await this.durably('putAuditHead', () => this.s.setMeta.run(auditHeadKey(head.brokerId), value));
   }
 
   /** The audit chain head last recorded for that broker, or null. */
@@ -631,8 +713,20 @@ export class SqliteStore implements Store {
     if (this.closed) return;
     this.flushBatch();
     this.closed = true;
+    await this.checkpointer?.stop();
+    while (this.syncing) await this.syncing;
     this.run('close', () => this.db.close());
   }
+}
+
+/** fsync of the file at `path` on the thread pool (open read-only, fsync, close). */
+function fsyncPath(path: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    openFd(path, 'r', (err, fd) => {
+      if (err) return reject(err);
+      fsync(fd, (syncErr) => closeFd(fd, () => (syncErr ? reject(syncErr) : resolve())));
+    });
+  });
 }
 
 /** Meta-table key of a broker's audit head. */

@@ -192,6 +192,55 @@ describe('FileAuditSink', () => {
   });
 });
 
+describe('FileAuditSink.writeConfirmed', () => {
+  it('writes the records confirmed in one event-loop turn with one write, in call order with synchronous writes', async () => {
+    const sink = open();
+    const internals = sink as unknown as { appendBytes: (b: Buffer) => void };
+    const writes: number[] = [];
+    const original = internals.appendBytes.bind(sink);
+    internals.appendBytes = (b: Buffer) => {
+      writes.push(b.toString('utf8').split('\n').filter(Boolean).length);
+      original(b);
+    };
+    const confirmed = [0, 1, 2, 3, 4].map((i) => sink.writeConfirmed({ event: 'token.issue', outcome: 'success', jti: `c${i}` }));
+    expect(fileLinesOf(path)).toEqual([]); // nothing before the end of the turn
+    await Promise.all(confirmed);
+    expect(writes).toEqual([5]);
+    // A synchronous write first writes whatever is queued, so the log keeps call order.
+    const later = sink.writeConfirmed({ event: 'token.issue', outcome: 'success', jti: 'queued' });
+    sink.write({ event: 'task.expire', outcome: 'success', task_id: 'sync' });
+    await later;
+    expect(writes).toEqual([5, 1, 1]);
+    await sink.close();
+    const recs = fileLinesOf(path).map((l) => JSON.parse(l) as AuditRecord);
+    expect(recs.map((r) => r.jti ?? r.task_id)).toEqual(['c0', 'c1', 'c2', 'c3', 'c4', 'queued', 'sync']);
+    expect(verifyAuditLog(path)).toMatchObject({ ok: true, records: 7 });
+  });
+
+  it('rejects every record of a group whose write failed and leaves the chain as it was', async () => {
+    const sink = open();
+    writeN(sink, 2);
+    const internals = sink as unknown as { fd: number };
+    const good = internals.fd;
+    const ro = openSync(path, 'r');
+    internals.fd = ro; // writes now fail with EBADF
+    const failed = await Promise.allSettled([sink.writeConfirmed({ event: 'token.issue', outcome: 'success', jti: 'x1' }), sink.writeConfirmed({ event: 'token.issue', outcome: 'success', jti: 'x2' })]);
+    expect(failed.map((r) => r.status)).toEqual(['rejected', 'rejected']);
+    expect(String((failed[0] as PromiseRejectedResult).reason)).toMatch(/EBADF/);
+    expect(sink.health()).toMatchObject({ ok: false, errors: 2, written: 2, seq: 2 });
+    internals.fd = good;
+    closeSync(ro);
+    await sink.writeConfirmed({ event: 'token.issue', outcome: 'success', jti: 'after' });
+    await sink.close();
+    await expect(sink.writeConfirmed({ event: 'token.issue', outcome: 'success' })).rejects.toThrow(/closed/);
+    expect(verifyAuditLog(path)).toMatchObject({ ok: true, records: 3 });
+  });
+});
+
+function fileLinesOf(p: string): string[] {
+  return readFileSync(p, 'utf8').split('\n').filter(Boolean);
+}
+
 describe('FileAuditSink open errors', () => {
   it('wraps filesystem errors in a MayflyError naming the path', () => {
     const d = mkdtempSync(join(tmpdir(), 'mayfly-audit-'));

@@ -138,6 +138,55 @@ process.kill(process.pid, 'SIGKILL');
   });
 });
 
+describe('SqliteStore off the event loop', () => {
+  it('checkpoints the WAL from a worker thread, and the WAL starts over once copied', async () => {
+    const path = freshPath();
+    const s = SqliteStore.open(path, { checkpointInWorker: true, checkpointIntervalMs: 20 });
+    const db = (s as unknown as { db: Database.Database }).db;
+    // The commit-time checkpoint is only a backstop, ten times SQLite's default.
+    expect(db.pragma('wal_autocheckpoint', { simple: true })).toBe(10_000);
+    for (let i = 0; i < 300; i++) await s.createTask(task(`t${i}`, { purpose: 'x'.repeat(2000) }));
+    const deadline = Date.now() + 10_000;
+    let st = s.checkpointStats()!;
+    while (!(st.lastLogFrames > 0 && st.lastCheckpointed === st.lastLogFrames) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
+      st = s.checkpointStats()!;
+    }
+    expect(st).toMatchObject({ running: true, errors: 0 });
+    expect(st.lastLogFrames).toBeGreaterThan(0);
+    expect(st.lastCheckpointed).toBe(st.lastLogFrames);
+    // Everything was copied into the database file, so the next commit may start the WAL over.
+    const walFrames = st.lastLogFrames;
+    await s.createTask(task('after-checkpoint'));
+    const after = new Database(path);
+    const frames = (after.pragma('wal_checkpoint(PASSIVE)') as { log: number }[])[0]!.log;
+    after.close();
+    expect(frames).toBeLessThan(walFrames); // the next commit wrote from the start of the WAL again
+    await s.close();
+    expect(s.checkpointStats()!.running).toBe(false);
+    const reopened = SqliteStore.open(path);
+    expect(await reopened.getTask('after-checkpoint')).not.toBeNull();
+    expect(await reopened.getTask('t299')).not.toBeNull();
+    await reopened.close();
+  });
+
+  it('answers revocations only after an fsync that started after their commit, shared by concurrent ones', async () => {
+    const path = freshPath();
+    const s = SqliteStore.open(path);
+    for (let i = 0; i < 20; i++) await s.createTask(task(`t${i}`));
+    const internals = s as unknown as { syncing: Promise<void> | null };
+    const ends = Array.from({ length: 20 }, (_, i) => s.endTask(`t${i}`, 'completed', 'done', T0 + MIN));
+    // All 20 commits are visible at once; their promises wait for the disk.
+    expect((await s.getTask('t19'))!.status).toBe('completed');
+    expect(internals.syncing).not.toBeNull();
+    const res = await Promise.all(ends);
+    expect(res.map((r) => r.taskIds)).toEqual(Array.from({ length: 20 }, (_, i) => [`t${i}`]));
+    expect(new Set(res.map((r) => r.event!.cursor)).size).toBe(20);
+    expect(internals.syncing).toBeNull();
+    await s.close();
+  });
+});
+
 /** Transpiles src/core and src/store to plain ESM in a temp dir so a bare `node` child can run the real adapter. */
 function compileForChild(): string {
   const out = join(dir, 'child-build');

@@ -19,8 +19,11 @@ import { devInit, issueDevSvid, loadDevCa, packageRoot } from './dev-init.js';
 import { fromHttpError, oneLine, readPem, readUserFile, toCliError } from './errors.js';
 import { parseIdentityId } from '../identity/identity-id.js';
 import { SqliteStore } from '../store/sqlite.js';
+import { PostgresStore } from '../store/postgres.js';
+import { buildStore } from './build-store.js';
 import { openKeyStore } from './keystore.js';
 import cluster from 'node:cluster';
+import { registerDbCommands } from './db.js';
 import { asWorker, parseWorkers, reportListening, runPrimary, workerIndex } from './workers.js';
 
 const DEFAULT_DEV_DIR = '.mayfly';
@@ -288,6 +291,8 @@ export function buildCli(): Command {
       }
     });
 
+  registerDbCommands(program);
+
   const audit = program.command('audit').description('audit log tools');
   audit
     .command('verify')
@@ -354,8 +359,10 @@ export function buildCli(): Command {
     .action(async (o: { config: string }) => {
       const { config, baseDir } = loadConfig(o.config);
       const dataDir = resolvePath(baseDir, config.data_dir);
-      const ks = await openKeyStore(config, dataDir, baseDir, process.env, { warn: () => undefined } as never);
-      const store = config.store.backend === 'sqlite' ? SqliteStore.open(resolvePath(dataDir, config.store.path)) : null;
+      // The shared PostgreSQL store holds the keys too; never migrate from a read-only command.
+      const pgStore = config.store.backend === 'postgres' ? (await buildStore(config, dataDir, { migrate: false, healthIntervalMs: 0 })).store : null;
+      const ks = await openKeyStore(config, dataDir, baseDir, process.env, { warn: () => undefined } as never, pgStore instanceof PostgresStore ? pgStore.pool : undefined);
+      const store = pgStore ?? (config.store.backend === 'sqlite' ? SqliteStore.open(resolvePath(dataDir, config.store.path)) : null);
       try {
         const live = store ? await store.liveTokensByKid(Date.now()) : {};
         const rows = (await ks.list()).sort((a, b) => a.createdAt - b.createdAt);

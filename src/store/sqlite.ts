@@ -508,6 +508,8 @@ export class SqliteStore implements Store {
     if (!waiter) return;
     this.queuedSync = null;
     this.syncing = fsyncPath(`${this.path}-wal`)
+      // No WAL file: the last connection to close copied it into the database file and removed it.
+      .catch((err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? fsyncPath(this.path) : Promise.reject(err)))
       .then(waiter.resolve, waiter.reject)
       .finally(() => {
         this.syncing = null;

@@ -11,6 +11,7 @@
  *   its lease lapses, within its bound, and every audit chain verifies.
  */
 import { execFile } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import { request } from 'node:https';
 import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -29,9 +30,12 @@ function codeOf(e: unknown): string {
   return (e as { code?: string }).code ?? String(e);
 }
 
+/** The workload's certificate (DER): its tokens are bound to it (cnf x5t#S256), as a relying party sees it over mTLS. */
+let workloadDer: Buffer;
+
 async function verdict(v: MayflyVerifier, token: string): Promise<string> {
   try {
-    await v.verify(token);
+    await v.verify(token, { clientCertDer: workloadDer });
     return 'OK';
   } catch (e) {
     return codeOf(e);
@@ -49,7 +53,7 @@ async function until(what: string, ok: () => boolean | Promise<boolean>, ms = 50
 
 function runCli(args: string[], cwd: string): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((done) => {
-    execFile(process.execPath, [resolve('bin/mayfly.js'), ...args], { cwd, timeout: 30_000 }, (err, stdout, stderr) => {
+    execFile(process.execPath, [resolve('bin/mayfly.js'), ...args], { cwd, timeout: 30_000, maxBuffer: 256 * 1024 * 1024 }, (err, stdout, stderr) => {
       done({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout: stdout.trim(), stderr: stderr.trim() });
     });
   });
@@ -79,6 +83,7 @@ describe('three brokers on one PostgreSQL', () => {
       // Checkpoints often, so every chain has a head in the shared database to be checked against.
       doc['audit'] = { checkpoint_interval_seconds: 2 };
     });
+    workloadDer = new X509Certificate(readFileSync(join(cluster.dir, 'workload.pem'))).raw;
     verifiers = [0, 1, 2].map((i) => cluster.verifier(i, `rp-on-replica-${i + 1}`));
     await Promise.all(verifiers.map((v) => v.start()));
   }, 90_000);

@@ -11,8 +11,7 @@ import { AUDIT_JWKS_FILE, checkpointKeysFromJwks, type CheckpointKeys } from '..
 import { auditSegments } from '../audit/file-sink.js';
 import { formatVerifyResult, verifyAuditFiles, type VerifyResult } from '../audit/verify-chain.js';
 import { SqliteStore } from '../store/sqlite.js';
-import { PostgresStore } from '../store/postgres.js';
-import { resolveStoreUrl } from './build-store.js';
+import { buildStore } from './build-store.js';
 
 export interface AuditVerifyOptions {
   /** Log file instead of the configured one. */
@@ -66,8 +65,8 @@ export async function auditVerify(loaded: LoadedConfig, o: AuditVerifyOptions): 
 async function storedHead(loaded: LoadedConfig, dataDir: string): Promise<AuditHead | null> {
   const { config } = loaded;
   if (config.store.backend === 'postgres') {
-    // A cluster: each replica's head lives in the shared database under its broker_id.
-    const store = await PostgresStore.open({ url: resolveStoreUrl(config, process.env), migrate: false, poolMax: 1 });
+    // The shared database holds every replica's head under its broker_id; read it without migrating.
+    const { store } = await buildStore(config, dataDir, { migrate: false, healthIntervalMs: 0 });
     try {
       return await store.getAuditHead(config.broker_id);
     } finally {

@@ -7,6 +7,8 @@ import { loadConfig, resolvePath } from '../config/load.js';
 import { DECISION_CONTRACT_VERSION, type DecisionInput } from '../core/decision.js';
 import { MayflyError } from '../core/errors.js';
 import { auditVerify } from './audit-verify.js';
+import { auditVerifyCluster } from './audit-cluster.js';
+import { mergeAuditLogs } from '../audit/merge.js';
 import { BrokerClient } from '../client/broker-client.js';
 import { BuiltinEngine } from '../policy/builtin.js';
 import { explain, formatExplanation } from '../policy/explain.js';
@@ -14,6 +16,7 @@ import { OpaEngine } from '../policy/opa.js';
 import { decodeJws } from '../tokens/jws.js';
 import { startBroker } from './broker.js';
 import { devInit, issueDevSvid, loadDevCa, packageRoot } from './dev-init.js';
+import { devIssuerUrl, loadOrCreateDevIssuerKey, mintDevToken, startDevOidcIssuer } from './dev-oidc-issuer.js';
 import { fromHttpError, oneLine, readPem, readUserFile, toCliError } from './errors.js';
 import { parseIdentityId } from '../identity/identity-id.js';
 import { SqliteStore } from '../store/sqlite.js';
@@ -35,10 +38,13 @@ interface ClientFlags {
   devDir: string;
 }
 
+const devDirOption = (what: string) => new Option('--dev-dir <dir>', what).env('MAYFLY_DEV_DIR').default(DEFAULT_DEV_DIR);
+const urlOption = () => new Option('--url <url>', 'broker HTTPS base URL').env('MAYFLY_URL').default('https://127.0.0.1:8444');
+
 function clientOptions(cmd: Command, defaultCert = 'workload'): Command {
   return cmd
-    .option('--broker <host:port>', 'broker gRPC address', '127.0.0.1:8443')
-    .option('--dev-dir <dir>', 'where `mayfly dev init` wrote the dev files (defaults for --ca/--cert/--key)', DEFAULT_DEV_DIR)
+    .addOption(new Option('--broker <host:port>', 'broker gRPC address').env('MAYFLY_BROKER').default('127.0.0.1:8443'))
+    .addOption(devDirOption('where `mayfly dev init` wrote the dev files (defaults for --ca/--cert/--key)'))
     .option('--ca <file>', 'CA that signed the broker certificate (default: <dev-dir>/ca.pem)')
     .option('--cert <file>', `client X.509-SVID (default: <dev-dir>/${defaultCert}.pem; with --token-file only when given)`)
     .option('--key <file>', `client key (default: <dev-dir>/${defaultCert}.key)`)
@@ -135,6 +141,41 @@ export function buildCli(): Command {
       const r = devInit(o.dir);
       if (r.created) console.log(`created a dev setup in ${r.dir}`);
       await serve(r.config, {}, true);
+    });
+
+  dev
+    .command('oidc-issuer')
+    .description('serve a local GitHub-Actions-shaped OIDC issuer (discovery + JWKS over HTTPS, dev-CA certificate) and print a token from it')
+    .addOption(new Option('--dir <dir>', 'dev directory (the issuer URL is its dev-ci OIDC issuer)').env('MAYFLY_DEV_DIR').default(DEFAULT_DEV_DIR))
+    .option('--issuer <url>', 'issuer URL to serve (default: the dev-ci issuer of <dir>/mayfly.yaml)')
+    .action(async (o: { dir: string; issuer?: string }) => {
+      const url = o.issuer ?? devIssuerUrl(o.dir);
+      const issuer = await startDevOidcIssuer(o.dir, url);
+      console.log(mintDevToken(issuer.key, issuer.issuer, { kind: 'github-actions', audience: 'mayfly', lifetimeSeconds: 300 }));
+      console.error(`mayfly: dev OIDC issuer ${issuer.issuer} (DEVELOPMENT ONLY; discovery ${issuer.issuer}/.well-known/openid-configuration).
+  The line above is a GitHub-Actions-shaped token for acme/api, refs/heads/main, environment prod (audience mayfly, 5 minutes).
+  More: npx mayfly dev oidc-token --dir ${o.dir} [--claim ref=refs/heads/dev] [--kind kubernetes --namespace payments --service-account api]`);
+      const stop = () => void issuer.close().then(() => process.exit(0));
+      process.once('SIGTERM', stop);
+      process.once('SIGINT', stop);
+    });
+  dev
+    .command('oidc-token')
+    .description('print a token signed by the `dev oidc-issuer` key: GitHub Actions shaped (default) or a Kubernetes service-account token')
+    .addOption(new Option('--dir <dir>', 'dev directory').env('MAYFLY_DEV_DIR').default(DEFAULT_DEV_DIR))
+    .option('--issuer <url>', 'iss claim (default: the dev-ci issuer of <dir>/mayfly.yaml)')
+    .addOption(new Option('--kind <kind>', 'token shape').choices(['github-actions', 'kubernetes']).default('github-actions'))
+    .option('--audience <aud>', 'aud claim', 'mayfly')
+    .option('--claim <name=value>', 'github-actions: set a claim, e.g. ref=refs/heads/dev (repeatable)', collect)
+    .option('--namespace <ns>', 'kubernetes: namespace', 'default')
+    .option('--service-account <name>', 'kubernetes: service account', 'default')
+    .option('--ttl <duration>', 'lifetime', '5m')
+    .action((o: { dir: string; issuer?: string; kind: 'github-actions' | 'kubernetes'; audience: string; claim?: string[]; namespace: string; serviceAccount: string; ttl: string }) => {
+      if (o.claim && o.kind !== 'github-actions') throw new MayflyError('ERR_USAGE', '--claim is for --kind github-actions; use --namespace/--service-account for kubernetes');
+      const lifetimeSeconds = parseDuration(o.ttl);
+      const issuer = o.issuer ?? devIssuerUrl(o.dir);
+      const key = loadOrCreateDevIssuerKey(o.dir);
+      console.log(mintDevToken(key, issuer, { kind: o.kind, audience: o.audience, lifetimeSeconds, claims: parseLabels(o.claim), namespace: o.namespace, serviceAccount: o.serviceAccount }));
     });
 
   program
@@ -260,7 +301,7 @@ export function buildCli(): Command {
     .option('--purpose <text>', 'task purpose')
     .option('--ttl <duration>', 'requested lifetime')
     .option('--task <task-id>', 'join an existing task of the same identity')
-    .option('--url <url>', 'broker HTTPS base URL', 'https://127.0.0.1:8444')
+    .addOption(urlOption())
     .option('--ca <file>', 'CA of the broker certificate (default: .mayfly/ca.pem if it exists, else the system CAs)')
     .addOption(new Option('--subject-token-type <type>', 'jwt or id_token').choices(['jwt', 'id_token']).default('jwt'))
     .option('--json', 'print the full response as JSON')
@@ -295,13 +336,28 @@ export function buildCli(): Command {
   audit
     .command('verify')
     .description('verify the audit hash chain, its signed checkpoints and the head recorded in the store; reports the first broken link')
-    .requiredOption('--config <file>', 'config file')
+    .requiredOption('--config <file>', 'config file; repeat it for each replica of a cluster (one report per replica)', (v: string, all: string[]) => [...all, v], [] as string[])
     .option('--file <file>', 'audit log (default: from config)')
     .option('--jwks <file>', 'public audit key (default: <data_dir>/audit-key.jwks.json)')
-    .action(async (o: { config: string; file?: string; jwks?: string }) => {
-      const r = await auditVerify(loadConfig(o.config), o);
+    .action(async (o: { config: string[]; file?: string; jwks?: string }) => {
+      if (o.config.length === 1) {
+        const r = await auditVerify(loadConfig(o.config[0]!), o);
+        for (const line of r.lines) console.log(line);
+        if (!r.result.ok) process.exitCode = 1;
+        return;
+      }
+      const r = await auditVerifyCluster(o.config, o);
       for (const line of r.lines) console.log(line);
-      if (!r.result.ok) process.exitCode = 1;
+      if (!r.ok) process.exitCode = 1;
+    });
+  audit
+    .command('merge')
+    .description("print several brokers' audit logs as one, in time order (ts, then broker_id, seq); verify each chain first")
+    .argument('<log...>', 'audit log of each replica (rotated segments are read too)')
+    .action((logs: string[]) => {
+      const r = mergeAuditLogs(logs);
+      for (const rec of r.records) console.log(rec.line);
+      for (const s of r.skipped) console.error(`mayfly: skipped ${s}`);
     });
 
   const policy = program.command('policy').description('policy tools');
@@ -363,8 +419,8 @@ export function buildCli(): Command {
     const cmd = keys.command(name).description(desc);
     if (name === 'revoke') cmd.argument('<kid>', 'key id');
     cmd
-      .option('--url <url>', 'broker HTTPS base URL', 'https://127.0.0.1:8444')
-      .option('--dev-dir <dir>', 'dev files', DEFAULT_DEV_DIR)
+      .addOption(urlOption())
+      .addOption(devDirOption('dev files'))
       .option('--ca <file>', 'CA of the broker certificate (default <dev-dir>/ca.pem)')
       .option('--cert <file>', 'admin X.509-SVID (default <dev-dir>/admin.pem)')
       .option('--key <file>', 'admin key (default <dev-dir>/admin.key)')

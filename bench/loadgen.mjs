@@ -173,6 +173,28 @@ function post(agent, url, body, headers) {
   });
 }
 
+/** GET that must answer 200 with a JSON object (the HTTPS transport floor). */
+function get(agent, url) {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { method: 'GET', agent }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        if (res.statusCode !== 200) return reject(Object.assign(new Error(`HTTP ${res.statusCode}: ${text.slice(0, 300)}`), { code: 'HTTP' }));
+        try {
+          resolve(JSON.parse(text));
+        } catch {
+          reject(new Error(`not JSON: ${text.slice(0, 200)}`));
+        }
+      });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
 const handlers = {
   init(m) {
     for (const c of clients) c.close();
@@ -230,6 +252,7 @@ const handlers = {
       case 'issue-open':
         return openLoop(m, async (i) => checkToken(await cl(i).issueToken(tokenReq(tasks[i % tasks.length]))));
       case 'exchange':
+      case 'http-get':
       case 'peer': {
         for (const a of agents) a.destroy();
         const ca = readFileSync(m.ca);
@@ -246,7 +269,9 @@ const handlers = {
         });
         const url = new URL(m.url);
         let op;
-        if (m.scenario === 'exchange') {
+        if (m.scenario === 'http-get') {
+          op = (w) => get(agents[w % nAgents], url);
+        } else if (m.scenario === 'exchange') {
           op = (w, i) =>
             post(
               agents[w % nAgents],

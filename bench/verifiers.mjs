@@ -3,7 +3,8 @@
 // BrokerClient (own gRPC channel, dev relying-party SVID) subscribed to the
 // broker's WatchRevocations (default heartbeat and silence limits).
 // IPC protocol, as bench/loadgen.mjs:
-//   parent -> {id, cmd: 'init', count, issuer, audience, jwksUrl, grpcAddress, ca, cert, key}
+//   parent -> {id, cmd: 'init', count, issuer, audience, jwksUrl, grpcAddress, ca, cert, key, clientCert}
+//             (clientCert: PEM of the certificate the tokens are bound to, presented to every verify())
 //   parent -> {id, cmd: 'accept', token}   every verifier must accept the token; then it is "armed"
 //   parent -> {id, cmd: 'awaitRevoked', timeoutMs}
 //             resolves with {tLast} = process.hrtime.bigint() (as a string) when the LAST
@@ -21,6 +22,7 @@
 // would send N ReportMisuse calls to the broker in the middle of the
 // measurement. CLOCK_MONOTONIC (process.hrtime) is shared by processes on
 // one Linux host, so the parent subtracts its own t0.
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { BrokerClient } from '../dist/client/broker-client.js';
 import { MayflyVerifier } from '../dist/verifier/index.js';
@@ -33,6 +35,8 @@ if (!process.send) {
 
 let verifiers = [];
 let clients = [];
+/** verify() options: the client certificate the tokens are bound to. */
+let verifyOptions = {};
 /** The token being watched: {token, rejected: boolean[], left, tLast, error, waiters}. */
 let armed = null;
 
@@ -46,7 +50,7 @@ function onMessageFor(i, arrivedAt) {
   }
   a.checking[i] = true;
   const started = process.hrtime.bigint();
-  verifiers[i].verify(a.token).then(
+  verifiers[i].verify(a.token, verifyOptions).then(
     () => {
       a.checking[i] = false; // not revoked yet at this verifier: wait for its next feed message
       if (a.recheck[i]) {
@@ -88,6 +92,8 @@ const handlers = {
     const ca = readFileSync(m.ca);
     const cert = readFileSync(m.cert);
     const key = readFileSync(m.key);
+    // The tokens are bound to the workload's certificate, which a relying party sees on its mTLS connection.
+    verifyOptions = { clientCertDer: new X509Certificate(readFileSync(m.clientCert)).raw };
     const t0 = performance.now();
     for (let i = 0; i < m.count; i++) {
       const client = new BrokerClient({ address: m.grpcAddress, ca, cert, key, timeoutMs: 10_000 });
@@ -125,7 +131,7 @@ const handlers = {
 
   async accept(m) {
     armed = null;
-    await Promise.all(verifiers.map((v) => v.verify(m.token)));
+    await Promise.all(verifiers.map((v) => v.verify(m.token, verifyOptions)));
     armed = { token: m.token, rejected: new Array(verifiers.length).fill(false), checking: new Array(verifiers.length).fill(false), recheck: new Array(verifiers.length).fill(false), lastArrival: new Array(verifiers.length).fill(0n), firstArrival: null, lastArrivalMax: null, verifyNs: 0n, cpu0: process.cpuUsage(), cpu: null, left: verifiers.length, tLast: null, error: null, waiters: [] };
     return { accepted: verifiers.length };
   },

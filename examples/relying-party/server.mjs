@@ -4,8 +4,9 @@
 //   node examples/relying-party/server.mjs # terminal 2
 //
 // Every request needs `Authorization: Bearer <token>` with scope `read` for
-// audience `demo-api`. When the client presents a TLS certificate, a
-// certificate-bound token (cnf x5t#S256) must be bound to that certificate.
+// audience `demo-api`. A certificate-bound token (cnf x5t#S256) must come over
+// mutual TLS with the certificate it is bound to; a bare bearer of a bound
+// token gets 401 (the verifier's default).
 // Configuration (environment): MAYFLY_DEV_DIR (default .mayfly), MAYFLY_BROKER
 // (gRPC, default 127.0.0.1:8443), MAYFLY_JWKS_URL (default
 // https://127.0.0.1:8444/.well-known/jwks.json), MAYFLY_ISSUER (default: the

@@ -121,9 +121,18 @@ scopes_ok if {
 	count(requested) == 0
 }
 
-max_ttl := object.get(rule, "max_task_ttl_seconds", rule.max_ttl_seconds) if input.request.action == "begin_task"
+# max_ttl_seconds is optional in a rule: without a cap the broker's own limits apply.
+max_ttl := t if {
+	input.request.action == "begin_task"
+	t := object.get(rule, "max_task_ttl_seconds", object.get(rule, "max_ttl_seconds", null))
+	t != null
+}
 
 max_ttl := rule.max_ttl_seconds if input.request.action != "begin_task"
+
+default ttl_cap := {}
+
+ttl_cap := {"max_ttl_seconds": max_ttl} if max_ttl
 
 # An exchange without a task begins one: the rule's task cap bounds it, as it would a begin_task.
 begins_task if {
@@ -131,27 +140,25 @@ begins_task if {
 	not input.task
 }
 
-decision := {
-	"allow": true,
-	"reasons": [concat("", ["rule \"", rule.name, "\" allows ", input.request.action])],
-	"scopes": granted,
-	"max_ttl_seconds": max_ttl,
-} if {
-	rule
-	scopes_ok
-	not begins_task
+task_cap := t if {
+	t := object.get(rule, "max_task_ttl_seconds", object.get(rule, "max_ttl_seconds", null))
+	t != null
 }
 
-decision := {
+default task_ttl_cap := {}
+
+task_ttl_cap := {"max_task_ttl_seconds": task_cap} if {
+	begins_task
+	task_cap
+}
+
+decision := object.union(object.union({
 	"allow": true,
 	"reasons": [concat("", ["rule \"", rule.name, "\" allows ", input.request.action])],
 	"scopes": granted,
-	"max_ttl_seconds": max_ttl,
-	"max_task_ttl_seconds": object.get(rule, "max_task_ttl_seconds", rule.max_ttl_seconds),
-} if {
+}, ttl_cap), task_ttl_cap) if {
 	rule
 	scopes_ok
-	begins_task
 }
 
 decision := {

@@ -11,6 +11,7 @@ import { AUDIT_JWKS_FILE, checkpointKeysFromJwks, type CheckpointKeys } from '..
 import { auditSegments } from '../audit/file-sink.js';
 import { formatVerifyResult, verifyAuditFiles, type VerifyResult } from '../audit/verify-chain.js';
 import { SqliteStore } from '../store/sqlite.js';
+import { buildStore } from './build-store.js';
 
 export interface AuditVerifyOptions {
   /** Log file instead of the configured one. */
@@ -63,6 +64,15 @@ export async function auditVerify(loaded: LoadedConfig, o: AuditVerifyOptions): 
 /** The head the broker recorded, read from its store without changing it; null for a memory store or a missing database. */
 async function storedHead(loaded: LoadedConfig, dataDir: string): Promise<AuditHead | null> {
   const { config } = loaded;
+  if (config.store.backend === 'postgres') {
+    // The shared database holds every replica's head under its broker_id; read it without migrating.
+    const { store } = await buildStore(config, dataDir, { migrate: false, healthIntervalMs: 0 });
+    try {
+      return await store.getAuditHead(config.broker_id);
+    } finally {
+      await store.close();
+    }
+  }
   if (config.store.backend !== 'sqlite') return null;
   const dbPath = resolvePath(dataDir, config.store.path);
   if (!existsSync(dbPath)) return null;

@@ -14,10 +14,16 @@ import { OpaEngine } from '../policy/opa.js';
 import { decodeJws } from '../tokens/jws.js';
 import { startBroker } from './broker.js';
 import { devInit, issueDevSvid, loadDevCa, packageRoot } from './dev-init.js';
+import { devIssuerUrl, loadOrCreateDevIssuerKey, mintDevToken, startDevOidcIssuer } from './dev-oidc-issuer.js';
 import { fromHttpError, oneLine, readPem, readUserFile, toCliError } from './errors.js';
 import { parseIdentityId } from '../identity/identity-id.js';
 import { SqliteStore } from '../store/sqlite.js';
+import { PostgresStore } from '../store/postgres.js';
+import { buildStore } from './build-store.js';
 import { openKeyStore } from './keystore.js';
+import cluster from 'node:cluster';
+import { registerDbCommands } from './db.js';
+import { asWorker, parseWorkers, reportListening, runPrimary, workerIndex } from './workers.js';
 
 const DEFAULT_DEV_DIR = '.mayfly';
 
@@ -30,10 +36,13 @@ interface ClientFlags {
   devDir: string;
 }
 
+const devDirOption = (what: string) => new Option('--dev-dir <dir>', what).env('MAYFLY_DEV_DIR').default(DEFAULT_DEV_DIR);
+const urlOption = () => new Option('--url <url>', 'broker HTTPS base URL').env('MAYFLY_URL').default('https://127.0.0.1:8444');
+
 function clientOptions(cmd: Command, defaultCert = 'workload'): Command {
   return cmd
-    .option('--broker <host:port>', 'broker gRPC address', '127.0.0.1:8443')
-    .option('--dev-dir <dir>', 'where `mayfly dev init` wrote the dev files (defaults for --ca/--cert/--key)', DEFAULT_DEV_DIR)
+    .addOption(new Option('--broker <host:port>', 'broker gRPC address').env('MAYFLY_BROKER').default('127.0.0.1:8443'))
+    .addOption(devDirOption('where `mayfly dev init` wrote the dev files (defaults for --ca/--cert/--key)'))
     .option('--ca <file>', 'CA that signed the broker certificate (default: <dev-dir>/ca.pem)')
     .option('--cert <file>', `client X.509-SVID (default: <dev-dir>/${defaultCert}.pem; with --token-file only when given)`)
     .option('--key <file>', `client key (default: <dev-dir>/${defaultCert}.key)`)
@@ -132,13 +141,49 @@ export function buildCli(): Command {
       await serve(r.config, {}, true);
     });
 
+  dev
+    .command('oidc-issuer')
+    .description('serve a local GitHub-Actions-shaped OIDC issuer (discovery + JWKS over HTTPS, dev-CA certificate) and print a token from it')
+    .addOption(new Option('--dir <dir>', 'dev directory (the issuer URL is its dev-ci OIDC issuer)').env('MAYFLY_DEV_DIR').default(DEFAULT_DEV_DIR))
+    .option('--issuer <url>', 'issuer URL to serve (default: the dev-ci issuer of <dir>/mayfly.yaml)')
+    .action(async (o: { dir: string; issuer?: string }) => {
+      const url = o.issuer ?? devIssuerUrl(o.dir);
+      const issuer = await startDevOidcIssuer(o.dir, url);
+      console.log(mintDevToken(issuer.key, issuer.issuer, { kind: 'github-actions', audience: 'mayfly', lifetimeSeconds: 300 }));
+      console.error(`mayfly: dev OIDC issuer ${issuer.issuer} (DEVELOPMENT ONLY; discovery ${issuer.issuer}/.well-known/openid-configuration).
+  The line above is a GitHub-Actions-shaped token for acme/api, refs/heads/main, environment prod (audience mayfly, 5 minutes).
+  More: npx mayfly dev oidc-token --dir ${o.dir} [--claim ref=refs/heads/dev] [--kind kubernetes --namespace payments --service-account api]`);
+      const stop = () => void issuer.close().then(() => process.exit(0));
+      process.once('SIGTERM', stop);
+      process.once('SIGINT', stop);
+    });
+  dev
+    .command('oidc-token')
+    .description('print a token signed by the `dev oidc-issuer` key: GitHub Actions shaped (default) or a Kubernetes service-account token')
+    .addOption(new Option('--dir <dir>', 'dev directory').env('MAYFLY_DEV_DIR').default(DEFAULT_DEV_DIR))
+    .option('--issuer <url>', 'iss claim (default: the dev-ci issuer of <dir>/mayfly.yaml)')
+    .addOption(new Option('--kind <kind>', 'token shape').choices(['github-actions', 'kubernetes']).default('github-actions'))
+    .option('--audience <aud>', 'aud claim', 'mayfly')
+    .option('--claim <name=value>', 'github-actions: set a claim, e.g. ref=refs/heads/dev (repeatable)', collect)
+    .option('--namespace <ns>', 'kubernetes: namespace', 'default')
+    .option('--service-account <name>', 'kubernetes: service account', 'default')
+    .option('--ttl <duration>', 'lifetime', '5m')
+    .action((o: { dir: string; issuer?: string; kind: 'github-actions' | 'kubernetes'; audience: string; claim?: string[]; namespace: string; serviceAccount: string; ttl: string }) => {
+      if (o.claim && o.kind !== 'github-actions') throw new MayflyError('ERR_USAGE', '--claim is for --kind github-actions; use --namespace/--service-account for kubernetes');
+      const lifetimeSeconds = parseDuration(o.ttl);
+      const issuer = o.issuer ?? devIssuerUrl(o.dir);
+      const key = loadOrCreateDevIssuerKey(o.dir);
+      console.log(mintDevToken(key, issuer, { kind: o.kind, audience: o.audience, lifetimeSeconds, claims: parseLabels(o.claim), namespace: o.namespace, serviceAccount: o.serviceAccount }));
+    });
+
   program
     .command('serve')
     .description('run the broker')
     .requiredOption('--config <file>', 'config file (YAML)')
     .option('--grpc-listen <host:port>', 'gRPC listen address (overrides listen.grpc)')
     .option('--http-listen <host:port>', 'HTTPS listen address (overrides listen.http)')
-    .action(async (o: { config: string; grpcListen?: string; httpListen?: string }) => serve(o.config, o, false));
+    .option('--workers <n>', 'broker processes sharing the listen ports (needs store.backend postgres)', '1')
+    .action(async (o: { config: string; grpcListen?: string; httpListen?: string; workers?: string }) => serve(o.config, o, false));
 
   const svid = program.command('svid').description('dev X.509-SVIDs');
   svid
@@ -254,7 +299,7 @@ export function buildCli(): Command {
     .option('--purpose <text>', 'task purpose')
     .option('--ttl <duration>', 'requested lifetime')
     .option('--task <task-id>', 'join an existing task of the same identity')
-    .option('--url <url>', 'broker HTTPS base URL', 'https://127.0.0.1:8444')
+    .addOption(urlOption())
     .option('--ca <file>', 'CA of the broker certificate (default: .mayfly/ca.pem if it exists, else the system CAs)')
     .addOption(new Option('--subject-token-type <type>', 'jwt or id_token').choices(['jwt', 'id_token']).default('jwt'))
     .option('--json', 'print the full response as JSON')
@@ -282,6 +327,8 @@ export function buildCli(): Command {
         console.error(`task ${String(body['mayfly_task_id'])} scope [${String(body['scope'])}] expires in ${String(body['expires_in'])}s`);
       }
     });
+
+  registerDbCommands(program);
 
   const audit = program.command('audit').description('audit log tools');
   audit
@@ -334,8 +381,10 @@ export function buildCli(): Command {
     .action(async (o: { config: string }) => {
       const { config, baseDir } = loadConfig(o.config);
       const dataDir = resolvePath(baseDir, config.data_dir);
-      const ks = await openKeyStore(config, dataDir, baseDir, process.env, { warn: () => undefined } as never);
-      const store = config.store.backend === 'sqlite' ? SqliteStore.open(resolvePath(dataDir, config.store.path)) : null;
+      // The shared PostgreSQL store holds the keys too; never migrate from a read-only command.
+      const pgStore = config.store.backend === 'postgres' ? (await buildStore(config, dataDir, { migrate: false, healthIntervalMs: 0 })).store : null;
+      const ks = await openKeyStore(config, dataDir, baseDir, process.env, { warn: () => undefined } as never, pgStore instanceof PostgresStore ? pgStore.pool : undefined);
+      const store = pgStore ?? (config.store.backend === 'sqlite' ? SqliteStore.open(resolvePath(dataDir, config.store.path)) : null);
       try {
         const live = store ? await store.liveTokensByKid(Date.now()) : {};
         const rows = (await ks.list()).sort((a, b) => a.createdAt - b.createdAt);
@@ -353,8 +402,8 @@ export function buildCli(): Command {
     const cmd = keys.command(name).description(desc);
     if (name === 'revoke') cmd.argument('<kid>', 'key id');
     cmd
-      .option('--url <url>', 'broker HTTPS base URL', 'https://127.0.0.1:8444')
-      .option('--dev-dir <dir>', 'dev files', DEFAULT_DEV_DIR)
+      .addOption(urlOption())
+      .addOption(devDirOption('dev files'))
       .option('--ca <file>', 'CA of the broker certificate (default <dev-dir>/ca.pem)')
       .option('--cert <file>', 'admin X.509-SVID (default <dev-dir>/admin.pem)')
       .option('--key <file>', 'admin key (default <dev-dir>/admin.key)')
@@ -433,14 +482,17 @@ function checkListen(flag: string, v: string | undefined): void {
   if (!m || Number(m[2]) > 65535) throw new MayflyError('ERR_LISTEN_ADDRESS_INVALID', `${flag} ${JSON.stringify(v)} is not host:port with a port from 0 to 65535, e.g. 127.0.0.1:8443`);
 }
 
-async function serve(configPath: string, o: { grpcListen?: string; httpListen?: string }, dev: boolean): Promise<void> {
+async function serve(configPath: string, o: { grpcListen?: string; httpListen?: string; workers?: string }, dev: boolean): Promise<void> {
   checkListen('--grpc-listen', o.grpcListen);
   checkListen('--http-listen', o.httpListen);
-  const loaded = loadConfig(configPath);
+  const workers = parseWorkers(o.workers);
+  if (workers > 1 && cluster.isPrimary) return runPrimary(loadConfig(configPath), workers);
+  const loaded = asWorker(loadConfig(configPath));
   const broker = await startBroker(loaded, { ...(o.grpcListen ? { grpcListen: o.grpcListen } : {}), ...(o.httpListen ? { httpListen: o.httpListen } : {}) });
   const g = `${broker.grpc.address.host}:${broker.grpc.address.port}`;
   const h = `https://${broker.http.address.host}:${broker.http.address.port}`;
-  console.error(`mayfly: gRPC (mTLS) on ${g}; HTTPS on ${h} (JWKS ${h}/.well-known/jwks.json)`);
+  console.error(`mayfly: ${workerIndex() === null ? '' : `worker ${workerIndex()} (pid ${process.pid}) `}gRPC (mTLS) on ${g}; HTTPS on ${h} (JWKS ${h}/.well-known/jwks.json)`);
+  reportListening(g, h);
   if (dev) {
     const d = resolve(loaded.baseDir);
     console.error(`mayfly: dev setup in ${d}. Try, in another shell:

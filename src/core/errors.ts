@@ -55,6 +55,8 @@ export const ERROR_CODES = {
   // State.
   ERR_TASK_NOT_FOUND: 'not_found',
   ERR_KEY_NOT_FOUND: 'not_found',
+  /** No HTTP route at that path. */
+  ERR_ROUTE_NOT_FOUND: 'not_found',
   ERR_TASK_NOT_ACTIVE: 'failed_precondition',
   ERR_TOKEN_REVOKED: 'failed_precondition',
   ERR_TOKEN_REPLAYED: 'failed_precondition',

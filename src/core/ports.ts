@@ -190,6 +190,7 @@ export type AuditEvent =
   | 'key.promotion_delayed'
   | 'policy.reload'
   | 'feed.subscribe'
+  | 'keyset.ack'
   | 'broker.start'
   | 'broker.stop';
 

@@ -25,7 +25,7 @@ export interface CompiledRule {
   actions: ReadonlySet<PolicyAction>;
   audiences: Pattern[];
   scopes: string[];
-  maxTtlSeconds: number;
+  maxTtlSeconds?: number;
   maxTaskTtlSeconds?: number;
   maxDelegationDepth?: number;
 }
@@ -49,7 +49,9 @@ function formatIssues(doc: unknown, err: z.ZodError): string {
         path.splice(0, 2);
       }
       const rest = path.map(String).join('.');
-      return `${[where, rest].filter(Boolean).join(' ')}${where || rest ? ': ' : ''}${i.message}`;
+      // zod says "Invalid input: expected string, received undefined" for a missing field.
+      const message = i.code === 'invalid_type' && /received undefined$/.test(i.message) ? `is required (${i.expected})` : i.message;
+      return `${[where, rest].filter(Boolean).join(' ')}${where || rest ? ': ' : ''}${message}`;
     })
     .join('; ');
 }
@@ -62,8 +64,8 @@ export function compileRule(rule: BuiltinRule): CompiledRule {
     actions: new Set(rule.actions ?? POLICY_ACTIONS),
     audiences: compilePatterns(rule.audiences, where('audiences')),
     scopes: [...rule.scopes],
-    maxTtlSeconds: rule.max_ttl_seconds,
   };
+  if (rule.max_ttl_seconds !== undefined) out.maxTtlSeconds = rule.max_ttl_seconds;
   if (rule.match.spiffe !== undefined) out.spiffe = compilePatterns(rule.match.spiffe, where('match.spiffe'));
   const oidc = rule.match.oidc;
   if (oidc !== undefined) {
@@ -172,9 +174,12 @@ function grant(rule: CompiledRule, input: DecisionInput): DecisionOutput {
   const dropped = requested.filter((s) => !rule.scopes.includes(s));
   if (dropped.length > 0) reasons.push(`rule "${rule.name}": scopes [${dropped.join(', ')}] not allowed and dropped`);
   const maxTaskTtl = rule.maxTaskTtlSeconds ?? rule.maxTtlSeconds;
-  const out: DecisionOutput = { allow: true, reasons, scopes: granted, max_ttl_seconds: taskLevel ? maxTaskTtl : rule.maxTtlSeconds };
+  const maxTtl = taskLevel ? maxTaskTtl : rule.maxTtlSeconds;
+  // No cap in the rule: the broker's own limits (tokens/tasks.max_ttl_seconds, the task deadline) apply.
+  const out: DecisionOutput = { allow: true, reasons, scopes: granted };
+  if (maxTtl !== undefined) out.max_ttl_seconds = maxTtl;
   // An exchange without a task begins one: the rule's task cap bounds it, as it would a begin_task.
-  if (action === 'exchange' && input.task === undefined) out.max_task_ttl_seconds = maxTaskTtl;
+  if (action === 'exchange' && input.task === undefined && maxTaskTtl !== undefined) out.max_task_ttl_seconds = maxTaskTtl;
   return out;
 }
 

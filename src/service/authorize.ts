@@ -12,7 +12,10 @@ import type { Identity, TaskRecord } from '../core/types.js';
 /**
  * - `task-token`: holds a Mayfly task token as its bearer credential; limited to that token's task.
  * - `admin`: a configured admin identity proven by its own credential (never by a task token).
- * - `feed-subscriber`: may read the revocation feed (any caller when no subscribers are configured).
+ * - `feed-subscriber`: a relying party: may read the revocation feed, acknowledge key sets and report
+ *   misuse. A configured `feed.subscribers` identity, or any identity proven by its own credential
+ *   when none are configured; never a task-token holder (a task token speaks for one task, not for a
+ *   relying party).
  * - `workload`: any identity proven by its own credential (X.509-SVID, JWT-SVID, OIDC token).
  */
 export type CallerKind = 'task-token' | 'admin' | 'feed-subscriber' | 'workload';
@@ -25,14 +28,13 @@ interface Rule {
   refusal: (id: string) => string;
 }
 
-const ANY: readonly CallerKind[] = ['task-token', 'admin', 'feed-subscriber', 'workload'];
-
 /** The table: operation -> caller kinds allowed. */
 export const RULES: Readonly<Record<Operation, Rule>> = {
   admin: { allowed: ['admin'], refusal: (id) => `${id} is not a configured admin` },
   'feed.subscribe': { allowed: ['feed-subscriber'], refusal: (id) => `${id} is not allowed to subscribe to the revocation feed` },
-  'keyset.ack': { allowed: ANY, refusal: (id) => `${id} may not acknowledge key sets` },
-  'misuse.report': { allowed: ANY, refusal: (id) => `${id} may not report misuse` },
+  // Acknowledgements gate key promotion and misuse reports raise alerts: relying parties only.
+  'keyset.ack': { allowed: ['feed-subscriber'], refusal: (id) => `${id} may not acknowledge key sets: only feed subscribers, by their own credential` },
+  'misuse.report': { allowed: ['feed-subscriber'], refusal: (id) => `${id} may not report misuse: only feed subscribers (relying parties), by their own credential` },
 };
 
 export interface AuthorizationConfig {
@@ -57,7 +59,7 @@ export class Authorizer {
     const byTaskToken = identity.method === 'task-token';
     kinds.add(byTaskToken ? 'task-token' : 'workload');
     if (!byTaskToken && this.admins.has(identity.id)) kinds.add('admin');
-    if (this.subscribers.size === 0 || this.subscribers.has(identity.id)) kinds.add('feed-subscriber');
+    if (!byTaskToken && (this.subscribers.size === 0 || this.subscribers.has(identity.id))) kinds.add('feed-subscriber');
     return kinds;
   }
 

@@ -70,7 +70,7 @@ export interface ExchangedToken extends IssuedToken {
 
 export interface IntrospectResult {
   active: boolean;
-  reason?: 'expired' | 'revoked' | 'unknown_signer' | 'malformed' | 'not_yet_valid' | 'unknown_token' | 'wrong_issuer' | 'invalid_signature';
+  reason?: 'expired' | 'revoked' | 'unknown_signer' | 'malformed' | 'not_yet_valid' | 'unknown_token' | 'wrong_issuer' | 'invalid_signature' | 'not_visible';
   claims?: MayflyClaims;
 }
 
@@ -346,8 +346,11 @@ export class BrokerService {
   /**
    * RFC 7662 semantics: never throws for a bad token; answers active=false
    * with the reason. A revoked token presented here is misuse and alerts.
+   * A task-token holder asking about another task's token gets
+   * `active: false, reason: not_visible` and no claims: decided here, once,
+   * so both transports answer alike.
    */
-  async introspect(ctx: CallContext, p: { token?: unknown }): Promise<IntrospectResult & { visibleToCaller: boolean }> {
+  async introspect(ctx: CallContext, p: { token?: unknown }): Promise<IntrospectResult> {
     return this.audited('token.introspect', ctx, async (rec) => {
       const token = typeof p.token === 'string' ? p.token : '';
       if (!token) throw mayflyError('ERR_INVALID_ARGUMENT', 'token is required', { field: 'token' });
@@ -360,7 +363,11 @@ export class BrokerService {
         rec.task_id = result.claims.tid;
       }
       if (result.reason === 'revoked') this.misuse(ctx, rec, 'revoked_use');
-      return { ...result, visibleToCaller: !result.claims || this.access.maySeeTokenOf(ctx.identity, result.claims.tid) };
+      if (result.claims && !this.access.maySeeTokenOf(ctx.identity, result.claims.tid)) {
+        rec.visible = false;
+        return { active: false, reason: 'not_visible' };
+      }
+      return result;
     });
   }
 
@@ -471,8 +478,14 @@ export class BrokerService {
   /** Records misuse reported by a relying party (revoked token presented, cnf mismatch, replay). */
   reportMisuse(ctx: CallContext, p: { kind?: unknown; tokenId?: unknown; detail?: unknown }): void {
     const kind = p.kind === 'cnf_mismatch' || p.kind === 'replay' ? p.kind : 'revoked_use';
-    this.access.require('misuse.report', ctx.identity);
     const rec: AuditEntry = { event: 'token.misuse', outcome: 'denied', request_id: ctx.requestId, identity: auditIdentity(ctx.identity), reported_by: ctx.identity.id };
+    if (!this.access.allows('misuse.report', ctx.identity)) {
+      // A refused report raises no alert, but the attempt is on record.
+      rec.code = 'ERR_NOT_AUTHORIZED_CLIENT';
+      rec.reason = 'misuse reports are accepted from feed subscribers (relying parties) only';
+      this.d.audit.write(rec);
+      this.access.require('misuse.report', ctx.identity);
+    }
     rec.jti = typeof p.tokenId === 'string' ? p.tokenId.slice(0, 64) : undefined;
     rec.detail = typeof p.detail === 'string' ? p.detail.slice(0, 256) : undefined;
     this.misuse(ctx, rec, kind);

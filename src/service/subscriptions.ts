@@ -4,6 +4,7 @@
  * itself (service/feed.ts) knows nothing of callers; this is where they are
  * authorized and audited.
  */
+import { mayflyError } from '../core/errors.js';
 import type { AuditSink } from '../core/ports.js';
 import { audited } from './audited.js';
 import type { Authorizer } from './authorize.js';
@@ -14,8 +15,8 @@ import * as v from './validate.js';
 export interface SubscribeParams {
   /** Who acknowledges key sets on this stream; default the caller's identity. */
   subscriberId?: string;
-  /** Resume after this cursor; 0 = fresh (snapshot). */
-  cursor: number;
+  /** Resume after this cursor; 0 or absent = fresh (snapshot). Validated here (number, uint64 or decimal text). */
+  cursor?: unknown;
   /** Which transport carries the stream (audit only). */
   transport: 'grpc' | 'sse';
 }
@@ -27,26 +28,63 @@ export interface FeedSink {
   end(): void;
 }
 
+/** Most subscriber names remembered; past it, new names are refused (existing ones keep working). */
+export const MAX_SUBSCRIBER_BINDINGS = 10_000;
+
 export class FeedSubscriptions {
+  /**
+   * subscriber_id -> the identity that first opened a stream under it. Key-set
+   * acknowledgements gate key promotion, so a name speaks only for the identity
+   * it is bound to: no one can acknowledge, or subscribe, on behalf of another
+   * relying party's stream.
+   */
+  private readonly bindings = new Map<string, string>();
+
   constructor(
     private readonly d: { feed: RevocationFeed; access: Authorizer; audit: AuditSink; observer?: ServiceObserver },
   ) {}
+
+  /** Binds `subscriberId` to the caller on first use; refuses a name bound to another identity. */
+  private bind(subscriberId: string, identityId: string): void {
+    const owner = this.bindings.get(subscriberId);
+    if (owner === identityId) return;
+    if (owner !== undefined) throw mayflyError('ERR_NOT_AUTHORIZED_CLIENT', `subscriber_id ${JSON.stringify(subscriberId)} belongs to another identity`, { field: 'subscriber_id' });
+    if (this.bindings.size >= MAX_SUBSCRIBER_BINDINGS) throw mayflyError('ERR_RATE_LIMITED', 'too many distinct subscriber ids; reuse one per relying party', { field: 'subscriber_id' });
+    this.bindings.set(subscriberId, identityId);
+  }
+
+  /** The subscriber name an ack may use: the caller's own identity, or a name the caller's own stream is bound to. */
+  private ackName(subscriberId: string, identityId: string): string {
+    if (subscriberId === identityId) return subscriberId;
+    if (this.bindings.get(subscriberId) === identityId) return subscriberId;
+    throw mayflyError('ERR_NOT_AUTHORIZED_CLIENT', `subscriber_id ${JSON.stringify(subscriberId)} is not bound to ${identityId}: open the feed under that name first`, { field: 'subscriber_id' });
+  }
 
   /** Opens the caller's feed stream, after the feed-subscriber check; writes one `feed.subscribe` record. */
   async subscribe(ctx: CallContext, p: SubscribeParams, sink: FeedSink): Promise<Subscription> {
     return audited(this.d.audit, this.d.observer, 'feed.subscribe', ctx, async (rec) => {
       this.d.access.require('feed.subscribe', ctx.identity);
-      const subscriberId = (p.subscriberId || ctx.identity.id).slice(0, 200);
-      Object.assign(rec, { subscriber_id: subscriberId, cursor: p.cursor, transport: p.transport });
+      const subscriberId = v.text('subscriber_id', p.subscriberId, 200, false) || ctx.identity.id;
+      const cursor = v.cursor('cursor', p.cursor);
+      Object.assign(rec, { subscriber_id: subscriberId, cursor, transport: p.transport });
+      if (subscriberId !== ctx.identity.id) this.bind(subscriberId, ctx.identity.id);
       sink.open();
-      return this.d.feed.subscribe(subscriberId, p.cursor, (m) => sink.message(m), () => sink.end());
+      return this.d.feed.subscribe(subscriberId, cursor, (m) => sink.message(m), () => sink.end());
     });
   }
 
-  /** Records that a subscriber has the given key-set version (gates key promotion). */
-  ack(ctx: CallContext, p: { subscriberId?: unknown; keysetVersion?: unknown }): void {
-    this.d.access.require('keyset.ack', ctx.identity);
-    const version = v.text('keyset_version', p.keysetVersion, 64);
-    this.d.feed.ack(v.text('subscriber_id', p.subscriberId, 200, false) || ctx.identity.id, version);
+  /**
+   * Records that a subscriber has the given key-set version (gates key
+   * promotion). Only feed subscribers, for their own identity or a name their
+   * own stream is bound to.
+   */
+  async ack(ctx: CallContext, p: { subscriberId?: unknown; keysetVersion?: unknown }): Promise<void> {
+    return audited(this.d.audit, this.d.observer, 'keyset.ack', ctx, async (rec) => {
+      this.d.access.require('keyset.ack', ctx.identity);
+      const version = v.text('keyset_version', p.keysetVersion, 64);
+      const name = this.ackName(v.text('subscriber_id', p.subscriberId, 200, false) || ctx.identity.id, ctx.identity.id);
+      Object.assign(rec, { subscriber_id: name, keyset_version: version });
+      this.d.feed.ack(name, version);
+    });
   }
 }

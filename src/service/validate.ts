@@ -118,3 +118,19 @@ export function wholeSeconds(field: string, raw: string | undefined): number | u
   if (!/^\d{1,9}$/.test(raw)) throw mayflyError('ERR_TTL_INVALID', `${field} must be whole seconds`, { field });
   return Number(raw);
 }
+
+/**
+ * A feed cursor: a whole number from 0 to 2^53 - 1, as a number, a uint64
+ * (bigint) or decimal text (Last-Event-ID). Anything else, or past the
+ * range, is refused rather than read as 0 or rounded.
+ */
+export function cursor(field: string, v: unknown): number {
+  if (v === undefined || v === null || v === '') return 0;
+  let n: bigint;
+  if (typeof v === 'bigint') n = v;
+  else if (typeof v === 'number' && Number.isInteger(v)) n = BigInt(v);
+  else if (typeof v === 'string' && /^\d{1,20}$/.test(v)) n = BigInt(v);
+  else throw mayflyError('ERR_INVALID_ARGUMENT', `${field} must be a whole number`, { field });
+  if (n < 0n || n > BigInt(Number.MAX_SAFE_INTEGER)) throw mayflyError('ERR_INVALID_ARGUMENT', `${field} ${n} is out of range (0 to ${Number.MAX_SAFE_INTEGER})`, { field });
+  return Number(n);
+}

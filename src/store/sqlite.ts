@@ -28,7 +28,7 @@
  * is atomic with respect to the others without further locking. All SQL
  * stays in this file, behind the Store port.
  */
-import { chmodSync, close as closeFd, fsync, mkdirSync, open as openFd } from 'node:fs';
+import { chmodSync, close as closeFd, closeSync, fdatasync, fsync, mkdirSync, open as openFd, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { isMayflyError, mayflyError, MayflyError } from '../core/errors.js';
@@ -293,6 +293,8 @@ export class SqliteStore implements Store {
   private syncing: Promise<void> | null = null;
   private queuedSync: { promise: Promise<void>; resolve: () => void; reject: (e: unknown) => void } | null = null;
   private checkpointer: Checkpointer | null = null;
+  /** Read-only descriptor of the WAL file, for walSync. */
+  private walFd: number | null = null;
 
   private constructor(
     private readonly db: Db,
@@ -507,12 +509,33 @@ export class SqliteStore implements Store {
     const waiter = this.queuedSync;
     if (!waiter) return;
     this.queuedSync = null;
-    this.syncing = fsyncPath(`${this.path}-wal`)
+    this.syncing = this.syncWalFile()
       .then(waiter.resolve, waiter.reject)
       .finally(() => {
         this.syncing = null;
         this.startWalSync();
       });
+  }
+
+  /**
+   * fdatasync of the WAL (what SQLite itself does at a FULL commit on Linux:
+   * data and size, one thread-pool round trip) through a descriptor kept
+   * open for the life of the store. The WAL file is only removed and
+   * recreated when the last connection closes, and this one stays open, so
+   * the descriptor always names the live WAL.
+   */
+  private syncWalFile(): Promise<void> {
+    if (this.walFd === null) {
+      try {
+        this.walFd = openSync(`${this.path}-wal`, 'r');
+      } catch (err) {
+        // No WAL file: the last connection to close copied it into the database file and removed it.
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return fsyncPath(this.path);
+        return Promise.reject(err);
+      }
+    }
+    const fd = this.walFd;
+    return new Promise((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve())));
   }
 
   /** Creates a task; ERR_STORE if the id already exists. */
@@ -715,6 +738,8 @@ export class SqliteStore implements Store {
     this.closed = true;
     await this.checkpointer?.stop();
     while (this.syncing) await this.syncing;
+    if (this.walFd !== null) closeSync(this.walFd);
+    this.walFd = null;
     this.run('close', () => this.db.close());
   }
 }

@@ -114,8 +114,6 @@ export interface ValidateOptions {
  * required claims present and well-typed, required scopes granted.
  */
 export function validateClaims(payload: Record<string, unknown>, o: ValidateOptions): MayflyClaims {
-  const skew = o.clockSkewSeconds ?? 0;
-  const now = Math.floor(o.now / 1000);
   for (const c of ['iss', 'sub', 'aud', 'jti', 'tid', 'scope'] as const) {
     if (typeof payload[c] !== 'string') throw mayflyError('ERR_JWT_INVALID', `token claim ${c} is missing or not a string`);
   }
@@ -124,16 +122,34 @@ export function validateClaims(payload: Record<string, unknown>, o: ValidateOpti
   }
   const p = payload as unknown as MayflyClaims;
   if (p.iss !== o.issuer) throw mayflyError('ERR_JWT_INVALID', `token issuer ${JSON.stringify(p.iss)} is not ${JSON.stringify(o.issuer)}`, { reason: 'wrong_issuer' });
-  if (o.audience !== undefined) {
-    const want = typeof o.audience === 'string' ? [o.audience] : o.audience;
-    if (!want.includes(p.aud)) throw mayflyError('ERR_JWT_INVALID', `token audience ${JSON.stringify(p.aud)} is not accepted here`);
-  }
-  if (p.exp <= now - skew) throw mayflyError('ERR_JWT_EXPIRED', 'token is expired');
-  if (p.nbf > now + skew) throw mayflyError('ERR_JWT_INVALID', 'token is not yet valid (nbf)', { reason: 'not_yet_valid' });
-  if (o.requiredScopes && o.requiredScopes.length > 0) {
-    const have = new Set(p.scope.split(' ').filter(Boolean));
-    const missing = o.requiredScopes.filter((s) => !have.has(s));
-    if (missing.length > 0) throw mayflyError('ERR_SCOPE_DENIED', `token lacks required scope(s): ${missing.join(' ')}`);
-  }
+  checkAudience(p, o.audience);
+  checkTimeWindow(p, o.now, o.clockSkewSeconds ?? 0);
+  if (o.requiredScopes) checkScopes(p.scope, o.requiredScopes);
   return p;
+}
+
+/** The claims that change verdict with time or configuration; verifiers re-run these on every use of an already verified token. */
+export type TimedClaims = Pick<MayflyClaims, 'aud' | 'exp' | 'nbf'>;
+
+/** `aud` must be one of `audience` (when set). */
+export function checkAudience(p: TimedClaims, audience: string | readonly string[] | undefined): void {
+  if (audience === undefined) return;
+  if (typeof audience === 'string' ? p.aud !== audience : !audience.includes(p.aud)) {
+    throw mayflyError('ERR_JWT_INVALID', `token audience ${JSON.stringify(p.aud)} is not accepted here`);
+  }
+}
+
+/** exp and nbf against `now` (ms) with `skewSeconds` of tolerance. */
+export function checkTimeWindow(p: TimedClaims, now: number, skewSeconds: number): void {
+  const sec = Math.floor(now / 1000);
+  if (p.exp <= sec - skewSeconds) throw mayflyError('ERR_JWT_EXPIRED', 'token is expired');
+  if (p.nbf > sec + skewSeconds) throw mayflyError('ERR_JWT_INVALID', 'token is not yet valid (nbf)', { reason: 'not_yet_valid' });
+}
+
+/** Every required scope must be in the space-separated `scope`. */
+export function checkScopes(scope: string, required: readonly string[]): void {
+  if (required.length === 0) return;
+  const have = scope.split(' ');
+  const missing = required.filter((s) => !have.includes(s));
+  if (missing.length > 0) throw mayflyError('ERR_SCOPE_DENIED', `token lacks required scope(s): ${missing.join(' ')}`);
 }

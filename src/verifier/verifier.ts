@@ -25,10 +25,11 @@ import { systemClock } from '../core/clock.js';
 import type { Clock } from '../core/ports.js';
 import { REPLAY_END_REASON } from '../core/types.js';
 import { httpsFetch, parseJsonDocument, RemoteDocument, type CaOption, type FetchLike } from '../net/remote-document.js';
-import type { MayflyClaims } from '../tokens/claims.js';
+import { checkAudience, checkScopes, checkTimeWindow, type MayflyClaims } from '../tokens/claims.js';
 import { certificateThumbprint } from '../tokens/hashes.js';
+import { decodeJws, MAX_JWS_BYTES } from '../tokens/jws.js';
 import { parseJwks } from '../tokens/jwks.js';
-import { verifyMayflyToken } from '../tokens/verify.js';
+import { verifyDecodedMayflyToken, verifyMayflyToken } from '../tokens/verify.js';
 import { RevocationEvent_Kind, type IntrospectResponse, type RevocationEvent } from '../gen/mayfly/v1/broker_pb.js';
 
 /** The part of BrokerClient the verifier uses (a BrokerClient fits). */
@@ -69,7 +70,11 @@ export interface MayflyVerifierOptions {
     /** Injected fetch (tests, custom transports); `ca` is ignored when given. */
     fetchImpl?: FetchLike;
   };
-  /** The revocation feed. Without it, only signature, claims and local replay checks apply. */
+  /**
+   * The revocation feed. Required: without it a token stays valid until it
+   * expires even after its task ended. To run without one anyway, pass
+   * `acceptRevokedTokensUntilExpiry: true` instead.
+   */
   feed?: {
     client: VerifierBrokerClient;
     /** Stable id of this verifier instance (key-set acknowledgements, feed lag). */
@@ -103,8 +108,31 @@ export interface MayflyVerifierOptions {
    * tokens longer-lived than this floor stay revoked.
    */
   revocationRetentionMs?: number;
-  /** Reject certificate-bound (cnf) tokens when no client certificate is passed to verify (default false). */
-  requireCertificateBinding?: boolean;
+  /**
+   * DANGEROUS. Accept a certificate-bound token (cnf x5t#S256, RFC 8705)
+   * presented without any client certificate (default false: refused with
+   * ERR_JWT_INVALID). Turning it on makes a stolen bound token usable as a
+   * plain bearer token by whoever holds it, which is exactly what binding
+   * exists to prevent. Only for a relying party that cannot see the client
+   * certificate (TLS terminated elsewhere) and accepts that risk; a warning
+   * is emitted once per process. A certificate that does not match is
+   * refused either way.
+   */
+  allowUnboundUseOfBoundTokens?: boolean;
+  /**
+   * DANGEROUS. Run without a revocation feed (default false: `feed` is
+   * required). Tokens of ended tasks, revoked tokens and tokens of revoked
+   * keys are then accepted until they expire. A warning is emitted once.
+   */
+  acceptRevokedTokensUntilExpiry?: boolean;
+  /**
+   * How many verified tokens to remember (default 10 000; 0 turns the cache
+   * off). A remembered token skips the signature check and JSON parsing on
+   * its next use, and nothing else: expiry, not-before, audience,
+   * revocation (task, token, key), the signing key still being current, the
+   * certificate binding, scopes and single use are checked on every call.
+   */
+  verifiedTokenCacheSize?: number;
   /** Report detected misuse to the broker (default true; needs `feed.client`). */
   reportMisuse?: boolean;
   onEvent?: (e: VerifierEvent) => void;
@@ -146,9 +174,16 @@ export interface VerifierStats {
   jwksErrors: number;
   misuseReports: number;
   introspections: number;
+  /** Verified tokens remembered (see `verifiedTokenCacheSize`). */
+  cachedTokens: number;
+  /** Verifications answered from that cache (every per-call check still ran). */
+  cacheHits: number;
 }
 
 const DEFAULT_RETENTION_MS = 3_600_000;
+const DEFAULT_CACHE_SIZE = 10_000;
+/** Mayfly tokens are well under this; bigger strings are verified every time rather than held in memory. */
+const MAX_CACHED_TOKEN_CHARS = MAX_JWS_BYTES / 4;
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
 
@@ -168,6 +203,11 @@ export class MayflyVerifier {
   private readonly revokedKids = new Map<string, number>();
   private readonly seenSingleUse = new Map<string, number>();
   private readonly reported = new Set<string>();
+  /** Verified tokens (signature and claims), by token string; bounded, oldest evicted first. */
+  private readonly verified = new Map<string, VerifiedEntry>();
+  private readonly cacheSize: number;
+  /** The last client certificate hashed, and its x5t#S256. */
+  private lastCert: { der: Buffer; thumbprint: string } | null = null;
 
   private pruneTimer: NodeJS.Timeout | null = null;
   private watchdog: NodeJS.Timeout | null = null;
@@ -186,15 +226,28 @@ export class MayflyVerifier {
   private reconnectTimer: NodeJS.Timeout | null = null;
   private backoffMs: number;
 
-  private readonly counters = { accepted: 0, feedMessages: 0, reconnects: 0, misuseReports: 0, introspections: 0 };
+  private readonly counters = { accepted: 0, feedMessages: 0, reconnects: 0, misuseReports: 0, introspections: 0, cacheHits: 0 };
   private readonly rejected: Partial<Record<ErrorCode, number>> = {};
 
   constructor(private readonly o: MayflyVerifierOptions) {
     if (!o.issuer) throw mayflyError('ERR_CONFIG_INVALID', 'MayflyVerifier: issuer is required', { field: 'issuer' });
     if (!o.audience || (typeof o.audience !== 'string' && o.audience.length === 0)) throw mayflyError('ERR_CONFIG_INVALID', 'MayflyVerifier: audience is required', { field: 'audience' });
     if (!o.jwks?.url) throw mayflyError('ERR_CONFIG_INVALID', 'MayflyVerifier: jwks.url is required', { field: 'jwks.url' });
+    if (!o.feed && o.acceptRevokedTokensUntilExpiry !== true) {
+      throw mayflyError('ERR_CONFIG_INVALID', 'MayflyVerifier: feed is required (without the revocation feed, tokens of ended tasks stay valid until they expire); pass acceptRevokedTokensUntilExpiry: true to run without it', { field: 'feed' });
+    }
+    for (const [field, v, max] of [
+      ['clockSkewSeconds', o.clockSkewSeconds, 300],
+      ['revocationRetentionMs', o.revocationRetentionMs, Number.MAX_SAFE_INTEGER],
+      ['verifiedTokenCacheSize', o.verifiedTokenCacheSize, 1_000_000],
+    ] as const) {
+      if (v !== undefined && !(Number.isFinite(v) && v >= 0 && v <= max)) throw mayflyError('ERR_CONFIG_INVALID', `MayflyVerifier: ${field} must be a number from 0 to ${max}`, { field });
+    }
+    if (o.allowUnboundUseOfBoundTokens === true) warnOnce('allowUnboundUseOfBoundTokens is on: certificate-bound tokens are accepted from callers without the certificate they are bound to (a stolen token works as a bearer token)');
+    if (!o.feed) warnOnce('acceptRevokedTokensUntilExpiry is on: no revocation feed, so tokens of ended tasks and revoked tokens are accepted until they expire');
     this.clock = o.clock ?? systemClock;
     this.skew = o.clockSkewSeconds ?? 60;
+    this.cacheSize = Math.floor(o.verifiedTokenCacheSize ?? DEFAULT_CACHE_SIZE);
     this.retentionMs = o.revocationRetentionMs ?? DEFAULT_RETENTION_MS + this.skew * 1000;
     if (!/^https:\/\//i.test(o.jwks.url)) throw mayflyError('ERR_CONFIG_INVALID', 'MayflyVerifier: jwks.url must use https (keys fetched over plain http could be replaced on the way)', { field: 'jwks.url' });
     const url = o.jwks.url;
@@ -248,7 +301,7 @@ export class MayflyVerifier {
   /**
    * Verifies a token: signature (kid from JWKS or the feed), typ, iss, aud,
    * exp/nbf, revocation (task, token, key), certificate binding, scopes and
-   * single use. Returns the claims or throws a MayflyError.
+   * single use. Returns the claims (frozen) or throws a MayflyError.
    */
   async verify(token: string, options: VerifyOptions = {}): Promise<MayflyClaims> {
     try {
@@ -320,6 +373,8 @@ export class MayflyVerifier {
       jwksErrors: this.jwks.stats().failures,
       misuseReports: this.counters.misuseReports,
       introspections: this.counters.introspections,
+      cachedTokens: this.verified.size,
+      cacheHits: this.counters.cacheHits,
     };
   }
 
@@ -359,6 +414,8 @@ export class MayflyVerifier {
       for (const [k, until] of m) if (until <= now) m.delete(k);
     }
     if (this.reported.size > 10_000) this.reported.clear();
+    const sec = Math.floor(now / 1000);
+    for (const [token, e] of this.verified) if (e.claims.exp + this.skew <= sec) this.verified.delete(token);
   }
 
   // ---- verification ----
@@ -378,48 +435,99 @@ export class MayflyVerifier {
     return 'ok';
   }
 
-  /** CPU-only checks in a fixed order: signature/claims, revocation, binding, scopes, replay. */
+  /**
+   * CPU-only checks in a fixed order: signature and claims (or the cache of
+   * tokens that passed them), revocation, certificate binding, scopes, replay.
+   * Everything after the signature runs on every call, cached or not.
+   */
   private check(token: string, options: VerifyOptions, deferReplay: boolean): MayflyClaims {
     const now = this.clock.now();
-    // Revocation first, from the unverified payload: a revoked task's tokens are refused without paying for a
-    // signature check, which keeps rejection cheap right after a revocation, when every caller retries. A
-    // forged token naming a revoked task is refused too (as revoked rather than invalid); only a genuine one,
-    // checked off the request path, is reported as misuse.
-    const peek = peekRevocation(token);
-    if (peek && this.isRevoked(peek.jti, peek.tid, peek.parent)) {
-      this.reportRevokedUse(token, peek.jti, peek.tid, now);
-      throw mayflyError('ERR_TOKEN_REVOKED', 'token has been revoked (its task ended or the token was revoked)', { jti: peek.jti });
-    }
-    const { claims } = verifyMayflyToken(token, (kid) => this.resolveKey(kid), {
-      issuer: this.o.issuer,
-      audience: this.o.audience,
-      now,
-      clockSkewSeconds: this.skew,
-    });
+    const v = this.remembered(token, now) ?? this.verifyFresh(token, now);
+    const { claims } = v;
     // Revocation before scopes, so a revoked token is always recognized (and reported) as such.
-    const parent = typeof claims.mayfly?.parent_tid === 'string' ? claims.mayfly.parent_tid : null;
-    if (this.isRevoked(claims.jti, claims.tid, parent)) {
+    if (this.revokedKids.has(v.kid)) throw mayflyError('ERR_TOKEN_REVOKED', 'token was signed by a revoked key', { kid: v.kid });
+    if (this.isRevoked(claims.jti, claims.tid, v.parent)) {
       this.misuse('revoked_use', claims.jti, `task ${claims.tid}`);
       throw mayflyError('ERR_TOKEN_REVOKED', 'token has been revoked (its task ended or the token was revoked)', { jti: claims.jti });
     }
     const bound = claims.cnf?.['x5t#S256'];
     if (bound !== undefined) {
       if (options.clientCertDer) {
-        if (certificateThumbprint(options.clientCertDer) !== bound) {
+        if (!this.boundTo(v, options.clientCertDer, bound)) {
           this.misuse('cnf_mismatch', claims.jti, 'x5t#S256 does not match the presented certificate');
           throw mayflyError('ERR_JWT_INVALID', 'certificate-bound token presented with a different certificate', { jti: claims.jti });
         }
-      } else if (this.o.requireCertificateBinding) {
-        throw mayflyError('ERR_JWT_INVALID', 'certificate-bound token presented without a client certificate', { jti: claims.jti });
+      } else if (this.o.allowUnboundUseOfBoundTokens !== true) {
+        throw mayflyError('ERR_JWT_INVALID', 'certificate-bound token presented without a client certificate: present it over mutual TLS with the certificate it is bound to', { jti: claims.jti, reason: 'cnf_certificate_missing' });
       }
     }
-    if (options.requiredScopes && options.requiredScopes.length > 0) {
-      const have = new Set(claims.scope.split(' ').filter(Boolean));
-      const missing = options.requiredScopes.filter((s) => !have.has(s));
-      if (missing.length > 0) throw mayflyError('ERR_SCOPE_DENIED', `token lacks required scope(s): ${missing.join(' ')}`);
-    }
+    if (options.requiredScopes) checkScopes(claims.scope, options.requiredScopes);
     if (!deferReplay) this.finish(claims, options);
     return claims;
+  }
+
+  /**
+   * A token verified before, re-checked for what changes with time or
+   * configuration: its signing key is still the one this verifier would use
+   * for its kid, and exp, nbf and aud still pass. Undefined when not cached
+   * (or the key changed: then it is verified afresh).
+   */
+  private remembered(token: string, now: number): VerifiedEntry | undefined {
+    const e = this.verified.get(token);
+    if (e === undefined) return undefined;
+    if (this.keyFor(e.kid) !== e.key) {
+      this.verified.delete(token);
+      return undefined;
+    }
+    checkAudience(e.claims, this.o.audience);
+    try {
+      checkTimeWindow(e.claims, now, this.skew);
+    } catch (err) {
+      this.verified.delete(token);
+      throw err;
+    }
+    this.counters.cacheHits++;
+    return e;
+  }
+
+  /** Decodes once, refuses a revoked task's tokens before paying for the signature, then verifies and remembers. */
+  private verifyFresh(token: string, now: number): VerifiedEntry {
+    const jws = decodeJws(token);
+    // Revocation first, from the unverified payload: a revoked task's tokens are refused without paying for a
+    // signature check, which keeps rejection cheap right after a revocation, when every caller retries. A
+    // forged token naming a revoked task is refused too (as revoked rather than invalid); only a genuine one,
+    // checked off the request path, is reported as misuse.
+    const peek = revocationIdsOf(jws.payload);
+    if (peek && this.isRevoked(peek.jti, peek.tid, peek.parent)) {
+      this.reportRevokedUse(token, peek.jti, peek.tid, now);
+      throw mayflyError('ERR_TOKEN_REVOKED', 'token has been revoked (its task ended or the token was revoked)', { jti: peek.jti });
+    }
+    const { header, claims, key } = verifyDecodedMayflyToken(jws, (kid) => this.resolveKey(kid), { issuer: this.o.issuer, audience: this.o.audience, now, clockSkewSeconds: this.skew });
+    const parent = typeof claims.mayfly?.parent_tid === 'string' ? claims.mayfly.parent_tid : null;
+    // Frozen: the same object answers every later use of this token, so no caller can change what the next one sees.
+    const entry: VerifiedEntry = { claims: deepFreeze(claims), kid: header.kid as string, key, parent, certDer: null };
+    if (this.cacheSize > 0 && token.length <= MAX_CACHED_TOKEN_CHARS) {
+      if (this.verified.size >= this.cacheSize) this.verified.delete(this.verified.keys().next().value as string);
+      this.verified.set(token, entry);
+    }
+    return entry;
+  }
+
+  /**
+   * Whether `der` is the certificate the token is bound to. The token's last
+   * matching certificate, and the last certificate hashed at all, are
+   * remembered: a repeat costs a byte compare, not a SHA-256.
+   */
+  private boundTo(v: VerifiedEntry, der: Buffer, thumbprint: string): boolean {
+    if (v.certDer !== null && v.certDer.equals(der)) return true;
+    let last = this.lastCert;
+    if (last === null || !last.der.equals(der)) {
+      last = { der: Buffer.from(der), thumbprint: certificateThumbprint(der) };
+      this.lastCert = last;
+    }
+    if (last.thumbprint !== thumbprint) return false;
+    v.certDer = last.der;
+    return true;
   }
 
   private isRevoked(jti: string, tid: string, parent: string | null): boolean {
@@ -674,17 +782,37 @@ function keysOf(doc: unknown): Map<string, KeyObject> {
   return out;
 }
 
-/** jti, tid and parent tid from a token's payload, unverified; null if it is not a well-formed JWS payload. */
-function peekRevocation(token: string): { jti: string; tid: string; parent: string | null } | null {
-  const a = token.indexOf('.');
-  const b = token.indexOf('.', a + 1);
-  if (a < 0 || b < 0 || token.length > 16 * 1024) return null;
-  try {
-    const p = JSON.parse(Buffer.from(token.slice(a + 1, b), 'base64url').toString('utf8')) as Record<string, unknown>;
-    const m = p['mayfly'] as Record<string, unknown> | undefined;
-    if (typeof p['jti'] !== 'string' || typeof p['tid'] !== 'string') return null;
-    return { jti: p['jti'], tid: p['tid'], parent: typeof m?.['parent_tid'] === 'string' ? (m['parent_tid'] as string) : null };
-  } catch {
-    return null;
+/** jti, tid and parent tid from a decoded, not yet verified payload; null if they are not strings. */
+function revocationIdsOf(p: Record<string, unknown>): { jti: string; tid: string; parent: string | null } | null {
+  if (typeof p['jti'] !== 'string' || typeof p['tid'] !== 'string') return null;
+  const m = p['mayfly'] as Record<string, unknown> | undefined;
+  return { jti: p['jti'], tid: p['tid'], parent: typeof m?.['parent_tid'] === 'string' ? m['parent_tid'] : null };
+}
+
+/** A token that passed signature and claim checks, and what the per-call checks need. */
+interface VerifiedEntry {
+  claims: MayflyClaims;
+  kid: string;
+  /** The key that verified it: a cached entry counts only while the kid still resolves to this key. */
+  key: KeyObject;
+  parent: string | null;
+  /** The client certificate last seen to match cnf x5t#S256 (DER), or null. */
+  certDer: Buffer | null;
+}
+
+/** Freezes a parsed JSON value and everything in it. */
+function deepFreeze<T>(v: T): T {
+  if (typeof v === 'object' && v !== null && !Object.isFrozen(v)) {
+    Object.freeze(v);
+    for (const x of Object.values(v)) deepFreeze(x);
   }
+  return v;
+}
+
+const warned = new Set<string>();
+/** Emits a process warning once per message: the loud part of the dangerous opt-outs. */
+function warnOnce(message: string): void {
+  if (warned.has(message)) return;
+  warned.add(message);
+  process.emitWarning(`MayflyVerifier: ${message}`, { code: 'MAYFLY_INSECURE_VERIFIER_OPTION' });
 }

@@ -33,7 +33,7 @@ describe('withTask', () => {
       id = task.id;
       token = await task.token('demo-api', { scopes: ['read'] });
       expect((await rp.introspect(token)).active).toBe(true);
-      expect((await v.verify(token)).tid).toBe(task.id);
+      expect((await v.verify(token, { clientCertDer: env.leafDer('workload') })).tid).toBe(task.id);
       return 42;
     });
     expect(out).toBe(42);
@@ -103,7 +103,7 @@ describe('withTask', () => {
       await sleep(5000);
       expect(task.ended).toBe(false);
       expect((await rp.introspect(token)).active).toBe(true);
-      expect(await codeOf(v.verify(token))).toBe('OK');
+      expect(await codeOf(v.verify(token, { clientCertDer: env.leafDer('workload') }))).toBe('OK');
       expect(await task.token('demo-api', { scopes: ['read'] })).toBe(token);
     });
     expect((await rp.introspect(token)).active).toBe(false);
@@ -139,7 +139,7 @@ describe('beginTask', () => {
     const parent = await beginTask({ client: wl, purpose: 'parent', scopes: ['read', 'write'] });
     const child: TaskHandle = await parent.child({ purpose: 'sub-agent', scopes: ['read'], actor: 'agent-x' });
     const token = await child.token('demo-api', { scopes: ['read'] });
-    const claims = await v.verify(token);
+    const claims = await v.verify(token, { clientCertDer: env.leafDer('workload') });
     expect(claims.mayfly?.parent_tid).toBe(parent.id);
     expect(claims.act?.sub).toBe('agent-x');
     await parent.complete();

@@ -1,7 +1,7 @@
 /**
  * A broker on the PostgreSQL store, and what it does when PostgreSQL goes
  * away mid-run: every call that needs the store fails closed with
- * ERR_UNAVAILABLE (gRPC UNAVAILABLE), no token is handed out that
+ * ERR_UNAVAILABLE (gRPC UNAVAILABLE, HTTP 503), no token is handed out that
  * could not be recorded, /healthz reports the store degraded, and once the
  * server is back the same broker serves again without a restart.
  */
@@ -49,12 +49,19 @@ describe('broker on PostgreSQL', () => {
   });
 
   it('fails closed while PostgreSQL is down, reports degraded health, and recovers when it is back', async () => {
-    const open = await workload.beginTask({ purpose: 'survives the outage', ttlSeconds: 600 });
+    const open = await workload.beginTask({ purpose: 'survives the outage', ttlSeconds: 600, leaseSeconds: 300 });
+    const before = await workload.issueToken({ taskId: open.taskId, audience: 'demo-api', scopes: ['read'], ttlSeconds: 60 });
     await pgc.stop();
 
     expect(await codeOf(workload.issueToken({ taskId: open.taskId, audience: 'demo-api', scopes: ['read'], ttlSeconds: 60 }))).toBe('ERR_UNAVAILABLE');
     expect(await codeOf(workload.beginTask({ purpose: 'no store', ttlSeconds: 60 }))).toBe('ERR_UNAVAILABLE');
     expect(await codeOf(workload.completeTask(open.taskId))).toBe('ERR_UNAVAILABLE');
+    expect(await codeOf(workload.renewTask(open.taskId, 300))).toBe('ERR_UNAVAILABLE');
+    expect(await codeOf(workload.introspect(before.token))).toBe('ERR_UNAVAILABLE');
+    // Over HTTP the same refusal is a 503 (OAuth temporarily_unavailable).
+    const intro = await tb.http('/oauth2/introspect', { method: 'POST', cert: 'workload', form: { token: before.token } });
+    expect(intro.status).toBe(503);
+    expect(intro.json).toMatchObject({ error: 'temporarily_unavailable' });
     const h = await tb.http('/healthz');
     expect(h.status).toBe(200);
     expect(h.json).toMatchObject({ status: 'degraded', checks: { store: { ok: false } } });

@@ -66,7 +66,7 @@ function randomScalar(rng: Prng, t: ScalarType, f: DescField): unknown {
     case ScalarType.STRING:
       // Sometimes a real task id, so calls get past the lookup.
       if (f.name.endsWith('task_id') && rng.chance(0.4)) return knownTaskId;
-      return rng.chance(0.1) ? rng.text(8_000, TEXT) : rng.text(rng.int(40), rng.chance(0.2) ? '\u0000\u202e\ud800é漢' + TEXT : TEXT);
+      return rng.chance(0.1) ? rng.text(70_000, TEXT) : rng.text(rng.int(40), rng.chance(0.2) ? '\u0000\u202e\ud800é漢' + TEXT : TEXT);
     case ScalarType.BYTES:
       return rng.bytes(rng.int(40));
     case ScalarType.BOOL:
@@ -103,7 +103,7 @@ function randomMessage(rng: Prng, desc: DescMessage, depth = 0): Record<string, 
         break;
       case 'list':
         init[f.localName] =
-          f.listKind === 'scalar' ? Array.from({ length: rng.int(rng.chance(0.1) ? 40 : 4) }, () => randomScalar(rng, f.scalar, f)) : [];
+          f.listKind === 'scalar' ? Array.from({ length: rng.int(rng.chance(0.1) ? 300 : 4) }, () => randomScalar(rng, f.scalar, f)) : [];
         break;
       case 'map':
         init[f.localName] = Object.fromEntries(Array.from({ length: rng.int(rng.chance(0.1) ? 200 : 4) }, () => [rng.text(1 + rng.int(20), TEXT), rng.text(rng.int(30), TEXT)]));

@@ -3,6 +3,7 @@
  * generated at test time and publishes them through a JwksServer.
  */
 import { createPublicKey, generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto';
+import { githubActionsClaims } from '../../src/cli/dev-oidc-issuer.js';
 import { signCompact, type JwsHeader } from '../../src/tokens/jws.js';
 import { JwksServer, type TestCert } from './https-jwks.js';
 
@@ -26,41 +27,9 @@ export function makeKey(alg: TestAlg, kid: string = `${alg.toLowerCase()}-${rand
   return { kid, alg, privateKey, publicKey, jwk };
 }
 
-/** A GitHub Actions OIDC claim set (the real claim names), for a token issued at `nowSec`. */
+/** A GitHub Actions OIDC claim set (the real claim names), for a token issued at `nowSec` (the dev issuer's shape). */
 export function githubClaims(iss: string, aud: string, nowSec: number): Record<string, unknown> {
-  return {
-    jti: randomUUID(),
-    sub: 'repo:acme/api:environment:prod',
-    aud,
-    ref: 'refs/heads/main',
-    sha: 'd6f0c8a7a1b2c3d4e5f60718293a4b5c6d7e8f90',
-    repository: 'acme/api',
-    repository_owner: 'acme',
-    repository_owner_id: '1234567',
-    repository_id: '7654321',
-    repository_visibility: 'private',
-    run_id: '9876543210',
-    run_number: '42',
-    run_attempt: '1',
-    actor: 'octocat',
-    actor_id: '583231',
-    workflow: 'deploy',
-    workflow_ref: 'acme/api/.github/workflows/deploy.yml@refs/heads/main',
-    workflow_sha: 'd6f0c8a7a1b2c3d4e5f60718293a4b5c6d7e8f90',
-    head_ref: '',
-    base_ref: '',
-    event_name: 'push',
-    ref_type: 'branch',
-    ref_protected: 'true',
-    environment: 'prod',
-    job_workflow_ref: 'acme/api/.github/workflows/deploy.yml@refs/heads/main',
-    job_workflow_sha: 'd6f0c8a7a1b2c3d4e5f60718293a4b5c6d7e8f90',
-    runner_environment: 'github-hosted',
-    iss,
-    nbf: nowSec - 5,
-    exp: nowSec + 300,
-    iat: nowSec - 5,
-  };
+  return githubActionsClaims(iss, aud, nowSec);
 }
 
 /** A test issuer: keys, a JWKS/discovery HTTPS server, and a minting function. */

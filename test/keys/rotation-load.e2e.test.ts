@@ -33,6 +33,8 @@ describe('signing-key rotation under load', () => {
   let b: DevBroker;
   let feedVerifiers: MayflyVerifier[];
   let pollers: MayflyVerifier[];
+  /** Every token here is bound to the workload's certificate, which these relying parties see. */
+  const withCert = () => ({ clientCertDer: b.leafDer('workload') });
 
   beforeAll(async () => {
     b = await startDevBroker((doc) => {
@@ -42,7 +44,7 @@ describe('signing-key rotation under load', () => {
     });
     feedVerifiers = [0, 1, 2].map((i) => b.verifier(`rp-feed-${i}`));
     // Pollers: no feed; they learn keys only from the JWKS over HTTP (refetch on an unknown kid, rate-limited).
-    pollers = [0, 1].map((i) => b.verifier(`rp-poll-${i}`, { feed: undefined, jwks: { url: b.jwksUrl, ca: b.ca, minRefreshIntervalMs: 500 } }));
+    pollers = [0, 1].map((i) => b.verifier(`rp-poll-${i}`, { feed: undefined, acceptRevokedTokensUntilExpiry: true, jwks: { url: b.jwksUrl, ca: b.ca, minRefreshIntervalMs: 500 } }));
     await Promise.all([...feedVerifiers, ...pollers].map((v) => v.start()));
   });
 
@@ -72,7 +74,7 @@ describe('signing-key rotation under load', () => {
         for (const tok of [t.token, older]) {
           verifications++;
           try {
-            await v.verify(tok, { requiredScopes: ['read'] });
+            await v.verify(tok, { ...withCert(), requiredScopes: ['read'] });
           } catch (e) {
             const err = e as MayflyError;
             // An older token may legitimately have expired; anything else is a failure.
@@ -98,7 +100,7 @@ describe('signing-key rotation under load', () => {
     // Keys rotate every 3 s here: revoke the key that signed the latest tokens, and watch the tokens it signed.
     const kid = kidOf(issued[issued.length - 1]!);
     const tokens = issued.filter((t) => kidOf(t) === kid);
-    for (const v of feedVerifiers) for (const t of tokens) await v.verify(t);
+    for (const v of feedVerifiers) for (const t of tokens) await v.verify(t, withCert());
     const admin = (name: string) => readFileSync(join(b.dir, name));
     const started = performance.now();
     const res = await post(`https://127.0.0.1:${b.broker.http.address.port}/admin/keys/${kid}/revoke`, b.ca, admin('admin.pem'), admin('admin.key'));
@@ -110,7 +112,7 @@ describe('signing-key rotation under load', () => {
     const pending = new Set(feedVerifiers);
     while (pending.size > 0 && performance.now() - started < 2000) {
       for (const v of [...pending]) {
-        const rejected = await Promise.all(tokens.map((t) => v.verify(t).then(() => false, () => true)));
+        const rejected = await Promise.all(tokens.map((t) => v.verify(t, withCert()).then(() => false, () => true)));
         if (rejected.every(Boolean)) pending.delete(v);
       }
       if (pending.size > 0) await new Promise((r) => setTimeout(r, 2));
@@ -120,7 +122,7 @@ describe('signing-key rotation under load', () => {
     expect(pending.size).toBe(0);
     // Issuance continues with the replacement key, and its tokens verify everywhere.
     const fresh = await client.issueToken({ taskId: task.taskId, audience: 'demo-api', scopes: ['read'] });
-    for (const v of feedVerifiers) await expect(v.verify(fresh.token)).resolves.toBeTruthy();
+    for (const v of feedVerifiers) await expect(v.verify(fresh.token, withCert())).resolves.toBeTruthy();
     const audit = b.auditLines();
     expect(audit.some((r) => r['event'] === 'key.revoke' && r['kid'] === kid)).toBe(true);
   });

@@ -152,12 +152,12 @@ describe('builtin rules', () => {
 describe('loading', () => {
   const bad: Array<[string, unknown, RegExp]> = [
     ['invalid regex names the rule', { rules: [{ ...RULES.rules[0], match: { spiffe: 're:(' } }] }, /rule "demo" match\.spiffe: invalid regular expression "re:\("/],
-    ['missing ttl names rule and field', { rules: [{ name: 'x', match: { spiffe: 'a' } }] }, /rule "x" max_ttl_seconds/],
     ['empty match', { rules: [{ name: 'x', match: {}, max_ttl_seconds: 1 }] }, /rule "x" match: match needs "spiffe" or "oidc"/],
     ['unknown action', { rules: [{ name: 'x', match: { spiffe: 'a' }, actions: ['nuke'], max_ttl_seconds: 1 }] }, /rule "x" actions\.0/],
     ['unknown field', { rules: [{ name: 'x', match: { spiffe: 'a' }, max_ttl: 1, max_ttl_seconds: 1 }] }, /rule "x"/],
     ['duplicate names', { rules: [RULES.rules[0], RULES.rules[0]] }, /duplicate rule name "demo"/],
     ['not a document', 'rules', /policy rules/],
+    ['missing required field, named without zod wording', { rules: [{ match: { spiffe: 'a' }, max_ttl_seconds: 1 }] }, /rules\[0\] name: is required \(string\)$/],
   ];
   it.each(bad)('%s', (_n, doc, re) => {
     try {
@@ -167,6 +167,16 @@ describe('loading', () => {
       expect(isMayflyError(err, 'ERR_CONFIG_INVALID')).toBe(true);
       expect((err as Error).message).toMatch(re);
     }
+  });
+
+  it('max_ttl_seconds is optional: without it the decision carries no cap and the broker limits apply', async () => {
+    const p = new DecisionPoint(BuiltinEngine.fromDocument({ rules: [{ name: 'open', match: { spiffe: 'spiffe://example.org/demo/workload' }, audiences: ['demo-api'], scopes: ['read'] }] }));
+    const issue = await p.decide(mkInput({ scopes: ['read'] }));
+    expect(issue).toMatchObject({ allow: true, scopes: ['read'] });
+    expect(issue.max_ttl_seconds).toBeUndefined();
+    const begin = await p.decide(mkInput({ action: 'begin_task', audience: undefined, scopes: [] }));
+    expect(begin.allow).toBe(true);
+    expect(begin.max_ttl_seconds).toBeUndefined();
   });
 
   it('revision is stable across formatting and key order', () => {

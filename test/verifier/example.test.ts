@@ -64,7 +64,11 @@ describe('examples/relying-party', () => {
     const ok = await get(read, 'workload');
     expect(ok.status).toBe(200);
     expect(ok.body).toMatchObject({ hello: 'spiffe://example.org/demo/workload', scope: 'read', task: task.taskId, bound: true });
-    expect((await get(read)).status).toBe(200); // no client certificate: plain bearer use
+    // A bare bearer of a bound token, without the certificate it is bound to (RFC 8705): refused.
+    const bare = await get(read);
+    expect(bare.status).toBe(401);
+    expect(bare.body).toMatchObject({ error: 'invalid_token', code: 'ERR_JWT_INVALID' });
+    expect(bare.wwwAuthenticate).toContain('invalid_token');
     const wrongCert = await get(read, 'relying-party');
     expect(wrongCert.status).toBe(401);
     expect(wrongCert.body['error_description']).toBe('certificate-bound token presented with a different certificate');

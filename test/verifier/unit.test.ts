@@ -11,7 +11,7 @@ import { MayflyError } from '../../src/core/errors.js';
 import { buildClaims } from '../../src/tokens/claims.js';
 import { signCompact } from '../../src/tokens/jws.js';
 import { RevocationEvent_Kind, RevocationEventSchema, type RevocationEvent } from '../../src/gen/mayfly/v1/broker_pb.js';
-import { MayflyVerifier, type VerifierBrokerClient } from '../../src/verifier/index.js';
+import { certificateThumbprint, MayflyVerifier, type MayflyVerifierOptions, type VerifierBrokerClient } from '../../src/verifier/index.js';
 import type { FetchLike } from '../../src/net/remote-document.js';
 import { codeOf } from './harness.js';
 
@@ -23,8 +23,8 @@ function keypair(kid: string) {
 }
 const jwks = (...ks: Array<{ jwk: object }>) => JSON.stringify({ keys: ks.map((k) => k.jwk) });
 
-function mint(key: { kid: string; privateKey: KeyObject }, now: number, o: { tid?: string; jti?: string; parent?: string } = {}) {
-  const claims = buildClaims({ issuer: ISS, subject: 'spiffe://t/w', audience: 'api', scopes: ['read'], jti: o.jti ?? `j-${Math.random()}`, taskId: o.tid ?? 't1', issuedAtMs: now, expiresAtMs: now + 300_000, parentTaskId: o.parent ?? null });
+function mint(key: { kid: string; privateKey: KeyObject }, now: number, o: { tid?: string; jti?: string; parent?: string; cnf?: string; singleUse?: boolean } = {}) {
+  const claims = buildClaims({ issuer: ISS, subject: 'spiffe://t/w', audience: 'api', scopes: ['read'], jti: o.jti ?? `j-${Math.random()}`, taskId: o.tid ?? 't1', issuedAtMs: now, expiresAtMs: now + 300_000, parentTaskId: o.parent ?? null, certThumbprint: o.cnf ?? null, singleUse: o.singleUse ?? false });
   return signCompact({ alg: 'ES256', typ: 'at+jwt', kid: key.kid }, claims, key.privateKey);
 }
 
@@ -56,7 +56,7 @@ class FakeFeed implements VerifierBrokerClient {
   }
 }
 
-function setup(opts: { jwksDoc?: () => string } = {}) {
+function setup(opts: { jwksDoc?: () => string; options?: Partial<MayflyVerifierOptions> } = {}) {
   const clock = new ManualClock(Date.UTC(2026, 5, 1));
   const k1 = keypair('k1');
   const feed = new FakeFeed();
@@ -67,7 +67,7 @@ function setup(opts: { jwksDoc?: () => string } = {}) {
     const body = opts.jwksDoc ? opts.jwksDoc() : jwks(k1);
     return { ok: true, status: 200, headers: { get: () => null }, text: async () => body };
   };
-  const v = new MayflyVerifier({ issuer: ISS, audience: 'api', clock, jwks: { url: 'https://broker.test/jwks', fetchImpl, minRefreshIntervalMs: 10_000 }, feed: { client: feed, subscriberId: 'rp', maxSilenceMs: 5000, backoff: { initialMs: 1, maxMs: 4 } } });
+  const v = new MayflyVerifier({ issuer: ISS, audience: 'api', clock, jwks: { url: 'https://broker.test/jwks', fetchImpl, minRefreshIntervalMs: 10_000 }, feed: { client: feed, subscriberId: 'rp', maxSilenceMs: 5000, backoff: { initialMs: 1, maxMs: 4 } }, ...opts.options });
   return { clock, k1, feed, v, fetches: () => fetches };
 }
 
@@ -242,3 +242,127 @@ describe('MayflyVerifier (scripted feed)', () => {
     v.close();
   });
 });
+
+/** A started verifier with a snapshot applied: ready to verify k1's tokens. */
+async function synced(opts: Parameters<typeof setup>[0] = {}) {
+  const s = setup(opts);
+  const started = s.v.start();
+  await new Promise((r) => setTimeout(r, 10));
+  s.feed.send(RevocationEvent_Kind.SNAPSHOT, { cursor: 1, kid: 'v1', jwksJson: jwks(s.k1) });
+  await started;
+  return s;
+}
+
+describe('MayflyVerifier secure defaults', () => {
+  const base = { issuer: ISS, audience: 'api', jwks: { url: 'https://broker.test/jwks' } };
+
+  it('requires the revocation feed unless acceptRevokedTokensUntilExpiry is set', () => {
+    expect(() => new MayflyVerifier(base)).toThrow(expect.objectContaining({ code: 'ERR_CONFIG_INVALID', details: { field: 'feed' } }));
+    new MayflyVerifier({ ...base, acceptRevokedTokensUntilExpiry: true }).close();
+  });
+
+  it('refuses a JWKS URL that is not https, and out-of-range numbers', () => {
+    const feed = { client: new FakeFeed(), subscriberId: 'rp' };
+    expect(() => new MayflyVerifier({ ...base, feed, jwks: { url: 'http://broker.test/jwks' } })).toThrow(expect.objectContaining({ code: 'ERR_CONFIG_INVALID', details: { field: 'jwks.url' } }));
+    expect(() => new MayflyVerifier({ ...base, feed, clockSkewSeconds: 3600 })).toThrow(expect.objectContaining({ code: 'ERR_CONFIG_INVALID', details: { field: 'clockSkewSeconds' } }));
+    expect(() => new MayflyVerifier({ ...base, feed, verifiedTokenCacheSize: -1 })).toThrow(expect.objectContaining({ code: 'ERR_CONFIG_INVALID' }));
+  });
+
+  it('refuses a certificate-bound token without a certificate unless allowUnboundUseOfBoundTokens', async () => {
+    const cert = Buffer.from('not really DER, only hashed');
+    const strict = await synced();
+    const bound = mint(strict.k1, strict.clock.now(), { cnf: certificateThumbprint(cert) });
+    await expect(strict.v.verify(bound)).rejects.toMatchObject({ code: 'ERR_JWT_INVALID', details: { reason: 'cnf_certificate_missing' } });
+    expect(strict.v.verifySync(bound, { clientCertDer: cert }).cnf).toBeTruthy();
+    expect(await codeOf(() => strict.v.verifySync(bound, { clientCertDer: Buffer.from('another') }))).toBe('ERR_JWT_INVALID');
+    expect(strict.feed.misuse).toEqual([`cnf_mismatch:${JSON.parse(Buffer.from(bound.split('.')[1]!, 'base64url').toString()).jti}`]);
+    strict.v.close();
+    const lax = await synced({ options: { allowUnboundUseOfBoundTokens: true } });
+    const bound2 = mint(lax.k1, lax.clock.now(), { cnf: certificateThumbprint(cert) });
+    expect(lax.v.verifySync(bound2).cnf?.['x5t#S256']).toBe(certificateThumbprint(cert));
+    expect(await codeOf(() => lax.v.verifySync(bound2, { clientCertDer: Buffer.from('another') }))).toBe('ERR_JWT_INVALID');
+    lax.v.close();
+  });
+});
+
+describe('MayflyVerifier verified-token cache: every per-call check still runs', () => {
+  it('a repeated token is answered from the cache', async () => {
+    const { clock, k1, v } = await synced();
+    const t = mint(k1, clock.now(), { parent: 'p0' });
+    const first = v.verifySync(t);
+    // One object answers every use, so it is frozen: a caller cannot change what the next caller sees.
+    expect(Object.isFrozen(first) && Object.isFrozen(first.mayfly)).toBe(true);
+    expect(() => Object.assign(first, { tid: 'other' })).toThrow(TypeError);
+    for (let i = 0; i < 5; i++) expect(v.verifySync(t).tid).toBe('t1');
+    expect(v.stats()).toMatchObject({ cachedTokens: 1, cacheHits: 5, accepted: 6 });
+    v.close();
+  });
+
+  it('expiry and not-before against the injected clock', async () => {
+    const { clock, k1, feed, v } = await synced();
+    const t = mint(k1, clock.now());
+    v.verifySync(t);
+    clock.advance(300_000 + 60_000); // exp + skew
+    feed.send(RevocationEvent_Kind.HEARTBEAT, { cursor: 1 });
+    expect(await codeOf(() => v.verifySync(t))).toBe('ERR_JWT_EXPIRED');
+    expect(v.stats().cachedTokens).toBe(0);
+    const future = mint(k1, clock.now() + 120_000);
+    expect(await codeOf(() => v.verifySync(future))).toBe('ERR_JWT_INVALID');
+    v.close();
+  });
+
+  it('revocation of the token, its task, its parent task and its key', async () => {
+    const { clock, k1, feed, v } = await synced();
+    const byJti = mint(k1, clock.now(), { jti: 'jx' });
+    const byTask = mint(k1, clock.now(), { tid: 'tx' });
+    const byParent = mint(k1, clock.now(), { tid: 'child', parent: 'px' });
+    for (const t of [byJti, byTask, byParent]) v.verifySync(t);
+    feed.send(RevocationEvent_Kind.TOKEN, { cursor: 2, tokenIds: ['jx'] });
+    feed.send(RevocationEvent_Kind.TASK, { cursor: 3, taskIds: ['tx', 'px'] });
+    for (const t of [byJti, byTask, byParent]) expect(await codeOf(() => v.verifySync(t))).toBe('ERR_TOKEN_REVOKED');
+    const other = mint(k1, clock.now());
+    v.verifySync(other);
+    feed.send(RevocationEvent_Kind.KEY, { cursor: 4, kid: 'k1' });
+    expect(await codeOf(() => v.verifySync(other))).toBe('ERR_TOKEN_REVOKED');
+    v.close();
+  });
+
+  it('a key that leaves the key set (not revoked) is no longer trusted for cached tokens', async () => {
+    const { clock, k1, feed, v } = await synced({ jwksDoc: () => jwks(keypair('k9')) });
+    const t = mint(k1, clock.now());
+    v.verifySync(t);
+    feed.send(RevocationEvent_Kind.KEYSET, { cursor: 2, kid: 'v2', jwksJson: jwks(keypair('k2')), reason: 'key set changed' });
+    expect(await codeOf(() => v.verifySync(t))).toBe('ERR_KEY_UNKNOWN');
+    v.close();
+  });
+
+  it('audience, scopes, certificate binding and single use per call', async () => {
+    const cert = Buffer.from('bound cert');
+    const { clock, k1, v } = await synced();
+    const t = mint(k1, clock.now(), { cnf: certificateThumbprint(cert) });
+    v.verifySync(t, { clientCertDer: cert });
+    expect(v.verifySync(t, { clientCertDer: Buffer.from(cert) }).tid).toBe('t1'); // an equal copy, as a new socket gives
+    expect(await codeOf(() => v.verifySync(t, { clientCertDer: Buffer.from('other') }))).toBe('ERR_JWT_INVALID');
+    expect(await codeOf(() => v.verifySync(t))).toBe('ERR_JWT_INVALID');
+    expect(await codeOf(() => v.verifySync(t, { clientCertDer: cert, requiredScopes: ['write'] }))).toBe('ERR_SCOPE_DENIED');
+    const once = mint(k1, clock.now(), { singleUse: true });
+    v.verifySync(once);
+    expect(await codeOf(() => v.verifySync(once))).toBe('ERR_TOKEN_REPLAYED');
+    expect(v.stats().cacheHits).toBeGreaterThanOrEqual(4);
+    v.close();
+  });
+
+  it('is bounded, and can be turned off', async () => {
+    const { clock, k1, v } = await synced({ options: { verifiedTokenCacheSize: 3 } });
+    for (let i = 0; i < 10; i++) v.verifySync(mint(k1, clock.now()));
+    expect(v.stats().cachedTokens).toBe(3);
+    v.close();
+    const off = await synced({ options: { verifiedTokenCacheSize: 0 } });
+    const t = mint(off.k1, off.clock.now());
+    off.v.verifySync(t);
+    off.v.verifySync(t);
+    expect(off.v.stats()).toMatchObject({ cachedTokens: 0, cacheHits: 0 });
+    off.v.close();
+  });
+});
+

@@ -41,9 +41,9 @@ export const builtinRuleSchema = z
     audiences: z.array(pattern).default([]),
     /** Scopes that may be granted (exact names). */
     scopes: z.array(z.string().min(1)).default([]),
-    /** Upper bound on token TTL. */
-    max_ttl_seconds: z.number().int().positive(),
-    /** Upper bound on task TTL for begin_task (falls back to max_ttl_seconds). */
+    /** Upper bound on token TTL; without it the broker's tokens.max_ttl_seconds and the task's deadline bound it. */
+    max_ttl_seconds: z.number().int().positive().optional(),
+    /** Upper bound on task TTL for begin_task (falls back to max_ttl_seconds, then to tasks.max_ttl_seconds). */
     max_task_ttl_seconds: z.number().int().positive().optional(),
     /** Deepest delegation allowed (root task = depth 0); no rule-level limit when absent. */
     max_delegation_depth: z.number().int().nonnegative().optional(),

@@ -22,7 +22,12 @@ export interface CallDeps {
   requestId: () => string;
   /** Called with every failure (for logging); never sees tokens. */
   onError?: (method: string, err: MayflyError, requestId: string) => void;
+  /** Largest request message accepted; a larger one is refused here, with our code (grpc-js's own limit sits above it). */
+  maxRequestBytes: number;
 }
+
+/** ERR_TOO_LARGE, answered as RESOURCE_EXHAUSTED as grpc-js itself would, but with the code trailer. */
+class Oversized extends Error {}
 
 type AnyCall = grpc.ServerUnaryCall<Buffer, Buffer> | grpc.ServerWritableStream<Buffer, Buffer>;
 
@@ -37,9 +42,28 @@ export function callRunner(deps: CallDeps) {
   };
 
   const failure = (method: string, requestId: string, e: unknown) => {
+    if (e instanceof Oversized) {
+      const err = mayflyError('ERR_TOO_LARGE', e.message);
+      deps.onError?.(method, err, requestId);
+      return { ...toGrpcStatus(err), code: grpc.status.RESOURCE_EXHAUSTED };
+    }
     const err = MayflyError.from(e);
     deps.onError?.(method, err, requestId);
     return toGrpcStatus(err);
+  };
+
+  /** Decodes the request, refusing (and auditing) an oversized or malformed one. */
+  const decode = <I extends DescMessage>(input: I, call: AnyCall, requestId: string, method: string): MessageShape<I> => {
+    if (call.request.length > deps.maxRequestBytes) {
+      deps.audit.write({ event: 'request.invalid', outcome: 'denied', request_id: requestId, peer: call.getPeer(), method, code: 'ERR_TOO_LARGE', reason: `request of ${call.request.length} bytes` });
+      throw new Oversized(`request message of ${call.request.length} bytes exceeds the limit of ${deps.maxRequestBytes}`);
+    }
+    try {
+      return fromBinary(input, call.request);
+    } catch (cause) {
+      deps.audit.write({ event: 'request.invalid', outcome: 'denied', request_id: requestId, peer: call.getPeer(), method, code: 'ERR_INVALID_ARGUMENT', reason: `malformed ${input.typeName} message` });
+      throw mayflyError('ERR_INVALID_ARGUMENT', `malformed ${input.typeName} message`, undefined, cause);
+    }
   };
 
   return {
@@ -48,13 +72,7 @@ export function callRunner(deps: CallDeps) {
         const requestId = deps.requestId();
         void (async () => {
           try {
-            let req: MessageShape<I>;
-            try {
-              req = fromBinary(input, call.request);
-            } catch (cause) {
-              deps.audit.write({ event: 'request.invalid', outcome: 'denied', request_id: requestId, peer: call.getPeer(), method, code: 'ERR_INVALID_ARGUMENT', reason: `malformed ${input.typeName} message` });
-              throw mayflyError('ERR_INVALID_ARGUMENT', `malformed ${input.typeName} message`, undefined, cause);
-            }
+            const req = decode(input, call, requestId, method);
             const ctx = await identify(call, requestId, method);
             const res = await fn(ctx, req);
             callback(null, Buffer.from(toBinary(output, create(output, res as never))));
@@ -73,17 +91,17 @@ export function callRunner(deps: CallDeps) {
         const requestId = deps.requestId();
         void (async () => {
           try {
-            let req: MessageShape<I>;
-            try {
-              req = fromBinary(input, call.request);
-            } catch (cause) {
-              throw mayflyError('ERR_INVALID_ARGUMENT', `malformed ${input.typeName} message`, undefined, cause);
-            }
+            const req = decode(input, call, requestId, method);
             const ctx = await identify(call, requestId, method);
             await fn(ctx, req, call);
           } catch (e) {
             const st = failure(method, requestId, e);
-            call.destroy(Object.assign(new Error(st.details), { code: st.code, details: st.details }));
+            // Emitting 'error' (not destroy) is what makes grpc-js end the stream with this status:
+            // a destroyed stream never sends one, and the caller would wait for its own deadline.
+            const md = new grpc.Metadata();
+            md.set('mayfly-error-code', st.mayflyCode);
+            md.set('x-request-id', requestId);
+            call.emit('error', { code: st.code, details: st.details, metadata: md });
           }
         })();
       },

@@ -40,7 +40,7 @@ export function brokerHandlers(b: BrokerService, subscriptions: FeedSubscription
       return { revokedTasks: res.taskIds.length, revokedTokens: res.revokedTokens };
     }),
     AckKeySet: run.unary('AckKeySet', pb.AckKeySetRequestSchema, pb.AckKeySetResponseSchema, async (ctx, r) => {
-      subscriptions.ack(ctx, { subscriberId: r.subscriberId, keysetVersion: r.keysetVersion });
+      await subscriptions.ack(ctx, { subscriberId: r.subscriberId, keysetVersion: r.keysetVersion });
       return {};
     }),
     ReportMisuse: run.unary('ReportMisuse', pb.ReportMisuseRequestSchema, pb.ReportMisuseResponseSchema, async (ctx, r) => {
@@ -49,7 +49,7 @@ export function brokerHandlers(b: BrokerService, subscriptions: FeedSubscription
     }),
     Ping: run.unary('Ping', pb.PingRequestSchema, pb.PingResponseSchema, async () => ({})),
     WatchRevocations: run.serverStream('WatchRevocations', pb.WatchRevocationsRequestSchema, async (ctx, r, call) => {
-      const sub = await subscriptions.subscribe(ctx, { subscriberId: r.subscriberId, cursor: Number(r.cursor), transport: 'grpc' }, {
+      const sub = await subscriptions.subscribe(ctx, { subscriberId: r.subscriberId, cursor: r.cursor, transport: 'grpc' }, {
         open: () => undefined,
         message: (m) => call.write(encodeEvent(m)),
         end: () => call.end(),

@@ -23,8 +23,14 @@ import { brokerHandlers } from './handlers.js';
 
 export { toProtoEvent } from './feed-encoding.js';
 
-/** Largest request accepted; larger ones get RESOURCE_EXHAUSTED from grpc-js. */
+/** Largest request accepted; larger ones get RESOURCE_EXHAUSTED with ERR_TOO_LARGE (calls.ts). */
 export const MAX_RECEIVE_BYTES = 64 * 1024;
+
+/**
+ * grpc-js's own ceiling, above ours so that our check (with its code
+ * trailer) is the one callers meet; past it grpc-js refuses on its own.
+ */
+const TRANSPORT_RECEIVE_CEILING = 4 * 1024 * 1024;
 
 export interface GrpcServerDeps {
   broker: BrokerService;
@@ -106,12 +112,12 @@ async function listenTls(tls: TlsMaterial, host: string, port: number, onConnect
 /** Starts the gRPC server on host:port over TLS. */
 export async function startGrpcServer(deps: GrpcServerDeps, host: string, port: number): Promise<GrpcListener> {
   const server = new grpc.Server({
-    'grpc.max_receive_message_length': MAX_RECEIVE_BYTES,
+    'grpc.max_receive_message_length': TRANSPORT_RECEIVE_CEILING,
     'grpc.max_send_message_length': 4 * 1024 * 1024,
     'grpc.keepalive_permit_without_calls': 1,
   });
   const peers = new PeerRegistry(deps.auth, deps.clock);
-  const run = callRunner({ authentication: deps.authentication, peers, audit: deps.audit, requestId: deps.requestId, ...(deps.onError ? { onError: deps.onError } : {}) });
+  const run = callRunner({ authentication: deps.authentication, peers, audit: deps.audit, requestId: deps.requestId, maxRequestBytes: MAX_RECEIVE_BYTES, ...(deps.onError ? { onError: deps.onError } : {}) });
   server.addService(brokerDefinition(), brokerHandlers(deps.broker, deps.subscriptions, run));
   const health = addHealthAndReflection(server);
 

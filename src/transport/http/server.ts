@@ -6,8 +6,9 @@
  * This file sets up the app; each group of routes is in routes/.
  */
 import { parse as parseQuery } from 'node:querystring';
+import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
-import Fastify, { type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { mayflyError } from '../../core/errors.js';
 import { PeerRegistry } from '../tls.js';
 import { routeKit, type HttpServerDeps } from './kit.js';
@@ -41,6 +42,9 @@ export function buildHttpApp(deps: HttpServerDeps): FastifyInstance {
       minVersion: 'TLSv1.2',
     },
     genReqId: () => deps.requestId(),
+    // Errors fastify and Node answer before any route runs get our error shape too.
+    frameworkErrors: answerRoutingError,
+    clientErrorHandler: answerClientError,
   });
   const peers = new PeerRegistry(deps.auth, deps.clock);
   app.server.on('secureConnection', (socket: TLSSocket) => peers.attach(socket));
@@ -76,8 +80,52 @@ function acceptOAuthForms(app: FastifyInstance): void {
   });
 }
 
-/** Fastify's own rejections (body too large, bad JSON, bad content type) still get a stable code. */
+/** Our JSON error body for a request no route handled: `{error: <code>, message}`. */
+function errorBody(code: string, message: string): string {
+  return JSON.stringify({ error: code, message });
+}
+
+/** Routing failures fastify detects before any route runs: an over-long path parameter (414) or a malformed URL (400). */
+function answerRoutingError(error: Error & { code?: string }, _req: FastifyRequest, reply: FastifyReply): void {
+  reply.header('cache-control', 'no-store').type('application/json');
+  if (error.code === 'FST_ERR_MAX_PARAM_LENGTH') {
+    void reply.code(414).send(errorBody('ERR_TOO_LARGE', 'a path parameter is longer than this broker accepts'));
+    return;
+  }
+  void reply.code(400).send(errorBody('ERR_INVALID_ARGUMENT', 'the request URL is malformed'));
+}
+
+/**
+ * Requests Node's HTTP parser refuses before fastify sees them (headers over
+ * the size limit, a timeout, bytes that are not HTTP): answered here in our
+ * shape instead of Node's or fastify's own body, then the connection closes.
+ */
+function answerClientError(err: Error & { code?: string }, socket: Socket): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed || !socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const [status, reason, code, message] =
+    err.code === 'HPE_HEADER_OVERFLOW'
+      ? [431, 'Request Header Fields Too Large', 'ERR_TOO_LARGE', 'request headers are larger than this broker accepts (a bearer token is at most 16 KiB)']
+      : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? [408, 'Request Timeout', 'ERR_INVALID_ARGUMENT', 'the request was not received in time']
+        : [400, 'Bad Request', 'ERR_INVALID_ARGUMENT', 'the request is not valid HTTP'];
+  const body = errorBody(code, message);
+  socket.end(
+    `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n${body}`,
+  );
+}
+
+/** Fastify's own rejections (body too large, bad JSON, bad content type) and unknown routes still get a stable code. */
 function answerFrameworkErrors(app: FastifyInstance): void {
+  app.setNotFoundHandler((req, reply) => {
+    const message = `no route ${req.method} ${req.url.split('?')[0]!.slice(0, 200)}`;
+    if (req.url.startsWith('/oauth2/')) {
+      return reply.code(404).header('cache-control', 'no-store').send({ error: 'invalid_request', error_description: message, mayfly_code: 'ERR_ROUTE_NOT_FOUND' });
+    }
+    return reply.code(404).header('cache-control', 'no-store').send({ error: 'ERR_ROUTE_NOT_FOUND', message });
+  });
   app.setErrorHandler((error, req, reply) => {
     const status = (error as { statusCode?: number }).statusCode ?? 500;
     const code = status === 413 ? 'ERR_TOO_LARGE' : status >= 500 ? 'ERR_INTERNAL' : 'ERR_INVALID_ARGUMENT';

@@ -7,8 +7,7 @@ export function registerFeedRoutes(app: FastifyInstance, kit: RouteKit): void {
 
   app.get('/v1/revocations', async (req, reply) => {
     const q = req.query as Record<string, string | undefined>;
-    const last = (req.headers['last-event-id'] as string | undefined) ?? q['cursor'] ?? '0';
-    const cursor = /^\d{1,15}$/.test(last) ? Number(last) : 0;
+    const cursor = (req.headers['last-event-id'] as string | undefined) ?? q['cursor'];
     const res = reply.raw;
     let opened = false;
     try {
@@ -37,7 +36,7 @@ export function registerFeedRoutes(app: FastifyInstance, kit: RouteKit): void {
     try {
       const ctx = await kit.authenticate(req, 'keyset.ack');
       const body = (req.body ?? {}) as Record<string, unknown>;
-      deps.subscriptions.ack(ctx, { subscriberId: body['subscriber_id'], keysetVersion: body['keyset_version'] });
+      await deps.subscriptions.ack(ctx, { subscriberId: body['subscriber_id'], keysetVersion: body['keyset_version'] });
       return reply.send({});
     } catch (e) {
       return kit.fail(reply, 'keyset.ack', req, e, 'json');

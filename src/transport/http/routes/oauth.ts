@@ -25,7 +25,6 @@ export function registerOAuthRoutes(app: FastifyInstance, kit: RouteKit): void {
       const res = await deps.broker.introspect(ctx, { token: requiredToken(req.body) });
       reply.header('cache-control', 'no-store');
       if (!res.active || !res.claims) return reply.send({ active: false, mayfly_reason: res.reason });
-      if (!res.visibleToCaller) return reply.send({ active: false, mayfly_reason: 'not_visible' });
       return reply.send({ active: true, ...res.claims, token_type: 'Bearer' });
     } catch (e) {
       return kit.fail(reply, 'introspect', req, e, 'oauth');

@@ -46,7 +46,7 @@ const OPA_EVALS = env('BENCH_OPA_EVALS', 20_000);
 const VERIFIERS = env('BENCH_VERIFIERS', 100);
 const REVOCATIONS = env('BENCH_REVOCATIONS', 200);
 const VERIFY_TOKENS = env('BENCH_VERIFY_TOKENS', 5000);
-const SCENARIO_GROUPS = ['issue', 'pair', 'issue-open', 'exchange', 'peer', 'revocation', 'verifier', 'opa', 'rotation'];
+const SCENARIO_GROUPS = ['issue', 'pair', 'issue-open', 'exchange', 'peer', 'revocation', 'verifier', 'opa', 'rotation', 'scaleout'];
 const ONLY = new Set((process.env.BENCH_ONLY ?? '').split(',').map((x) => x.trim()).filter(Boolean));
 for (const g of ONLY) if (!SCENARIO_GROUPS.includes(g)) {
   console.error(`BENCH_ONLY: unknown scenario group "${g}"; known: ${SCENARIO_GROUPS.join(', ')}`);
@@ -62,7 +62,8 @@ const REVOCATION_BUDGET_MS = 60_000; // (g) stops early (and says so) if the ite
 /** (i): the rotating broker's keys section. */
 const ROTATION_KEYS = { rotation_period_seconds: 2, pre_publish_seconds: 1, jwks_max_age_seconds: 1, max_promotion_wait_seconds: 1, check_interval_ms: 100 };
 
-const WATCHDOG_MS = 480_000; // the whole bench takes about 3.5 minutes on a quiet machine; 8 at most
+// The whole bench takes about 3.5 minutes on a quiet machine (8 at most), plus about 1.5 for the scale-out group (j).
+const WATCHDOG_MS = want('scaleout') ? 600_000 : 480_000;
 const AUDIENCE = 'demo-api'; // allowed for the dev workload by policies/default-rules.yaml
 const OIDC_AUDIENCE = 'bench-api';
 const SCOPES = ['read'];
@@ -780,6 +781,16 @@ if (want('rotation')) {
   log(`(i) ${rot.rotations} promotions during the scenario (${rot.rotationsTotal} in all); mayfly keys list shows ${rot.keysListed} keys`);
   if (rot.rotations === 0) failures.push('(i) no key was promoted during the rotation scenario');
 }
+// (j) Scale-out: SQLite vs PostgreSQL with 1 and 2 workers, and cross-replica revocation propagation (bench/scaleout.mjs).
+let scaleOut = null;
+if (want('scaleout')) {
+  const { runScaleOut } = await import('./scaleout.mjs');
+  scaleOut = await runScaleOut({
+    ROOT, tmpDir, YAML, lg, log, failures, baseConfigText, base, OPEN_TASKS, CHANNELS, AUDIENCE, SCOPES, ISSUER, subjectTokensFile,
+    cpuSeconds, freePort, startChild, stopChild, waitForPorts, startIpcChild, tail,
+    verifierCount: env('BENCH_SCALE_VERIFIERS', 20), revocations: env('BENCH_SCALE_REVOCATIONS', 100),
+  }).catch((e) => die(`(j) scale-out: ${e.stack ?? e.message}`));
+}
 const loadavgAfterBroker = os.loadavg();
 
 // Peer reference: oidc-provider, same load generator, broker stopped.
@@ -976,6 +987,10 @@ if (ran('issue-ctl')) {
     md.push('', `**Machine contention differed between ${keys.join(', ')}** (CPU stall ${keys.map((k) => pct(r[k].cpuStall)).join(' / ')}; other CPU ${keys.map((k) => r[k].otherCpu.toFixed(2)).join(' / ')} cores): their ratios mix the effect under test with load from other processes; even CPU per call rises under contention. Rerun on a quiet machine before acting on a ✗ here.`);
   }
   md.push('');
+}
+if (scaleOut) {
+  const { scaleOutMarkdown } = await import('./scaleout.mjs');
+  md.push(...scaleOutMarkdown(scaleOut, { fmtInt, fmtMs, fmtUs, pct, mark }));
 }
 md.push('Notes:', '');
 if (machine.loadavgBefore[0] > os.cpus().length * 0.5) md.push(`- **The machine was busy before the run (1-min loadavg ${machine.loadavgBefore[0].toFixed(2)} on ${os.cpus().length} CPUs): other processes compete with the broker and the load generator, so absolute numbers (and the references, measured at different moments) are depressed and noisy; prefer the CPU-normalised columns, and rerun on an idle machine.**`);

@@ -7,6 +7,8 @@ import { loadConfig, resolvePath } from '../config/load.js';
 import { DECISION_CONTRACT_VERSION, type DecisionInput } from '../core/decision.js';
 import { MayflyError } from '../core/errors.js';
 import { auditVerify } from './audit-verify.js';
+import { auditVerifyCluster } from './audit-cluster.js';
+import { mergeAuditLogs } from '../audit/merge.js';
 import { BrokerClient } from '../client/broker-client.js';
 import { BuiltinEngine } from '../policy/builtin.js';
 import { explain, formatExplanation } from '../policy/explain.js';
@@ -334,13 +336,28 @@ export function buildCli(): Command {
   audit
     .command('verify')
     .description('verify the audit hash chain, its signed checkpoints and the head recorded in the store; reports the first broken link')
-    .requiredOption('--config <file>', 'config file')
+    .requiredOption('--config <file>', 'config file; repeat it for each replica of a cluster (one report per replica)', (v: string, all: string[]) => [...all, v], [] as string[])
     .option('--file <file>', 'audit log (default: from config)')
     .option('--jwks <file>', 'public audit key (default: <data_dir>/audit-key.jwks.json)')
-    .action(async (o: { config: string; file?: string; jwks?: string }) => {
-      const r = await auditVerify(loadConfig(o.config), o);
+    .action(async (o: { config: string[]; file?: string; jwks?: string }) => {
+      if (o.config.length === 1) {
+        const r = await auditVerify(loadConfig(o.config[0]!), o);
+        for (const line of r.lines) console.log(line);
+        if (!r.result.ok) process.exitCode = 1;
+        return;
+      }
+      const r = await auditVerifyCluster(o.config, o);
       for (const line of r.lines) console.log(line);
-      if (!r.result.ok) process.exitCode = 1;
+      if (!r.ok) process.exitCode = 1;
+    });
+  audit
+    .command('merge')
+    .description("print several brokers' audit logs as one, in time order (ts, then broker_id, seq); verify each chain first")
+    .argument('<log...>', 'audit log of each replica (rotated segments are read too)')
+    .action((logs: string[]) => {
+      const r = mergeAuditLogs(logs);
+      for (const rec of r.records) console.log(rec.line);
+      for (const s of r.skipped) console.error(`mayfly: skipped ${s}`);
     });
 
   const policy = program.command('policy').description('policy tools');

@@ -29,6 +29,22 @@ export interface Identity {
 
 export type TaskStatus = 'active' | 'completed' | 'expired' | 'revoked';
 
+/**
+ * The identity that began a task, as it was verified then (never a task
+ * token). Kept with the task so that a task-token holder is judged by policy
+ * as the identity it speaks for, with its issuer, trust domain and claims,
+ * which a task token does not carry.
+ */
+export interface TaskOwnerIdentity {
+  kind: Identity['kind'];
+  id: string;
+  method: Exclude<Identity['method'], 'task-token'>;
+  trustDomain?: string;
+  issuer?: string;
+  claims: Record<string, unknown>;
+  source?: string;
+}
+
 export interface TaskRecord {
   id: string;
   /** Identity.id of the owner. */
@@ -53,6 +69,8 @@ export interface TaskRecord {
   /** Actor chain for delegated tasks, outermost first (RFC 8693 act). */
   actors: string[];
   tokensIssued: number;
+  /** Who began the task (for a child begun with a task token: its root's beginner). Absent on tasks stored before it was recorded. */
+  ownerIdentity?: TaskOwnerIdentity;
 }
 
 export interface TokenRecord {

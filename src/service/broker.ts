@@ -9,7 +9,7 @@
 import { DECISION_CONTRACT_VERSION, type Decision, type DecisionInput, type PolicyAction } from '../core/decision.js';
 import { MayflyError, mayflyError } from '../core/errors.js';
 import type { AuditEntry } from '../core/ports.js';
-import type { Identity, TaskEndResult, TaskRecord, TokenRecord } from '../core/types.js';
+import type { Identity, TaskEndResult, TaskOwnerIdentity, TaskRecord, TokenRecord } from '../core/types.js';
 import { buildClaims, type MayflyClaims } from '../tokens/claims.js';
 import { tokenHash } from '../tokens/hashes.js';
 import { mintToken } from '../tokens/mint.js';
@@ -306,6 +306,9 @@ export class BrokerService {
       actors: parent ? [...(parent.actors.length ? parent.actors : [parent.owner]), t.actor || owner.id] : [],
       tokensIssued: 0,
     };
+    // Who began it, as verified then; a child begun with a task token inherits its parent's beginner.
+    const beganBy = owner.method === 'task-token' ? parent?.ownerIdentity : ownerIdentityOf(owner);
+    if (beganBy !== undefined) task.ownerIdentity = beganBy;
     await this.d.store.createTask(task);
     this.d.observer?.taskBegun?.();
     return task;
@@ -515,7 +518,7 @@ export class BrokerService {
   }
 
   private async decide(ctx: CallContext, rec: AuditEntry, request: DecisionInput['request'], task: TaskRecord | undefined, now: number): Promise<Decision> {
-    const id = ctx.identity;
+    const id = policyIdentity(ctx.identity, task);
     const input: DecisionInput = {
       version: DECISION_CONTRACT_VERSION,
       identity: {
@@ -605,4 +608,38 @@ export class BrokerService {
   private audited<T>(event: AuditEntry['event'], ctx: CallContext, fn: (rec: AuditEntry) => Promise<T>): Promise<T> {
     return audited(this.d.audit, this.d.observer, event, ctx, fn);
   }
+}
+
+/** The identity as the task keeps it: what was verified, never a task token's reconstruction. */
+function ownerIdentityOf(id: Identity): TaskOwnerIdentity | undefined {
+  if (id.method === 'task-token') return undefined;
+  return {
+    kind: id.kind,
+    id: id.id,
+    method: id.method,
+    claims: id.claims,
+    ...(id.trustDomain ? { trustDomain: id.trustDomain } : {}),
+    ...(id.issuer ? { issuer: id.issuer } : {}),
+    ...(id.source ? { source: id.source } : {}),
+  };
+}
+
+/**
+ * Who policy judges. A task-token holder speaks for the identity that began
+ * the task: policy sees that identity's kind, issuer or trust domain and
+ * claims, as the task recorded them (a task token carries none of them), with
+ * method task-token so rules can still tell. Narrowing itself (same audience,
+ * subset of scopes) is enforced before policy, in authorize.ts.
+ */
+function policyIdentity(id: Identity, task: TaskRecord | undefined): Identity {
+  if (id.method !== 'task-token' || task?.ownerIdentity === undefined || task.ownerIdentity.id !== id.id) return id;
+  const o = task.ownerIdentity;
+  return {
+    ...id,
+    kind: o.kind,
+    claims: o.claims,
+    ...(o.trustDomain ? { trustDomain: o.trustDomain } : {}),
+    ...(o.issuer ? { issuer: o.issuer } : {}),
+    ...(o.source ? { source: o.source } : {}),
+  };
 }

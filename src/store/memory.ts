@@ -14,7 +14,9 @@ import type { AuditHead, EpochMs, RevocationEvent, TaskEndResult, TaskRecord, Ta
 import { descendantEndReason, EMPTY_END } from './semantics.js';
 
 function copyTask(t: TaskRecord): TaskRecord {
-  return { ...t, labels: { ...t.labels }, scopeCeiling: t.scopeCeiling === null ? null : [...t.scopeCeiling], actors: [...t.actors] };
+  const copy: TaskRecord = { ...t, labels: { ...t.labels }, scopeCeiling: t.scopeCeiling === null ? null : [...t.scopeCeiling], actors: [...t.actors] };
+  if (t.ownerIdentity !== undefined) copy.ownerIdentity = structuredClone(t.ownerIdentity);
+  return copy;
 }
 
 function copyToken(t: TokenRecord): TokenRecord {

@@ -36,7 +36,7 @@
 import pg from 'pg';
 import { isMayflyError, mayflyError, MayflyError } from '../core/errors.js';
 import type { RevocationSnapshot, Store } from '../core/ports.js';
-import type { AuditHead, EpochMs, RevocationEvent, TaskEndResult, TaskRecord, TaskStatus, TokenRecord } from '../core/types.js';
+import type { AuditHead, EpochMs, TaskOwnerIdentity, RevocationEvent, TaskEndResult, TaskRecord, TaskStatus, TokenRecord } from '../core/types.js';
 import { PG_MIGRATIONS, type PgMigration } from './migrations/postgres.js';
 import { descendantEndReason, EMPTY_END } from './semantics.js';
 
@@ -152,6 +152,7 @@ interface TaskRow {
   scope_ceiling: string[] | null;
   actors: string[];
   tokens_issued: number;
+  owner_identity: TaskOwnerIdentity | null;
 }
 
 interface TokenRow {
@@ -200,6 +201,7 @@ function taskFromRow(r: TaskRow): TaskRecord {
     scopeCeiling: r.scope_ceiling,
     actors: r.actors,
     tokensIssued: r.tokens_issued,
+    ...(r.owner_identity !== null && r.owner_identity !== undefined ? { ownerIdentity: r.owner_identity } : {}),
   };
 }
 
@@ -248,10 +250,10 @@ const TYPES: pg.CustomTypesConfig = {
 
 type Q = pg.PoolClient | pg.Pool;
 
-const TASK_COLS = 'id, owner, owner_kind, purpose, labels, created_at, expires_at, lease_expires_at, status, ended_at, end_reason, parent_id, root_id, depth, scope_ceiling, actors, tokens_issued';
+const TASK_COLS = 'id, owner, owner_kind, purpose, labels, created_at, expires_at, lease_expires_at, status, ended_at, end_reason, parent_id, root_id, depth, scope_ceiling, actors, tokens_issued, owner_identity';
 
 const SQL = {
-  insertTask: `INSERT INTO tasks (${TASK_COLS}) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15::jsonb, $16::jsonb, $17)`,
+  insertTask: `INSERT INTO tasks (${TASK_COLS}) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15::jsonb, $16::jsonb, $17, $18::jsonb)`,
   getTask: `SELECT ${TASK_COLS} FROM tasks WHERE id = $1`,
   descendants: `WITH RECURSIVE sub(id) AS (
       SELECT id FROM tasks WHERE parent_id = $1
@@ -553,6 +555,7 @@ export class PostgresStore implements Store {
       task.scopeCeiling === null ? null : JSON.stringify(task.scopeCeiling),
       JSON.stringify(task.actors),
       task.tokensIssued,
+      task.ownerIdentity === undefined ? null : JSON.stringify(task.ownerIdentity),
     ]);
   }
 

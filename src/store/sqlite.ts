@@ -33,7 +33,7 @@ import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { isMayflyError, mayflyError, MayflyError } from '../core/errors.js';
 import type { RevocationSnapshot, Store } from '../core/ports.js';
-import type { AuditHead, EpochMs, RevocationEvent, TaskEndResult, TaskRecord, TaskStatus, TokenRecord } from '../core/types.js';
+import type { AuditHead, EpochMs, TaskOwnerIdentity, RevocationEvent, TaskEndResult, TaskRecord, TaskStatus, TokenRecord } from '../core/types.js';
 import { descendantEndReason, EMPTY_END } from './semantics.js';
 import { startCheckpointer, type Checkpointer, type CheckpointStats } from './sqlite-checkpointer.js';
 
@@ -106,6 +106,8 @@ const MIGRATIONS: readonly string[] = [
     value TEXT NOT NULL
   ) WITHOUT ROWID;
   `,
+  // The identity that began each task (JSON), so task-token narrowing is judged as that identity.
+  `ALTER TABLE tasks ADD COLUMN owner_identity TEXT;`,
 ];
 
 /** WAL pages after which a commit checkpoints itself when the worker checkpoints (SQLite's default is 1000). */
@@ -132,6 +134,7 @@ interface TaskRow {
   scope_ceiling: string | null;
   actors: string;
   tokens_issued: number;
+  owner_identity: string | null;
 }
 
 interface TokenRow {
@@ -180,6 +183,7 @@ function taskFromRow(r: TaskRow): TaskRecord {
     scopeCeiling: r.scope_ceiling === null ? null : (JSON.parse(r.scope_ceiling) as string[]),
     actors: JSON.parse(r.actors) as string[],
     tokensIssued: r.tokens_issued,
+    ...(r.owner_identity !== null && r.owner_identity !== undefined ? { ownerIdentity: JSON.parse(r.owner_identity) as TaskOwnerIdentity } : {}),
   };
 }
 
@@ -303,8 +307,8 @@ export class SqliteStore implements Store {
   ) {
     const p = (sql: string) => db.prepare(sql);
     this.s = {
-      insertTask: p(`INSERT INTO tasks (id, owner, owner_kind, purpose, labels, created_at, expires_at, lease_expires_at, status, ended_at, end_reason, parent_id, root_id, depth, scope_ceiling, actors, tokens_issued)
-        VALUES (@id, @owner, @owner_kind, @purpose, @labels, @created_at, @expires_at, @lease_expires_at, @status, @ended_at, @end_reason, @parent_id, @root_id, @depth, @scope_ceiling, @actors, @tokens_issued)`),
+      insertTask: p(`INSERT INTO tasks (id, owner, owner_kind, purpose, labels, created_at, expires_at, lease_expires_at, status, ended_at, end_reason, parent_id, root_id, depth, scope_ceiling, actors, tokens_issued, owner_identity)
+        VALUES (@id, @owner, @owner_kind, @purpose, @labels, @created_at, @expires_at, @lease_expires_at, @status, @ended_at, @end_reason, @parent_id, @root_id, @depth, @scope_ceiling, @actors, @tokens_issued, @owner_identity)`),
       getTask: p('SELECT * FROM tasks WHERE id = ?'),
       descendants: p(`WITH RECURSIVE sub(id) AS (
           SELECT id FROM tasks WHERE parent_id = ?
@@ -558,6 +562,7 @@ export class SqliteStore implements Store {
         depth: task.depth,
         scope_ceiling: task.scopeCeiling === null ? null : JSON.stringify(task.scopeCeiling),
         actors: JSON.stringify(task.actors),
+        owner_identity: task.ownerIdentity === undefined ? null : JSON.stringify(task.ownerIdentity),
         tokens_issued: task.tokensIssued,
       });
     });

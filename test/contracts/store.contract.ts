@@ -106,14 +106,25 @@ export function runStoreContract(name: string, factory: () => Store | Promise<St
           parentId: 'p',
           depth: 2,
           tokensIssued: 3,
+          ownerIdentity: {
+            kind: 'oidc',
+            id: 'https://issuer.example#user-1',
+            method: 'oidc',
+            issuer: 'https://issuer.example',
+            source: 'gha',
+            claims: { sub: 'user-1', repository: 'acme/api', nested: { deep: [1, 'two', null, true] }, 'odd key': 'é' },
+          },
         });
         await store.createTask(t);
         expect(await store.getTask('t1')).toEqual(t);
+        // Kept with its children's reads too, and a task without one reads back without one.
+        expect((await store.getTask('t1'))!.ownerIdentity!.claims['nested']).toEqual({ deep: [1, 'two', null, true] });
         await store.createTask(task('t2', { scopeCeiling: [] }));
         expect((await store.getTask('t2'))!.scopeCeiling).toEqual([]);
         await store.createTask(task('t3'));
         expect((await store.getTask('t3'))!.scopeCeiling).toBeNull();
         expect((await store.getTask('t3'))!.labels).toEqual({});
+        expect((await store.getTask('t3'))!.ownerIdentity).toBeUndefined();
       });
 
       it('keeps a label literally named __proto__ as data', async () => {

@@ -127,4 +127,10 @@ export const PG_MIGRATIONS: readonly PgMigration[] = [
       );
     `,
   },
+  {
+    version: 3,
+    name: 'the identity that began each task',
+    // Task-token narrowing is judged as the identity that began the task (issuer, trust domain, claims).
+    sql: `ALTER TABLE tasks ADD COLUMN owner_identity jsonb;`,
+  },
 ];

@@ -59,8 +59,12 @@ export interface MayflyVerifierOptions {
   /** The audience(s) this relying party accepts (the token's `aud` must be one of them). */
   audience: string | readonly string[];
   jwks: {
-    /** The broker's JWKS URL, e.g. https://broker:8444/.well-known/jwks.json; must be https. */
-    url: string;
+    /**
+     * The broker's JWKS URL, e.g. https://broker:8444/.well-known/jwks.json;
+     * must be https. Several replicas: a list, tried in turn from the last
+     * one that answered.
+     */
+    url: string | readonly string[];
     /** PEM CA for the broker's HTTPS certificate (default: the system roots). */
     ca?: CaOption;
     /** Unknown kids refetch at most this often (default 30 s). */
@@ -232,7 +236,8 @@ export class MayflyVerifier {
   constructor(private readonly o: MayflyVerifierOptions) {
     if (!o.issuer) throw mayflyError('ERR_CONFIG_INVALID', 'MayflyVerifier: issuer is required', { field: 'issuer' });
     if (!o.audience || (typeof o.audience !== 'string' && o.audience.length === 0)) throw mayflyError('ERR_CONFIG_INVALID', 'MayflyVerifier: audience is required', { field: 'audience' });
-    if (!o.jwks?.url) throw mayflyError('ERR_CONFIG_INVALID', 'MayflyVerifier: jwks.url is required', { field: 'jwks.url' });
+    const urls = typeof o.jwks?.url === 'string' ? [o.jwks.url] : [...(o.jwks?.url ?? [])];
+    if (urls.length === 0 || urls.some((u) => !u)) throw mayflyError('ERR_CONFIG_INVALID', 'MayflyVerifier: jwks.url is required', { field: 'jwks.url' });
     if (!o.feed && o.acceptRevokedTokensUntilExpiry !== true) {
       throw mayflyError('ERR_CONFIG_INVALID', 'MayflyVerifier: feed is required (without the revocation feed, tokens of ended tasks stay valid until they expire); pass acceptRevokedTokensUntilExpiry: true to run without it', { field: 'feed' });
     }
@@ -249,11 +254,25 @@ export class MayflyVerifier {
     this.skew = o.clockSkewSeconds ?? 60;
     this.cacheSize = Math.floor(o.verifiedTokenCacheSize ?? DEFAULT_CACHE_SIZE);
     this.retentionMs = o.revocationRetentionMs ?? DEFAULT_RETENTION_MS + this.skew * 1000;
-    if (!/^https:\/\//i.test(o.jwks.url)) throw mayflyError('ERR_CONFIG_INVALID', 'MayflyVerifier: jwks.url must use https (keys fetched over plain http could be replaced on the way)', { field: 'jwks.url' });
-    const url = o.jwks.url;
+    if (urls.some((u) => !/^https:\/\//i.test(u))) throw mayflyError('ERR_CONFIG_INVALID', 'MayflyVerifier: jwks.url must use https (keys fetched over plain http could be replaced on the way)', { field: 'jwks.url' });
+    let first = 0;
     this.jwks = new RemoteDocument({
-      name: `Mayfly JWKS ${url}`,
-      load: async (get) => keysOf(parseJsonDocument(await get(url), `Mayfly JWKS ${url}`)),
+      name: 'Mayfly JWKS',
+      // Replicas in turn, from the one that answered last; the error of the last one tried if none does.
+      load: async (get) => {
+        let error: unknown;
+        for (let i = 0; i < urls.length; i++) {
+          const idx = (first + i) % urls.length;
+          try {
+            const keys = keysOf(parseJsonDocument(await get(urls[idx]!, urls[idx]), `Mayfly JWKS ${urls[idx]}`));
+            first = idx;
+            return keys;
+          } catch (e) {
+            error = e;
+          }
+        }
+        throw error;
+      },
       ...(o.jwks.fetchImpl ? { fetchImpl: o.jwks.fetchImpl } : { fetchImpl: httpsFetch(o.jwks.ca !== undefined ? { ca: o.jwks.ca } : {}) }),
       timeoutMs: o.jwks.timeoutMs ?? 3000,
       minRefreshIntervalMs: o.jwks.minRefreshIntervalMs ?? 30_000,

@@ -140,9 +140,9 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
     if (c.store.backend === 'memory') log.warn('store.backend is memory: tasks and revocations are lost on restart (dev only)');
 
     const { engine, decider } = await buildPolicy(loaded, { clock, log, audit, metrics, cleanups });
-    const { keys, feed, events } = await buildKeysAndFeed(loaded, { clock, log, audit, metrics, store, env: opts.env ?? process.env, dataDir, cleanups });
+    const { keys, feed, events, cluster } = await buildKeysAndFeed(loaded, { clock, log, audit, metrics, store, env: opts.env ?? process.env, dataDir, cleanups });
     const services = buildServices(loaded, { store, keys, feed, events, decider, trust, oidc, audit, clock, metrics });
-    const health = () => healthReport({ clock, keys, audit, engine, ...(builtStore.health ? { store: builtStore.health } : {}) });
+    const health = () => healthReport({ clock, keys, audit, engine, cluster, ...(builtStore.health ? { store: builtStore.health } : {}) });
     const { grpc, http } = await startListeners(loaded, opts, { ...services, keys, clock, audit, metrics, trust, health, log, cleanups });
     startLoops(loaded, { service: services.service, keys, feed, store, coordinator, sealer, metrics, clock, log, cleanups });
 

@@ -33,6 +33,8 @@ export interface KeysAndFeed {
   feed: RevocationFeed;
   /** Where the use-cases publish committed revocation events. */
   events: EventPublisher;
+  /** The sync with other replicas on a shared store; null for a single broker. */
+  cluster: ClusterSync | null;
 }
 
 export async function buildKeysAndFeed(loaded: LoadedConfig, x: KeysContext): Promise<KeysAndFeed> {
@@ -80,7 +82,7 @@ export async function buildKeysAndFeed(loaded: LoadedConfig, x: KeysContext): Pr
     cluster = sync;
     cleanups.push(() => sync.stop());
   }
-  return { keys, feed, events: { publish } };
+  return { keys, feed, events: { publish }, cluster };
 }
 
 /** What the broker does on key lifecycle changes: tell the feed, record the key-set event, audit, count and log. */

@@ -1,4 +1,4 @@
-/** What /healthz reports: keys, key promotion, audit, policy and (when it can fail) the store. */
+/** What /healthz reports: keys, key promotion, audit, policy, the cluster sync and (when it can fail) the store. */
 import type { Clock, PolicyEngine } from '../core/ports.js';
 import { OpaEngine } from '../policy/opa.js';
 import type { KeyManager } from '../tokens/keys.js';
@@ -10,10 +10,11 @@ export interface HealthSources {
   audit: { health(): { ok: boolean; errors: number } };
   engine: PolicyEngine;
   store?: () => { ok: boolean; detail: string };
+  cluster?: { listening(): boolean; relay: { delivered(): number } } | null;
 }
 
 /** Failing when audit cannot be written; degraded when anything else is not ok. */
-export function healthReport({ clock, keys, audit, engine, store }: HealthSources): HealthReport {
+export function healthReport({ clock, keys, audit, engine, store, cluster }: HealthSources): HealthReport {
   const checks: HealthReport['checks'] = {};
   const now = clock.now();
   checks['keys'] = keys.overdue(now) ? { ok: false, detail: 'active key is overdue for rotation' } : { ok: true };
@@ -25,6 +26,8 @@ export function healthReport({ clock, keys, audit, engine, store }: HealthSource
     const h = engine.health();
     checks['policy'] = h.ok ? { ok: true, detail: `revision ${h.revision}` } : { ok: false, detail: `last reload failed: ${h.lastError}; serving revision ${h.revision}` };
   } else checks['policy'] = { ok: true, detail: `builtin revision ${engine.revision()}` };
+  // Cluster: without the LISTEN connection, other replicas' revocations and key changes arrive by the 1 s poll only.
+  if (cluster) checks['cluster_sync'] = cluster.listening() ? { ok: true, detail: `feed cursor ${cluster.relay.delivered()}` } : { ok: false, detail: 'not listening for other replicas (PostgreSQL LISTEN down): their revocations arrive by polling, up to 1 s late' };
   if (store) {
     const sh = store();
     checks['store'] = sh.ok ? { ok: true, detail: sh.detail } : { ok: false, detail: sh.detail };

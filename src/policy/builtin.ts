@@ -37,16 +37,6 @@ function configError(message: string, rule?: string): Error {
   return mayflyError('ERR_CONFIG_INVALID', `policy rules: ${message}`, rule === undefined ? undefined : { rule });
 }
 
-/** The value at a zod issue path in the raw document (undefined where it is absent). */
-function valueAt(doc: unknown, path: readonly PropertyKey[]): unknown {
-  let cur: unknown = doc;
-  for (const k of path) {
-    if (cur === null || typeof cur !== 'object') return undefined;
-    cur = (cur as Record<PropertyKey, unknown>)[k];
-  }
-  return cur;
-}
-
 function formatIssues(doc: unknown, err: z.ZodError): string {
   const rules = (doc as { rules?: Array<{ name?: unknown }> } | null)?.rules;
   return err.issues
@@ -59,12 +49,21 @@ function formatIssues(doc: unknown, err: z.ZodError): string {
         path.splice(0, 2);
       }
       const rest = path.map(String).join('.');
-      // A field the document lacks is named as required, not in zod's "expected …, received undefined".
-      const missing = i.code === 'invalid_type' && valueAt(doc, i.path) === undefined;
-      const message = missing ? `is required (${i.expected})` : i.message;
+      // A wrong type where the document has nothing at all is a missing field.
+      const message = i.code === 'invalid_type' && valueAt(doc, i.path) === undefined ? `is required (${i.expected})` : i.message;
       return `${[where, rest].filter(Boolean).join(' ')}${where || rest ? ': ' : ''}${message}`;
     })
     .join('; ');
+}
+
+/** The value at a zod issue path in the raw document (undefined where the path leads nowhere). */
+function valueAt(doc: unknown, path: readonly PropertyKey[]): unknown {
+  let cur: unknown = doc;
+  for (const k of path) {
+    if (cur === null || typeof cur !== 'object') return undefined;
+    cur = (cur as Record<PropertyKey, unknown>)[k];
+  }
+  return cur;
 }
 
 /** Compiles a validated rule; invalid patterns throw naming the rule. */

@@ -341,7 +341,10 @@ export async function migratePg(pool: pg.Pool, url: string, migrations: readonly
   }
   let broken = false;
   try {
-    await client.query('SELECT pg_advisory_lock($1::bigint)', [MIGRATION_LOCK]);
+    // Another broker may be migrating: wait for it however long its migration takes, not
+    // statement_timeout (the session setting is restored before the connection goes back to the pool).
+    await client.query('SET statement_timeout = 0');
+    await client.query({ text: 'SELECT pg_advisory_lock($1::bigint)', values: [MIGRATION_LOCK], query_timeout: 3_600_000 } as pg.QueryConfig);
     try {
       await client.query(`CREATE TABLE IF NOT EXISTS mayfly_schema_migrations (
         version    integer PRIMARY KEY,
@@ -370,6 +373,9 @@ export async function migratePg(pool: pg.Pool, url: string, migrations: readonly
       return { from, to: Math.max(from, known), applied };
     } finally {
       await client.query('SELECT pg_advisory_unlock($1::bigint)', [MIGRATION_LOCK]).catch(() => {
+        broken = true;
+      });
+      await client.query('RESET statement_timeout').catch(() => {
         broken = true;
       });
     }
@@ -490,7 +496,14 @@ export class PostgresStore implements Store {
    */
   private async tx<T>(what: string, fn: (c: pg.PoolClient) => Promise<T>, opts: { durable?: boolean; begin?: string; unqueued?: boolean } = {}): Promise<T> {
     if (opts.durable && !opts.unqueued) {
-      const run = this.eventQueue.then(() => this.txNow(what, fn, opts));
+      // A call that waited in the queue while the server became unreachable fails at once
+      // instead of waiting out its own connect timeout behind every other queued call.
+      const queuedAt = Date.now();
+      const run = this.eventQueue.then(() => {
+        const o = this.outage;
+        if (o && o.since >= queuedAt) throw mayflyError('ERR_UNAVAILABLE', `store unavailable (${what}); the broker refuses to proceed without recording it`, { target: target(this.url), reason: o.reason });
+        return this.txNow(what, fn, opts);
+      });
       this.eventQueue = run.catch(() => undefined);
       return run;
     }

@@ -304,6 +304,8 @@ export async function startBroker(loaded: LoadedConfig, opts: StartOptions = {})
         const h = engine.health();
         checks['policy'] = h.ok ? { ok: true, detail: `revision ${h.revision}` } : { ok: false, detail: `last reload failed: ${h.lastError}; serving revision ${h.revision}` };
       } else checks['policy'] = { ok: true, detail: `builtin revision ${engine.revision()}` };
+      // Cluster: without the LISTEN connection, other replicas' revocations and key changes arrive by the 1 s poll only.
+      if (cluster) checks['cluster_sync'] = cluster.listening() ? { ok: true, detail: `feed cursor ${cluster.relay.delivered()}` } : { ok: false, detail: 'not listening for other replicas (PostgreSQL LISTEN down): their revocations arrive by polling, up to 1 s late' };
       if (builtStore.health) {
         const sh = builtStore.health();
         checks['store'] = sh.ok ? { ok: true, detail: sh.detail } : { ok: false, detail: sh.detail };

@@ -114,6 +114,11 @@ describe('three brokers on one PostgreSQL', () => {
     for (const t of tokens) for (const v of verifiers) expect(await verdict(v, t)).toBe('OK');
     const jwks = await Promise.all(cluster.replicas.map((r) => fetchText(r.jwksUrl, cluster.ca)));
     expect(new Set(jwks).size).toBe(1);
+    // Each replica listens for the others' commits (health says so).
+    for (const r of cluster.replicas) {
+      const h = JSON.parse(await fetchText(`${r.https}/healthz`, cluster.ca)) as { checks: Record<string, { ok: boolean; detail?: string }> };
+      expect(h.checks['cluster_sync'], r.brokerId).toMatchObject({ ok: true });
+    }
   });
 
   it('an emergency key revocation on one replica removes the key from every replica and revokes its tokens everywhere', async () => {

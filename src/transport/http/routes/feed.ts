@@ -1,4 +1,4 @@
-/** The revocation feed as server-sent events (resume with Last-Event-ID or ?cursor=), and key-set acknowledgements. */
+/** The revocation feed as server-sent events (resume with Last-Event-ID or ?cursor=), key-set acknowledgements and misuse reports: what relying parties call. */
 import type { FastifyInstance } from 'fastify';
 import type { RouteKit } from '../kit.js';
 
@@ -40,6 +40,18 @@ export function registerFeedRoutes(app: FastifyInstance, kit: RouteKit): void {
       return reply.send({});
     } catch (e) {
       return kit.fail(reply, 'keyset.ack', req, e, 'json');
+    }
+  });
+
+  // Misuse a relying party detected (revoked token presented, cnf mismatch, replay): the HTTPS twin of ReportMisuse.
+  app.post('/v1/misuse', async (req, reply) => {
+    try {
+      const ctx = await kit.authenticate(req, 'misuse.report');
+      const body = (req.body ?? {}) as Record<string, unknown>;
+      deps.broker.reportMisuse(ctx, { kind: body['kind'], tokenId: body['token_id'], detail: body['detail'] });
+      return reply.send({});
+    } catch (e) {
+      return kit.fail(reply, 'misuse.report', req, e, 'json');
     }
   });
 }

@@ -43,7 +43,7 @@ const urlOption = () => new Option('--url <url>', 'broker HTTPS base URL').env('
 
 function clientOptions(cmd: Command, defaultCert = 'workload'): Command {
   return cmd
-    .addOption(new Option('--broker <host:port>', 'broker gRPC address').env('MAYFLY_BROKER').default('127.0.0.1:8443'))
+    .addOption(new Option('--broker <host:port>', 'broker gRPC address; several replicas comma-separated (host:port,host:port), tried in turn').env('MAYFLY_BROKER').default('127.0.0.1:8443'))
     .addOption(devDirOption('where `mayfly dev init` wrote the dev files (defaults for --ca/--cert/--key)'))
     .option('--ca <file>', 'CA that signed the broker certificate (default: <dev-dir>/ca.pem)')
     .option('--cert <file>', `client X.509-SVID (default: <dev-dir>/${defaultCert}.pem; with --token-file only when given)`)

@@ -164,12 +164,7 @@ export class BrokerService {
       const started = performance.now();
       const taskId = v.opaqueId('task_id', p.taskId);
       rec.task_id = taskId;
-      const audience = v.audience(p.audience);
-      rec.audience = audience;
-      const requested = v.scopes(p.scopes);
-      rec.requested_scopes = requested;
-      const tcfg = this.d.config.tokens;
-      const ttlSeconds = v.ttlSeconds('ttl_seconds', p.ttlSeconds, tcfg.defaultTtlSeconds, tcfg.maxTtlSeconds);
+      const { audience, requested, ttlSeconds } = this.tokenTarget(p, rec);
       const tool = v.text('tool', p.tool, v.LIMITS.toolMax, false) || null;
       const argsDigest = v.digest('args_digest', p.argsDigest);
       const singleUse = p.singleUse === true;
@@ -199,12 +194,7 @@ export class BrokerService {
       const started = performance.now();
       const taskId = p.taskId === undefined ? null : v.opaqueId('task_id', p.taskId);
       if (taskId) rec.task_id = taskId;
-      const audience = v.audience(p.audience);
-      rec.audience = audience;
-      const requested = v.scopes(p.scopes);
-      rec.requested_scopes = requested;
-      const tcfg = this.d.config.tokens;
-      const ttlSeconds = v.ttlSeconds('ttl_seconds', p.ttlSeconds, tcfg.defaultTtlSeconds, tcfg.maxTtlSeconds);
+      const { audience, requested, ttlSeconds } = this.tokenTarget(p, rec);
       const common = { tool: null, argsDigest: null, singleUse: false, now: this.d.clock.now(), started };
       const { now } = common;
 
@@ -227,6 +217,16 @@ export class BrokerService {
       const issued = await this.mint(ctx, rec, { ...common, task, audience, requested, ttlSeconds, decision });
       return { ...issued, taskExpiresAt: task.expiresAt };
     });
+  }
+
+  /** Audience, scopes and lifetime of a requested token, validated and noted on the audit record. */
+  private tokenTarget(p: { audience?: unknown; scopes?: unknown; ttlSeconds?: unknown }, rec: AuditEntry): { audience: string; requested: string[]; ttlSeconds: number } {
+    const audience = v.audience(p.audience);
+    rec.audience = audience;
+    const requested = v.scopes(p.scopes);
+    rec.requested_scopes = requested;
+    const tcfg = this.d.config.tokens;
+    return { audience, requested, ttlSeconds: v.ttlSeconds('ttl_seconds', p.ttlSeconds, tcfg.defaultTtlSeconds, tcfg.maxTtlSeconds) };
   }
 
   /** The task a token is asked for: owned by the caller, active, and, for a task-token holder, only narrowed. */

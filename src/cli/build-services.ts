@@ -79,7 +79,7 @@ export function buildServices({ config: c }: LoadedConfig, p: ServiceParts): Ser
   return {
     service,
     auth,
-    authentication: new CallerAuthentication(auth, audit),
+    authentication: new CallerAuthentication(auth, audit, c.issuer),
     subscriptions: new FeedSubscriptions({ feed, access, audit, observer }),
     keyAdmin: new KeyAdministration({ keys, store, events, access, audit, clock, observer }),
   };

@@ -14,6 +14,8 @@ import { BuiltinEngine } from '../policy/builtin.js';
 import { explain, formatExplanation } from '../policy/explain.js';
 import { OpaEngine } from '../policy/opa.js';
 import { decodeJws } from '../tokens/jws.js';
+import { certificateThumbprint } from '../tokens/hashes.js';
+import { pemToDer } from '../pki/dev-pki.js';
 import { startBroker } from './broker.js';
 import { devInit, issueDevSvid, loadDevCa, packageRoot } from './dev-init.js';
 import { devIssuerUrl, loadOrCreateDevIssuerKey, mintDevToken, startDevOidcIssuer } from './dev-oidc-issuer.js';
@@ -58,6 +60,23 @@ function tokenArg(arg: string): string {
   return t;
 }
 
+/** The cnf.x5t#S256 of a Mayfly token, undefined for an unbound token or one that is not a JWT. */
+function boundThumbprint(token: string): string | undefined {
+  let cnf: unknown;
+  try {
+    cnf = decodeJws(token).payload['cnf'];
+  } catch {
+    return undefined; // the broker says what is wrong with it
+  }
+  const t = cnf && typeof cnf === 'object' ? (cnf as Record<string, unknown>)['x5t#S256'] : undefined;
+  return typeof t === 'string' ? t : undefined;
+}
+
+/** x5t#S256 of the first certificate in a PEM file. */
+function leafThumbprint(pem: Buffer): string {
+  return certificateThumbprint(pemToDer(pem.toString('utf8'))[0]!);
+}
+
 function checkBrokerAddress(address: string): void {
   if (!/^(\[[0-9a-fA-F:.]+\]|[^\s:/[\]]+):\d{1,5}$/.test(address) || Number(address.slice(address.lastIndexOf(':') + 1)) > 65535) {
     throw new MayflyError('ERR_USAGE', `--broker ${JSON.stringify(address)} is not host:port, e.g. 127.0.0.1:8443`);
@@ -73,10 +92,18 @@ function connect(f: ClientFlags, defaultCert: string): BrokerClient {
   if (f.tokenFile) {
     const token = readUserFile(f.tokenFile, '--token-file').toString('utf8').trim();
     if (token === '') throw new MayflyError('ERR_JWT_INVALID', `--token-file ${f.tokenFile} is empty`);
-    // A certificate-bound (cnf.x5t#S256) token is presented together with its certificate.
+    // A certificate-bound (cnf.x5t#S256) token is presented together with its certificate (RFC 8705).
+    const bound = boundThumbprint(token);
     if (f.cert || f.key) {
       if (!f.cert || !f.key) throw new MayflyError('ERR_USAGE', '--cert and --key go together: give both, or neither for a plain bearer token');
-      return new BrokerClient({ address: f.broker, ca, ...mtls(), bearer: token });
+      const creds = mtls();
+      if (bound !== undefined && leafThumbprint(creds.cert) !== bound) {
+        throw new MayflyError('ERR_UNAUTHENTICATED', `--token-file ${f.tokenFile} is bound to another certificate than --cert ${f.cert}: pass the certificate the token was issued to`);
+      }
+      return new BrokerClient({ address: f.broker, ca, ...creds, bearer: token });
+    }
+    if (bound !== undefined) {
+      throw new MayflyError('ERR_USAGE', `--token-file ${f.tokenFile} is bound to a client certificate (cnf.x5t#S256): add --cert and --key with the certificate it was issued to (for the dev workload: --cert ${dev('workload.pem')} --key ${dev('workload.key')})`);
     }
     return new BrokerClient({ address: f.broker, ca, bearer: token });
   }

@@ -300,7 +300,8 @@ export function buildCli(): Command {
     .action(async (jwt: string, o: ClientFlags) => {
       const t = tokenArg(jwt);
       const r = await withClient(o, (c) => c.introspect(t));
-      console.log(JSON.stringify(r.active ? { active: true, ...(JSON.parse(r.claimsJson) as object) } : { active: false, reason: r.reason }, null, 2));
+      // The same fields as HTTP introspection (RFC 7662 plus mayfly_reason).
+      console.log(JSON.stringify(r.active ? { active: true, ...(JSON.parse(r.claimsJson) as object) } : { active: false, mayfly_reason: r.reason }, null, 2));
     });
   clientOptions(token.command('revoke').description('revoke one token (RFC 7009 semantics)'))
     .argument('<jwt>', 'the token, or @file')

@@ -436,6 +436,12 @@ describe('standard gRPC services', () => {
     for (const k of jwks.json!['keys'] as Array<Record<string, unknown>>) expect(k['d']).toBeUndefined();
     const disco = await tb.http('/.well-known/openid-configuration');
     expect(disco.json!['issuer']).toBe(tb.issuer);
+    // Only what the broker does: the token exchange, no authorization endpoint, no ID tokens, no JWT client auth.
+    expect(disco.json!['grant_types_supported']).toEqual(['urn:ietf:params:oauth:grant-type:token-exchange']);
+    expect(disco.json!['response_types_supported']).toEqual([]);
+    expect(disco.json!['id_token_signing_alg_values_supported']).toBeUndefined();
+    expect(disco.json!['token_endpoint_auth_signing_alg_values_supported']).toBeUndefined();
+    expect(disco.json!['token_endpoint_auth_methods_supported']).toEqual(['none', 'tls_client_auth']);
     const health = await tb.http('/healthz');
     expect(health.status).toBe(200);
     expect(health.json!['status']).toBe('ok');

@@ -31,7 +31,11 @@ export function registerDiscoveryRoutes(app: FastifyInstance, deps: HttpServerDe
   }
 }
 
-/** RFC 8414 / OIDC discovery document. */
+/**
+ * RFC 8414 / OIDC discovery document. It advertises only what the broker does:
+ * no ID tokens and no JWT client authentication, so no algorithm lists for
+ * them; the signing keys and their `alg` are in the JWKS.
+ */
 function serverMetadata(issuer: string): Record<string, unknown> {
   const base = issuer.replace(/\/$/, '');
   return {
@@ -44,10 +48,9 @@ function serverMetadata(issuer: string): Record<string, unknown> {
     token_endpoint_auth_methods_supported: ['none', 'tls_client_auth'],
     introspection_endpoint_auth_methods_supported: ['tls_client_auth', 'bearer'],
     revocation_endpoint_auth_methods_supported: ['tls_client_auth', 'bearer'],
-    response_types_supported: ['token'],
+    // RFC 8414 §2 requires the member; Mayfly has no authorization endpoint, so it supports no response type.
+    response_types_supported: [],
     subject_types_supported: ['public'],
-    id_token_signing_alg_values_supported: ['ES256', 'EdDSA', 'RS256'],
-    token_endpoint_auth_signing_alg_values_supported: ['ES256', 'EdDSA', 'RS256'],
     tls_client_certificate_bound_access_tokens: true,
     mayfly_task_completion_endpoint: `${base}/v1/tasks/complete`,
     mayfly_revocation_feed_endpoint: `${base}/v1/revocations`,

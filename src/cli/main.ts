@@ -14,6 +14,8 @@ import { BuiltinEngine } from '../policy/builtin.js';
 import { explain, formatExplanation } from '../policy/explain.js';
 import { OpaEngine } from '../policy/opa.js';
 import { decodeJws } from '../tokens/jws.js';
+import { certificateThumbprint } from '../tokens/hashes.js';
+import { pemToDer } from '../pki/dev-pki.js';
 import { startBroker } from './broker.js';
 import { devInit, issueDevSvid, loadDevCa, packageRoot } from './dev-init.js';
 import { devIssuerUrl, loadOrCreateDevIssuerKey, mintDevToken, startDevOidcIssuer } from './dev-oidc-issuer.js';
@@ -43,7 +45,7 @@ const urlOption = () => new Option('--url <url>', 'broker HTTPS base URL').env('
 
 function clientOptions(cmd: Command, defaultCert = 'workload'): Command {
   return cmd
-    .addOption(new Option('--broker <host:port>', 'broker gRPC address').env('MAYFLY_BROKER').default('127.0.0.1:8443'))
+    .addOption(new Option('--broker <host:port>', 'broker gRPC address; several replicas comma-separated (host:port,host:port), tried in turn').env('MAYFLY_BROKER').default('127.0.0.1:8443'))
     .addOption(devDirOption('where `mayfly dev init` wrote the dev files (defaults for --ca/--cert/--key)'))
     .option('--ca <file>', 'CA that signed the broker certificate (default: <dev-dir>/ca.pem)')
     .option('--cert <file>', `client X.509-SVID (default: <dev-dir>/${defaultCert}.pem; with --token-file only when given)`)
@@ -56,6 +58,23 @@ function tokenArg(arg: string): string {
   const t = arg.startsWith('@') ? readUserFile(arg.slice(1), 'token file').toString('utf8').trim() : arg.trim();
   if (t === '') throw new MayflyError('ERR_JWT_INVALID', arg.startsWith('@') ? `token file ${arg.slice(1)} is empty` : 'the token is empty');
   return t;
+}
+
+/** The cnf.x5t#S256 of a Mayfly token, undefined for an unbound token or one that is not a JWT. */
+function boundThumbprint(token: string): string | undefined {
+  let cnf: unknown;
+  try {
+    cnf = decodeJws(token).payload['cnf'];
+  } catch {
+    return undefined; // the broker says what is wrong with it
+  }
+  const t = cnf && typeof cnf === 'object' ? (cnf as Record<string, unknown>)['x5t#S256'] : undefined;
+  return typeof t === 'string' ? t : undefined;
+}
+
+/** x5t#S256 of the first certificate in a PEM file. */
+function leafThumbprint(pem: Buffer): string {
+  return certificateThumbprint(pemToDer(pem.toString('utf8'))[0]!);
 }
 
 function checkBrokerAddress(address: string): void {
@@ -73,10 +92,18 @@ function connect(f: ClientFlags, defaultCert: string): BrokerClient {
   if (f.tokenFile) {
     const token = readUserFile(f.tokenFile, '--token-file').toString('utf8').trim();
     if (token === '') throw new MayflyError('ERR_JWT_INVALID', `--token-file ${f.tokenFile} is empty`);
-    // A certificate-bound (cnf.x5t#S256) token is presented together with its certificate.
+    // A certificate-bound (cnf.x5t#S256) token is presented together with its certificate (RFC 8705).
+    const bound = boundThumbprint(token);
     if (f.cert || f.key) {
       if (!f.cert || !f.key) throw new MayflyError('ERR_USAGE', '--cert and --key go together: give both, or neither for a plain bearer token');
-      return new BrokerClient({ address: f.broker, ca, ...mtls(), bearer: token });
+      const creds = mtls();
+      if (bound !== undefined && leafThumbprint(creds.cert) !== bound) {
+        throw new MayflyError('ERR_UNAUTHENTICATED', `--token-file ${f.tokenFile} is bound to another certificate than --cert ${f.cert}: pass the certificate the token was issued to`);
+      }
+      return new BrokerClient({ address: f.broker, ca, ...creds, bearer: token });
+    }
+    if (bound !== undefined) {
+      throw new MayflyError('ERR_USAGE', `--token-file ${f.tokenFile} is bound to a client certificate (cnf.x5t#S256): add --cert and --key with the certificate it was issued to (for the dev workload: --cert ${dev('workload.pem')} --key ${dev('workload.key')})`);
     }
     return new BrokerClient({ address: f.broker, ca, bearer: token });
   }
@@ -273,7 +300,8 @@ export function buildCli(): Command {
     .action(async (jwt: string, o: ClientFlags) => {
       const t = tokenArg(jwt);
       const r = await withClient(o, (c) => c.introspect(t));
-      console.log(JSON.stringify(r.active ? { active: true, ...(JSON.parse(r.claimsJson) as object) } : { active: false, reason: r.reason }, null, 2));
+      // The same fields as HTTP introspection (RFC 7662 plus mayfly_reason).
+      console.log(JSON.stringify(r.active ? { active: true, ...(JSON.parse(r.claimsJson) as object) } : { active: false, mayfly_reason: r.reason }, null, 2));
     });
   clientOptions(token.command('revoke').description('revoke one token (RFC 7009 semantics)'))
     .argument('<jwt>', 'the token, or @file')

@@ -24,6 +24,14 @@ export interface Clock {
   now(): EpochMs;
 }
 
+/** The client certificate presented with a bearer token, for certificate-bound tokens (RFC 8705). */
+export interface CertificateBinding {
+  /** base64url SHA-256 of the verified client certificate (x5t#S256); undefined without one. */
+  certThumbprint?: string;
+  /** Why the presented client certificate did not verify, if it did not. */
+  certificateError?: string;
+}
+
 /**
  * Proves who a caller is from what it presented. Implemented in
  * service/authenticate.ts; the transports hand it what they received and
@@ -33,8 +41,12 @@ export interface Clock {
 export interface CallerAuthenticator {
   /** Identity from a client certificate chain (leaf first, DER). */
   fromCertificate(chainDer: Buffer[]): Identity;
-  /** Identity from a bearer credential: JWT-SVID, OIDC token or Mayfly task token. */
-  fromBearer(token: string): Promise<Identity>;
+  /**
+   * Identity from a bearer credential: JWT-SVID, OIDC token or Mayfly task token.
+   * `binding` is the client certificate on the same connection (RFC 8705
+   * proof of possession for a certificate-bound task token).
+   */
+  fromBearer(token: string, binding?: CertificateBinding): Promise<Identity>;
 }
 
 /** Randomness, injected for the same reason. */

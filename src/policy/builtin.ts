@@ -49,11 +49,21 @@ function formatIssues(doc: unknown, err: z.ZodError): string {
         path.splice(0, 2);
       }
       const rest = path.map(String).join('.');
-      // zod says "Invalid input: expected string, received undefined" for a missing field.
-      const message = i.code === 'invalid_type' && /received undefined$/.test(i.message) ? `is required (${i.expected})` : i.message;
+      // A wrong type where the document has nothing at all is a missing field.
+      const message = i.code === 'invalid_type' && valueAt(doc, i.path) === undefined ? `is required (${i.expected})` : i.message;
       return `${[where, rest].filter(Boolean).join(' ')}${where || rest ? ': ' : ''}${message}`;
     })
     .join('; ');
+}
+
+/** The value at a zod issue path in the raw document (undefined where the path leads nowhere). */
+function valueAt(doc: unknown, path: readonly PropertyKey[]): unknown {
+  let cur: unknown = doc;
+  for (const k of path) {
+    if (cur === null || typeof cur !== 'object') return undefined;
+    cur = (cur as Record<PropertyKey, unknown>)[k];
+  }
+  return cur;
 }
 
 /** Compiles a validated rule; invalid patterns throw naming the rule. */

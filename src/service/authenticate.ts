@@ -7,7 +7,7 @@
  * transports share: the only place that writes `auth.failure`.
  */
 import { isMayflyError, mayflyError, MayflyError } from '../core/errors.js';
-import type { AuditEntry, AuditSink, CallerAuthenticator, Clock } from '../core/ports.js';
+import type { AuditEntry, AuditSink, CallerAuthenticator, CertificateBinding, Clock } from '../core/ports.js';
 import type { Identity } from '../core/types.js';
 import { verifyJwtSvid } from '../identity/jwt-svid.js';
 import type { OidcVerifier } from '../identity/oidc.js';
@@ -30,7 +30,7 @@ export class Authenticator implements CallerAuthenticator {
   constructor(
     private readonly trust: TrustSource,
     private readonly oidc: OidcVerifier | null,
-    private readonly taskTokens: { authenticateTaskToken(token: string): Promise<Identity> },
+    private readonly taskTokens: { authenticateTaskToken(token: string, binding?: CertificateBinding): Promise<Identity> },
     private readonly o: AuthenticatorOptions,
   ) {}
 
@@ -50,11 +50,11 @@ export class Authenticator implements CallerAuthenticator {
   }
 
   /** Verifies a bearer JWT with the verifier its issuer calls for. */
-  async fromBearer(token: string): Promise<Identity> {
+  async fromBearer(token: string, binding?: CertificateBinding): Promise<Identity> {
     const { payload } = decodeJws(token);
     const iss = payload['iss'];
     const sub = payload['sub'];
-    if (iss === this.o.issuer) return this.taskTokens.authenticateTaskToken(token);
+    if (iss === this.o.issuer) return this.taskTokens.authenticateTaskToken(token, binding);
     if (typeof iss === 'string' && this.oidc) {
       try {
         return await this.oidc.verify(token, this.o.clock.now());
@@ -67,6 +67,15 @@ export class Authenticator implements CallerAuthenticator {
       return verifyJwtSvid(token, this.trust, { audience: this.o.jwtSvidAudiences, now: this.o.clock.now(), clockSkewSeconds: this.o.clockSkewSeconds });
     }
     throw mayflyError('ERR_ISSUER_UNKNOWN', typeof iss === 'string' ? `issuer ${JSON.stringify(iss.slice(0, 200))} is not a trusted issuer` : 'token has no issuer and is not a JWT-SVID');
+  }
+}
+
+/** The unverified `iss` of a compact JWT, or undefined when it is not one. */
+function jwtIssuer(token: string): unknown {
+  try {
+    return decodeJws(token).payload['iss'];
+  } catch {
+    return undefined;
   }
 }
 
@@ -103,14 +112,23 @@ export class CallerAuthentication {
   constructor(
     private readonly auth: CallerAuthenticator,
     private readonly audit: AuditSink,
+    /** The broker's issuer: a bearer with this `iss` is a task token. */
+    private readonly taskTokenIssuer: string,
   ) {}
 
-  /** The caller by client certificate, else by bearer token. */
+  /**
+   * The caller by client certificate, else by bearer token. A Mayfly task
+   * token as bearer is the credential even on a connection with a client
+   * certificate: the certificate is then its proof of possession (RFC 8705).
+   */
   async caller(presented: PresentedCredentials, origin: CallOrigin): Promise<CallContext> {
     try {
+      const token = bearerFrom(presented.authorization);
+      if (token !== undefined && this.isTaskToken(token)) {
+        return this.context(await this.auth.fromBearer(token, this.binding(presented)), origin);
+      }
       const fromCert = presented.certificate?.() ?? null;
       if (fromCert) return this.context(fromCert, origin);
-      const token = bearerFrom(presented.authorization);
       if (!token) throw mayflyError('ERR_UNAUTHENTICATED', 'no client certificate or bearer token was presented');
       return this.context(await this.auth.fromBearer(token), origin);
     } catch (e) {
@@ -122,12 +140,27 @@ export class CallerAuthentication {
    * The subject of a token exchange (RFC 8693): the subject token is the
    * credential. A malformed one is an invalid grant, not a bad request.
    */
-  async subject(subjectToken: string, origin: CallOrigin): Promise<CallContext> {
+  async subject(subjectToken: string, origin: CallOrigin, presented: PresentedCredentials = {}): Promise<CallContext> {
     try {
-      return this.context(await this.auth.fromBearer(subjectToken), origin);
+      return this.context(await this.auth.fromBearer(subjectToken, this.binding(presented)), origin);
     } catch (e) {
       const err = this.failed(e, origin, { token_sha256: tokenHash(subjectToken) });
       throw err.kind === 'invalid_argument' ? mayflyError('ERR_JWT_INVALID', err.message) : err;
+    }
+  }
+
+  /** True for a token this broker issued (routing only: the token is verified by fromBearer). */
+  private isTaskToken(token: string): boolean {
+    return jwtIssuer(token) === this.taskTokenIssuer;
+  }
+
+  /** The client certificate on the connection as proof of possession; a certificate that does not verify binds nothing. */
+  private binding(presented: PresentedCredentials): CertificateBinding {
+    try {
+      const cert = presented.certificate?.() ?? null;
+      return cert?.certThumbprint !== undefined ? { certThumbprint: cert.certThumbprint } : {};
+    } catch (e) {
+      return { certificateError: MayflyError.from(e).message };
     }
   }
 

@@ -8,7 +8,7 @@
  */
 import { DECISION_CONTRACT_VERSION, type Decision, type DecisionInput, type PolicyAction } from '../core/decision.js';
 import { MayflyError, mayflyError } from '../core/errors.js';
-import type { AuditEntry } from '../core/ports.js';
+import type { AuditEntry, CertificateBinding } from '../core/ports.js';
 import type { Identity, TaskEndResult, TaskOwnerIdentity, TaskRecord, TokenRecord } from '../core/types.js';
 import { buildClaims, type MayflyClaims } from '../tokens/claims.js';
 import { tokenHash } from '../tokens/hashes.js';
@@ -164,12 +164,7 @@ export class BrokerService {
       const started = performance.now();
       const taskId = v.opaqueId('task_id', p.taskId);
       rec.task_id = taskId;
-      const audience = v.audience(p.audience);
-      rec.audience = audience;
-      const requested = v.scopes(p.scopes);
-      rec.requested_scopes = requested;
-      const tcfg = this.d.config.tokens;
-      const ttlSeconds = v.ttlSeconds('ttl_seconds', p.ttlSeconds, tcfg.defaultTtlSeconds, tcfg.maxTtlSeconds);
+      const { audience, requested, ttlSeconds } = this.tokenTarget(p, rec);
       const tool = v.text('tool', p.tool, v.LIMITS.toolMax, false) || null;
       const argsDigest = v.digest('args_digest', p.argsDigest);
       const singleUse = p.singleUse === true;
@@ -199,12 +194,7 @@ export class BrokerService {
       const started = performance.now();
       const taskId = p.taskId === undefined ? null : v.opaqueId('task_id', p.taskId);
       if (taskId) rec.task_id = taskId;
-      const audience = v.audience(p.audience);
-      rec.audience = audience;
-      const requested = v.scopes(p.scopes);
-      rec.requested_scopes = requested;
-      const tcfg = this.d.config.tokens;
-      const ttlSeconds = v.ttlSeconds('ttl_seconds', p.ttlSeconds, tcfg.defaultTtlSeconds, tcfg.maxTtlSeconds);
+      const { audience, requested, ttlSeconds } = this.tokenTarget(p, rec);
       const common = { tool: null, argsDigest: null, singleUse: false, now: this.d.clock.now(), started };
       const { now } = common;
 
@@ -227,6 +217,16 @@ export class BrokerService {
       const issued = await this.mint(ctx, rec, { ...common, task, audience, requested, ttlSeconds, decision });
       return { ...issued, taskExpiresAt: task.expiresAt };
     });
+  }
+
+  /** Audience, scopes and lifetime of a requested token, validated and noted on the audit record. */
+  private tokenTarget(p: { audience?: unknown; scopes?: unknown; ttlSeconds?: unknown }, rec: AuditEntry): { audience: string; requested: string[]; ttlSeconds: number } {
+    const audience = v.audience(p.audience);
+    rec.audience = audience;
+    const requested = v.scopes(p.scopes);
+    rec.requested_scopes = requested;
+    const tcfg = this.d.config.tokens;
+    return { audience, requested, ttlSeconds: v.ttlSeconds('ttl_seconds', p.ttlSeconds, tcfg.defaultTtlSeconds, tcfg.maxTtlSeconds) };
   }
 
   /** The task a token is asked for: owned by the caller, active, and, for a task-token holder, only narrowed. */
@@ -399,20 +399,33 @@ export class BrokerService {
    * Authenticates a caller holding a Mayfly task token (bearer): the token
    * must be active; the identity is the task owner, limited to that task.
    */
-  async authenticateTaskToken(token: string): Promise<Identity> {
+  async authenticateTaskToken(token: string, binding: CertificateBinding = {}): Promise<Identity> {
     const r = await this.check(token);
     if (!r.active || !r.claims) {
       throw mayflyError('ERR_UNAUTHENTICATED', `task token is not active (${r.reason ?? 'invalid'})`);
     }
     const c = r.claims;
     // RFC 8705 §3: a certificate-bound token is only good together with its certificate.
-    if (c.cnf) throw mayflyError('ERR_UNAUTHENTICATED', 'this task token is bound to a client certificate; present it over mTLS with that certificate');
+    const bound = c.cnf?.['x5t#S256'];
+    if (bound !== undefined) {
+      const how = 'send it as the bearer (gRPC authorization metadata, HTTP Authorization header, or subject_token of /oauth2/token) over mTLS with the certificate it was issued to';
+      if (binding.certThumbprint === undefined) {
+        throw mayflyError('ERR_UNAUTHENTICATED', binding.certificateError
+          ? `this task token is bound to a client certificate, and the one presented did not verify (${binding.certificateError}): ${how}`
+          : `this task token is bound to a client certificate (cnf.x5t#S256) and none was presented: ${how}`);
+      }
+      if (binding.certThumbprint !== bound) {
+        throw mayflyError('ERR_UNAUTHENTICATED', `the client certificate presented is not the one this task token is bound to (cnf.x5t#S256): ${how}`);
+      }
+    }
     return {
       kind: c.sub.startsWith('spiffe://') ? 'spiffe' : 'oidc',
       id: c.sub,
       method: 'task-token',
       claims: { tid: c.tid, jti: c.jti, aud: c.aud, scope: c.scope },
       credentialExpiresAt: c.exp * 1000,
+      // Tokens this holder gets stay bound to the same certificate.
+      ...(bound !== undefined ? { certThumbprint: bound } : {}),
     };
   }
 

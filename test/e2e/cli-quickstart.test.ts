@@ -84,7 +84,7 @@ describe('CLI quickstart against a broker process', () => {
     expect(JSON.parse((await run(['token', 'introspect', ...flags(), token], dir)).stdout)).toMatchObject({ active: true, tid: task });
     const complete = await run(['task', 'complete', ...flags(), '--task', task], dir);
     expect(complete).toMatchObject({ code: 0, stdout: `task ${task} completed; 1 token(s) revoked across 1 task(s)` });
-    expect(JSON.parse((await run(['token', 'introspect', ...flags(), token], dir)).stdout)).toEqual({ active: false, reason: 'revoked' });
+    expect(JSON.parse((await run(['token', 'introspect', ...flags(), token], dir)).stdout)).toEqual({ active: false, mayfly_reason: 'revoked' });
 
     const refused = await run(['token', 'issue', ...flags(), '--task', task, '--audience', 'demo-api', '--scope', 'read'], dir);
     expect(refused.code).toBe(1);

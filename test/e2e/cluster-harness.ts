@@ -45,6 +45,8 @@ export interface Cluster {
   replicas: Replica[];
   /** A client of replica i as `who` (workload, relying-party, admin). */
   client(i: number, who?: string): BrokerClient;
+  /** A workload client given every replica's address, starting with replica `first`. */
+  clusterClient(first: number): BrokerClient;
   /** A verifier using replica i's JWKS and subscribed to replica i's feed. */
   verifier(i: number, id: string): MayflyVerifier;
   /** kill -9. */
@@ -103,12 +105,19 @@ export async function startCluster(n: number, dbUrl: string, patch: (doc: Record
     clients.push(c);
     return c;
   };
+  const clusterClient = (first: number) => {
+    const addresses = replicas.map((_, k) => replicas[(first + k) % replicas.length]!.grpc);
+    const c = new BrokerClient({ address: addresses, ca, cert: readFileSync(join(dir, 'workload.pem')), key: readFileSync(join(dir, 'workload.key')), timeoutMs: 5000, connectTimeoutMs: 1000 });
+    clients.push(c);
+    return c;
+  };
   return {
     dir,
     issuer,
     ca,
     replicas,
     client,
+    clusterClient,
     verifier: (i, id) => {
       const v = new MayflyVerifier({
         issuer,

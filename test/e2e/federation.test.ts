@@ -271,9 +271,8 @@ describe('RFC 8693 token exchange over HTTPS', () => {
 });
 
 describe('the exchanged access token handed to a relying party', () => {
-  // A task token authenticates as the task owner, but without the CI claims: claim-matching rules do not
-  // match it, so a relying party cannot re-exchange it for wider scopes or new tasks (contrast the SPIFFE
-  // case in core-flow.test.ts, where the rule matches on the ID alone).
+  // A task token authenticates as the task owner, limited to its task: a relying party holding it can only
+  // narrow (same audience, a subset of its scopes, on its own task), never widen or start new tasks.
   it('cannot be re-exchanged for wider scopes on its task, nor start a new task', async () => {
     const first = await exchange(exchangeForm(mint(), { scope: 'deploy' }));
     expect(first.status).toBe(200);
@@ -290,9 +289,11 @@ describe('the exchanged access token handed to a relying party', () => {
       const viaGrpc = tb.client({ bearer: access });
       expect(await codeOf(viaGrpc.issueToken({ taskId, audience: AUD, scopes: ['read'] }))).toBe('ERR_SCOPE_DENIED');
       expect(await codeOf(viaGrpc.issueToken({ taskId, audience: 'elsewhere', scopes: ['deploy'] }))).toBe('ERR_AUDIENCE_DENIED');
-      // Within its audience and scopes the request goes to policy, which judges it as the OIDC identity that
-      // began the task (issuer and CI claims kept with the task; issue 13 item 5): the narrower token is issued.
-      expect((await viaGrpc.issueToken({ taskId, audience: AUD, scopes: ['deploy'], ttlSeconds: 60 })).scopes).toEqual(['deploy']);
+      // Within its audience and scopes the request goes to policy, which judges the identity that began the
+      // task (the CI claims are stored with the task, never re-read from the token): a narrower token.
+      const narrowed = await viaGrpc.issueToken({ taskId, audience: AUD, scopes: ['deploy'], ttlSeconds: 60 });
+      expect(narrowed.scopes).toEqual(['deploy']);
+      expect(decodeJwt(narrowed.token)).toMatchObject({ aud: AUD, tid: taskId, scope: 'deploy' });
     } finally {
       const done = await tb.http('/v1/tasks/complete', { json: {}, bearer: access });
       expect(done.status).toBe(200);

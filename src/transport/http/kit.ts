@@ -6,7 +6,7 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { MayflyError } from '../../core/errors.js';
 import type { CallerAuthenticator, Clock } from '../../core/ports.js';
-import type { CallerAuthentication } from '../../service/authenticate.js';
+import type { CallerAuthentication, PresentedCredentials } from '../../service/authenticate.js';
 import type { BrokerService } from '../../service/broker.js';
 import type { CallContext } from '../../service/deps.js';
 import type { KeyAdministration } from '../../service/keys.js';
@@ -51,6 +51,8 @@ export interface RouteKit {
   peer(req: FastifyRequest): string;
   /** The caller by client certificate, else bearer token; failures are audited once. */
   authenticate(req: FastifyRequest, route: string): Promise<CallContext>;
+  /** What the request presented: the connection's client certificate and the Authorization header. */
+  presented(req: FastifyRequest): PresentedCredentials;
   /** Answers with the error mapped to its wire form. */
   fail(reply: FastifyReply, route: string, req: FastifyRequest, e: unknown, style: ErrorStyle): FastifyReply;
 }
@@ -66,6 +68,10 @@ export function routeKit(deps: HttpServerDeps, peers: PeerRegistry): RouteKit {
         { certificate: () => peers.identify(key), authorization: req.headers.authorization },
         { requestId: req.id, peer: key, method: route },
       );
+    },
+    presented: (req) => {
+      const key = peer(req);
+      return { certificate: () => peers.identify(key), authorization: req.headers.authorization };
     },
     fail: (reply, route, req, e, style) => {
       const err = MayflyError.from(e);

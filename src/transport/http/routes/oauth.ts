@@ -1,5 +1,5 @@
 /** RFC 7662 introspection and RFC 7009 revocation; callers authenticate by mTLS or bearer. */
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { mayflyError } from '../../../core/errors.js';
 import type { CallContext } from '../../../service/deps.js';
 import { bodyField, type RouteKit } from '../kit.js';
@@ -10,40 +10,43 @@ function requiredToken(body: unknown): string {
   return token;
 }
 
+type OAuthHandler = (ctx: CallContext, req: FastifyRequest, reply: FastifyReply) => Promise<FastifyReply>;
+
+/**
+ * An OAuth endpoint with client authentication: a caller that fails to
+ * authenticate gets 401 invalid_client (RFC 6749 §5.2); any later failure is
+ * an ordinary OAuth error.
+ */
+function oauthClientRoute(app: FastifyInstance, kit: RouteKit, path: string, route: string, handle: OAuthHandler): void {
+  app.post(path, async (req, reply) => {
+    let ctx: CallContext;
+    try {
+      ctx = await kit.authenticate(req, route);
+    } catch (e) {
+      return kit.fail(reply, route, req, e, 'oauth-client');
+    }
+    try {
+      return await handle(ctx, req, reply);
+    } catch (e) {
+      return kit.fail(reply, route, req, e, 'oauth');
+    }
+  });
+}
+
 export function registerOAuthRoutes(app: FastifyInstance, kit: RouteKit): void {
   const { deps } = kit;
 
   // A task-token holder sees only its own task's tokens (README: authorization model).
-  app.post('/oauth2/introspect', async (req, reply) => {
-    let ctx: CallContext;
-    try {
-      ctx = await kit.authenticate(req, 'introspect');
-    } catch (e) {
-      return kit.fail(reply, 'introspect', req, e, 'oauth-client');
-    }
-    try {
-      const res = await deps.broker.introspect(ctx, { token: requiredToken(req.body) });
-      reply.header('cache-control', 'no-store');
-      if (!res.active || !res.claims) return reply.send({ active: false, mayfly_reason: res.reason });
-      return reply.send({ active: true, ...res.claims, token_type: 'Bearer' });
-    } catch (e) {
-      return kit.fail(reply, 'introspect', req, e, 'oauth');
-    }
+  oauthClientRoute(app, kit, '/oauth2/introspect', 'introspect', async (ctx, req, reply) => {
+    const res = await deps.broker.introspect(ctx, { token: requiredToken(req.body) });
+    reply.header('cache-control', 'no-store');
+    if (!res.active || !res.claims) return reply.send({ active: false, mayfly_reason: res.reason });
+    return reply.send({ active: true, ...res.claims, token_type: 'Bearer' });
   });
 
   // RFC 7009: 200 for unknown tokens too.
-  app.post('/oauth2/revoke', async (req, reply) => {
-    let ctx: CallContext;
-    try {
-      ctx = await kit.authenticate(req, 'revoke');
-    } catch (e) {
-      return kit.fail(reply, 'revoke', req, e, 'oauth-client');
-    }
-    try {
-      await deps.broker.revokeToken(ctx, { token: requiredToken(req.body) });
-      return reply.header('cache-control', 'no-store').send({});
-    } catch (e) {
-      return kit.fail(reply, 'revoke', req, e, 'oauth');
-    }
+  oauthClientRoute(app, kit, '/oauth2/revoke', 'revoke', async (ctx, req, reply) => {
+    await deps.broker.revokeToken(ctx, { token: requiredToken(req.body) });
+    return reply.header('cache-control', 'no-store').send({});
   });
 }

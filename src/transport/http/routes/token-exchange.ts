@@ -58,7 +58,8 @@ export function registerTokenExchangeRoute(app: FastifyInstance, kit: RouteKit):
         return reply.code(400).header('cache-control', 'no-store').send({ error: 'unsupported_grant_type', error_description: `grant_type must be ${TOKEN_EXCHANGE_GRANT}` });
       }
       const { subjectToken, params } = parseExchangeForm(form);
-      const ctx = await deps.authentication.subject(subjectToken, { requestId: req.id, peer: kit.peer(req), method: route });
+      // A certificate-bound task token as subject comes with its certificate on this connection (RFC 8705).
+      const ctx = await deps.authentication.subject(subjectToken, { requestId: req.id, peer: kit.peer(req), method: route }, kit.presented(req));
       const issued = await deps.broker.exchange(ctx, params);
       reply.header('cache-control', 'no-store').header('pragma', 'no-cache');
       return reply.send({

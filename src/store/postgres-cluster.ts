@@ -116,6 +116,8 @@ export class PgListener {
     if (c) {
       c.removeAllListeners('notification');
       await c.query('UNLISTEN *').catch(() => undefined);
+      // Checked out, its only 'error' listener is ours; the pool adds its own when the client is back.
+      c.removeAllListeners('error');
       c.release();
     }
   }
@@ -130,6 +132,8 @@ export class PgAckRegistry implements AckRegistry {
       throw asError('feed acknowledgement report', e);
     });
     let broken: Error | undefined;
+    const onError = (e: Error) => (broken = e);
+    c.on('error', onError);
     try {
       await c.query('BEGIN');
       await c.query('DELETE FROM feed_acks WHERE replica = $1', [replica]);
@@ -145,6 +149,7 @@ export class PgAckRegistry implements AckRegistry {
       await c.query('ROLLBACK').catch((err: unknown) => (broken = err as Error));
       throw asError('feed acknowledgement report', e);
     } finally {
+      c.removeListener('error', onError);
       c.release(broken);
     }
   }

@@ -328,6 +328,11 @@ export class PostgresKeyStore implements KeyStore {
       throw dbError('connect for the key lifecycle lock', err);
     }
     let held = false;
+    // A checked-out client that loses its connection emits 'error'; unhandled, that would end the process.
+    // Losing it also frees the lock; transitions stay safe (checked under row locks), so fn just carries on.
+    let lost: Error | undefined;
+    const onError = (e: Error) => (lost = e);
+    cl.on('error', onError);
     try {
       if (wait) {
         await cl.query('SELECT pg_advisory_lock($1)', [LIFECYCLE_LOCK]);
@@ -340,13 +345,14 @@ export class PostgresKeyStore implements KeyStore {
     } catch (err) {
       throw dbError('take the key lifecycle lock', err);
     } finally {
-      if (held) {
+      cl.removeListener('error', onError);
+      if (held && !lost) {
         // A failed unlock (connection lost) also frees the lock: PostgreSQL ends the session.
         await cl.query('SELECT pg_advisory_unlock($1)', [LIFECYCLE_LOCK]).then(
           () => cl.release(),
           (e: unknown) => cl.release(e as Error),
         );
-      } else cl.release();
+      } else cl.release(lost);
     }
   }
 
@@ -373,6 +379,8 @@ export class PostgresKeyStore implements KeyStore {
       throw dbError(what, err);
     }
     let broken: Error | undefined;
+    const onError = (e: Error) => (broken = e);
+    cl.on('error', onError);
     try {
       await cl.query('BEGIN');
       await fn(cl);
@@ -381,6 +389,7 @@ export class PostgresKeyStore implements KeyStore {
       await cl.query('ROLLBACK').catch((e: unknown) => (broken = e as Error));
       throw dbError(what, err);
     } finally {
+      cl.removeListener('error', onError);
       cl.release(broken);
     }
   }

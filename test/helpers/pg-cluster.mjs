@@ -12,12 +12,14 @@
 // `nobody`) that owns the cluster's temp dir. Each cluster lives in its own
 // mkdtemp dir, listens on 127.0.0.1 at a port the kernel chose a moment
 // before (retrying if someone took it meanwhile), and keeps its unix socket
-// in that dir, so parallel runs never collide. A detached watchdog
+// in that dir, so parallel runs never collide. If that user cannot reach the
+// binaries where npm put them (a checkout under a directory closed to others,
+// such as /root), they are copied once to a world-readable temp dir. A detached watchdog
 // (pg-watchdog.mjs) stops the server and removes the dir if the process that
 // started it dies without stopping it.
 import { execFileSync, spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { chmodSync, chownSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { chmodSync, chownSync, cpSync, existsSync, mkdtempSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { arch, platform, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -76,13 +78,49 @@ function run(cmd, args, user) {
   });
 }
 
+/** True if `user` can run `bin --version` (it cannot when a parent directory is closed to it, e.g. a clone under /root). */
+function runsAs(bin, user) {
+  try {
+    execFileSync(bin, ['--version'], { uid: user.uid, gid: user.gid, stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * When we are root and the unprivileged user cannot reach the binaries where
+ * npm put them, copies the package's native/ tree (bin, lib, share) once to
+ * a world-readable dir under the temp dir and uses that copy.
+ */
+function reachableBinaries(bins, user) {
+  if (!user || runsAs(bins.postgres, user)) return bins;
+  const native = dirname(dirname(bins.postgres));
+  const key = createHash('sha256').update(native).update(String(statSync(bins.postgres).mtimeMs)).digest('hex').slice(0, 12);
+  const target = join(tmpdir(), `mayfly-pg-bin-${key}`);
+  if (!existsSync(join(target, 'bin', 'postgres'))) {
+    const staging = mkdtempSync(join(tmpdir(), 'mayfly-pg-bin-staging-'));
+    cpSync(native, staging, { recursive: true, verbatimSymlinks: true });
+    chmodSync(staging, 0o755);
+    try {
+      renameSync(staging, target);
+    } catch {
+      // Another run put it there first.
+      rmSync(staging, { recursive: true, force: true });
+    }
+  }
+  const copy = { initdb: join(target, 'bin', 'initdb'), postgres: join(target, 'bin', 'postgres') };
+  if (!runsAs(copy.postgres, user)) throw new Error(`the PostgreSQL binaries are not executable by ${user.name}, not even copied to ${target}`);
+  return copy;
+}
+
 /**
  * initdb's and starts a fresh cluster. `options.fsync` (default false): the
  * tests exercise ordering and atomicity, not the disk; benchmarks turn it on.
  */
 export async function startPgCluster(options = {}) {
-  const bins = await pgBinaries();
   const user = serverUser();
+  const bins = reachableBinaries(await pgBinaries(), user);
   const dir = mkdtempSync(join(tmpdir(), 'mayfly-pg-'));
   const data = join(dir, 'data');
   const password = randomBytes(12).toString('hex');

@@ -30,6 +30,7 @@ function config(name: string, store: Record<string, unknown>): string {
   return p;
 }
 
+// Each case starts the CLI several times (a few seconds each on a busy 2-core machine).
 describe('mayfly db', () => {
   it('migrates a new database once, then reports it current; status exits 1 while migrations are pending', async () => {
     const url = await freshDatabase('mayfly_db_cli');
@@ -49,7 +50,7 @@ describe('mayfly db', () => {
     const after = await cli(['db', 'status', '--config', cfg]);
     expect(after.code).toBe(0);
     for (const out of [before, first, again, after]) expect(out.stdout + out.stderr).not.toContain(password);
-  });
+  }, 120_000);
 
   it('takes the URL from MAYFLY_STORE_URL', async () => {
     const url = await freshDatabase('mayfly_db_cli');
@@ -60,7 +61,7 @@ describe('mayfly db', () => {
     const missing = await cli(['db', 'migrate', '--config', cfg], { MAYFLY_STORE_URL: '' });
     expect(missing.code).not.toBe(0);
     expect(missing.stderr).toContain('store.url: required when store.backend is postgres (or set MAYFLY_STORE_URL)');
-  });
+  }, 120_000);
 
   it('is refused for a SQLite store, saying why', async () => {
     const r = await cli(['db', 'migrate', '--config', config('sqlite.yaml', {})]);

@@ -151,7 +151,7 @@ export async function runScaleOut(ctx) {
     const a = await serve('replica-a', replica('replica-a'));
     const b = await serve('replica-b', replica('replica-b'));
     const vp = await ctx.startIpcChild('verifiers.mjs', 'verifier process (scale-out)');
-    await vp.call('init', { count: ctx.verifierCount, issuer: ctx.ISSUER, audience: ctx.AUDIENCE, jwksUrl: `https://127.0.0.1:${b.httpPort}/.well-known/jwks.json`, grpcAddress: `127.0.0.1:${b.grpcPort}`, ca: join(tmpDir, 'ca.pem'), cert: join(tmpDir, 'relying-party.pem'), key: join(tmpDir, 'relying-party.key') });
+    await vp.call('init', { count: ctx.verifierCount, issuer: ctx.ISSUER, audience: ctx.AUDIENCE, jwksUrl: `https://127.0.0.1:${b.httpPort}/.well-known/jwks.json`, grpcAddress: `127.0.0.1:${b.grpcPort}`, ca: join(tmpDir, 'ca.pem'), cert: join(tmpDir, 'relying-party.pem'), key: join(tmpDir, 'relying-party.key'), clientCert: join(tmpDir, 'workload.pem') });
     const { BrokerClient } = await import(pathToFileURL(join(ROOT, 'dist', 'client', 'broker-client.js')).href);
     const client = new BrokerClient({ address: `127.0.0.1:${a.grpcPort}`, ca: readFileSync(join(tmpDir, 'ca.pem')), cert: readFileSync(join(tmpDir, 'workload.pem')), key: readFileSync(join(tmpDir, 'workload.key')), timeoutMs: 10_000 });
     const lat = [];

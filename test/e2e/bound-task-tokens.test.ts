@@ -123,5 +123,5 @@ describe('CLI', () => {
     const ok = await cli(['task', 'complete', '--token-file', file, '--cert', join(tb.dir, 'workload.pem'), '--key', join(tb.dir, 'workload.key')]);
     expect(ok.stderr).toBe('');
     expect(ok.stdout).toBe(`task ${taskId} completed; 1 token(s) revoked across 1 task(s)`);
-  });
+  }, 120_000);
 });

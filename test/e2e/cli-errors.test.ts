@@ -161,7 +161,7 @@ const CASES: Case[] = [
   ['no broker at --url', () => ['keys', 'rotate', '--url', 'https://127.0.0.1:1', '--dev-dir', tb.dir], 'ERR_UNAVAILABLE'],
 ];
 
-describe('every failing CLI command: one line, the right code, non-zero exit, no hang', () => {
+describe('every failing CLI command: one line, the right code, non-zero exit, no hang', { timeout: 60_000 }, () => {
   it.each(CASES)('%s', async (_name, args, code, message) => {
     const r = await run(args(), work);
     expect(r.timedOut, `hung for ${HANG_MS} ms`).toBe(false);
@@ -178,7 +178,7 @@ describe('every failing CLI command: one line, the right code, non-zero exit, no
   });
 });
 
-describe('CLI basics', () => {
+describe('CLI basics', { timeout: 60_000 }, () => {
   it('--version prints the package version and exits 0', async () => {
     const r = await run(['--version'], work);
     const pkg = JSON.parse(readFileSync('package.json', 'utf8')) as { version: string };

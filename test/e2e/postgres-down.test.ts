@@ -73,7 +73,13 @@ describe('broker on PostgreSQL', () => {
 
     await pgc.start();
     // The health probe notices without traffic.
-    await waitFor(async () => ((await tb.http('/healthz')).json?.['status'] as string) === 'ok', 10_000);
+    let last: unknown;
+    await waitFor(async () => {
+      last = (await tb.http('/healthz')).json;
+      return ((last as { checks?: { store?: { ok?: boolean } } } | undefined)?.checks?.store?.ok) === true;
+    }, 10_000).catch((e: Error) => {
+      throw new Error(`${e.message}: ${JSON.stringify(last)}`);
+    });
     const tok = await workload.issueToken({ taskId: open.taskId, audience: 'demo-api', scopes: ['read'], ttlSeconds: 60 });
     expect(tok.token.length).toBeGreaterThan(0);
     await workload.completeTask(open.taskId);

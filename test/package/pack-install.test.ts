@@ -39,7 +39,7 @@ function version(pkgDir: string): string {
   return (JSON.parse(readFileSync(join(pkgDir, 'package.json'), 'utf8')) as { version: string }).version;
 }
 
-describe('npm pack → npm install → use', () => {
+describe('npm pack → npm install → use', { timeout: 180_000 }, () => {
   let work: string;
   let app: string;
   let files: string[] = [];

@@ -91,3 +91,29 @@ describe('README field names are the wire names', () => {
     expect(event['coversUntil']).toEqual(expect.any(Number));
   });
 });
+
+describe('HTTP details a careful client notices', () => {
+  it('JWKS answers If-None-Match with its ETag by 304', async () => {
+    const first = await tb.http('/.well-known/jwks.json');
+    expect(first.status).toBe(200);
+    const etag = String(first.headers['etag']);
+    expect(etag).toMatch(/^".+"$/);
+    const again = await new Promise<number>((resolve, reject) => {
+      const u = new URL(`${tb.httpUrl}/.well-known/jwks.json`);
+      const req = httpsRequest({ hostname: '127.0.0.1', servername: 'localhost', port: u.port, path: u.pathname, headers: { 'if-none-match': etag }, ca: tb.ca, agent: false }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+      });
+      req.on('error', reject);
+      req.end();
+    });
+    expect(again).toBe(304);
+  });
+
+  it.each(['/oauth2/token', '/oauth2/introspect', '/oauth2/revoke'])('GET %s is 405 with Allow: POST and the OAuth error shape', async (path) => {
+    const r = await tb.http(path, { method: 'GET' });
+    expect(r.status).toBe(405);
+    expect(r.headers['allow']).toBe('POST');
+    expect(r.json).toMatchObject({ error: 'invalid_request', mayfly_code: 'ERR_INVALID_ARGUMENT' });
+  });
+});

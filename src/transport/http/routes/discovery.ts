@@ -4,11 +4,14 @@ import type { HttpServerDeps } from '../kit.js';
 import { TOKEN_EXCHANGE_GRANT } from './token-exchange.js';
 
 export function registerDiscoveryRoutes(app: FastifyInstance, deps: HttpServerDeps): void {
-  app.get('/.well-known/jwks.json', async (_req, reply) => {
+  app.get('/.well-known/jwks.json', async (req, reply) => {
     deps.onJwksFetch?.();
     const doc = deps.keys.jwks();
     reply.header('cache-control', `public, max-age=${deps.jwksMaxAgeSeconds}`);
     reply.header('etag', `"${doc.version}"`);
+    // RFC 9110 §13.1.2: a cache holding this key set revalidates without the body.
+    const inm = req.headers['if-none-match'];
+    if (typeof inm === 'string' && inm.split(',').some((t) => t.trim().replace(/^W\//, '') === `"${doc.version}"` || t.trim() === '*')) return reply.code(304).send();
     reply.header('content-type', 'application/jwk-set+json');
     return reply.send(doc.json);
   });

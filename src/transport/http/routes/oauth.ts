@@ -18,6 +18,10 @@ type OAuthHandler = (ctx: CallContext, req: FastifyRequest, reply: FastifyReply)
  * an ordinary OAuth error.
  */
 function oauthClientRoute(app: FastifyInstance, kit: RouteKit, path: string, route: string, handle: OAuthHandler): void {
+  // RFC 7662 §2.1 / RFC 7009 §2.1: POST only; a GET is told so (405 with Allow) instead of a 404.
+  app.get(path, async (_req, reply) =>
+    reply.code(405).header('allow', 'POST').header('cache-control', 'no-store').send({ error: 'invalid_request', error_description: 'use POST with an application/x-www-form-urlencoded body', mayfly_code: 'ERR_INVALID_ARGUMENT' }),
+  );
   app.post(path, async (req, reply) => {
     let ctx: CallContext;
     try {

@@ -50,6 +50,10 @@ function parseExchangeForm(form: Form) {
 
 export function registerTokenExchangeRoute(app: FastifyInstance, kit: RouteKit): void {
   const { deps } = kit;
+  // RFC 6749 §3.2: the token endpoint takes POST only; say so instead of a 404.
+  app.get('/oauth2/token', async (_req, reply) =>
+    reply.code(405).header('allow', 'POST').header('cache-control', 'no-store').send({ error: 'invalid_request', error_description: 'use POST with an application/x-www-form-urlencoded body', mayfly_code: 'ERR_INVALID_ARGUMENT' }),
+  );
   app.post('/oauth2/token', async (req, reply) => {
     const route = 'token';
     const form = (req.body ?? {}) as Form;

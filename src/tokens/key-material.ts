@@ -6,7 +6,7 @@
 import { createHash, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { mayflyError } from '../core/errors.js';
 import type { Signer } from '../core/ports.js';
-import type { KeyState, SigningAlg } from '../core/types.js';
+import type { KeyInfo, KeyState, SigningAlg } from '../core/types.js';
 import { keyStrengthProblem } from '../core/key-policy.js';
 import { keyFitsAlg, rawSign } from './jws.js';
 
@@ -123,4 +123,9 @@ export function localSigner(kid: string, alg: SigningAlg, privateKey: KeyObject,
       return rawSign(alg, signingInput, privateKey);
     },
   };
+}
+
+/** A copy of a key's info that callers may change without touching the store's own record. */
+export function copyInfo(i: KeyInfo): KeyInfo {
+  return { ...i, publicJwk: { ...i.publicJwk } };
 }

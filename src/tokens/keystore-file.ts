@@ -34,7 +34,7 @@ import { join } from 'node:path';
 import { isMayflyError, mayflyError, type MayflyError } from '../core/errors.js';
 import type { KeyStore, Signer } from '../core/ports.js';
 import type { EpochMs, KeyInfo, KeyState, SigningAlg } from '../core/types.js';
-import { canSign, checkTransition, generateKeyMaterial, localSigner, materialFromPrivateKey, SIGNING_ALGS, type KeyMaterial } from './key-material.js';
+import { canSign, checkTransition, copyInfo, generateKeyMaterial, localSigner, materialFromPrivateKey, SIGNING_ALGS, type KeyMaterial } from './key-material.js';
 
 /** Key record format; also bound into the AEAD of every sealed private key (shared with the PostgreSQL key store). */
 export const FORMAT = 'mayfly.key/v1';
@@ -113,8 +113,41 @@ function octal(mode: number): string {
   return `0${(mode & 0o777).toString(8)}`;
 }
 
-function copyInfo(i: KeyInfo): KeyInfo {
-  return { ...i, publicJwk: { ...i.publicJwk } };
+/** Encrypts a private key (PKCS#8 DER) under the wrapping key; the AAD binds it to its kid and alg. */
+export function sealPrivateKey(material: KeyMaterial, alg: SigningAlg, wrap: Buffer): SealedKey {
+  const der = material.privateKey.export({ format: 'der', type: 'pkcs8' });
+  const iv = randomBytes(12);
+  const c = createCipheriv('aes-256-gcm', wrap, iv);
+  c.setAAD(aad(material.kid, alg));
+  const ciphertext = Buffer.concat([c.update(der), c.final()]);
+  der.fill(0);
+  return { enc: 'A256GCM', iv: iv.toString('base64url'), ciphertext: ciphertext.toString('base64url'), tag: c.getAuthTag().toString('base64url') };
+}
+
+/**
+ * Decrypts a sealed private key and checks it is the key its kid names.
+ * `tampered` builds the error for each failure, so each store can say where the key came from.
+ */
+export function unsealPrivateKey(sealed: SealedKey, kid: string, alg: SigningAlg, wrap: Buffer, tampered: (why: string, cause?: unknown) => MayflyError): KeyMaterial {
+  let der: Buffer;
+  try {
+    const d = createDecipheriv('aes-256-gcm', wrap, Buffer.from(sealed.iv, 'base64url'));
+    d.setAAD(aad(kid, alg));
+    d.setAuthTag(Buffer.from(sealed.tag, 'base64url'));
+    der = Buffer.concat([d.update(Buffer.from(sealed.ciphertext, 'base64url')), d.final()]);
+  } catch (err) {
+    throw tampered('private key does not decrypt', err);
+  }
+  let material: KeyMaterial;
+  try {
+    material = materialFromPrivateKey(alg, createPrivateKey({ key: der, format: 'der', type: 'pkcs8' }));
+  } catch (err) {
+    throw tampered('private key is unusable', err);
+  } finally {
+    der.fill(0);
+  }
+  if (material.kid !== kid) throw tampered('private key does not match its kid');
+  return material;
 }
 
 /** Encrypted-at-rest KeyStore in the broker data directory. */
@@ -212,24 +245,7 @@ export class FileKeyStore implements KeyStore {
     const expected = createHmac('sha256', this.derived.mac).update(macInput(rest)).digest();
     const got = Buffer.from(mac, 'base64url');
     if (got.length !== expected.length || !timingSafeEqual(got, expected)) throw tampered('MAC mismatch');
-    let der: Buffer;
-    try {
-      const d = createDecipheriv('aes-256-gcm', this.derived.wrap, Buffer.from(f.privateKey.iv, 'base64url'));
-      d.setAAD(aad(f.kid, f.alg));
-      d.setAuthTag(Buffer.from(f.privateKey.tag, 'base64url'));
-      der = Buffer.concat([d.update(Buffer.from(f.privateKey.ciphertext, 'base64url')), d.final()]);
-    } catch (err) {
-      throw tampered('private key does not decrypt', err);
-    }
-    let material: KeyMaterial;
-    try {
-      material = materialFromPrivateKey(f.alg, createPrivateKey({ key: der, format: 'der', type: 'pkcs8' }));
-    } catch (err) {
-      throw tampered('private key is unusable', err);
-    } finally {
-      der.fill(0);
-    }
-    if (material.kid !== f.kid) throw tampered('private key does not match its kid');
+    const material = unsealPrivateKey(f.privateKey, f.kid, f.alg, this.derived.wrap, tampered);
     const info: KeyInfo = { kid: f.kid, alg: f.alg, state: f.state, createdAt: f.createdAt, stateSince: f.stateSince, publicJwk: material.publicJwk, lastTokenExpiresAt: f.lastTokenExpiresAt };
     return { info, material, sealed: f.privateKey };
   }
@@ -249,13 +265,7 @@ export class FileKeyStore implements KeyStore {
   async create(alg: SigningAlg, state: KeyState, now: EpochMs): Promise<KeyInfo> {
     this.check();
     const material = generateKeyMaterial(alg);
-    const der = material.privateKey.export({ format: 'der', type: 'pkcs8' });
-    const iv = randomBytes(12);
-    const c = createCipheriv('aes-256-gcm', this.derived.wrap, iv);
-    c.setAAD(aad(material.kid, alg));
-    const ciphertext = Buffer.concat([c.update(der), c.final()]);
-    der.fill(0);
-    const sealed: SealedKey = { enc: 'A256GCM', iv: iv.toString('base64url'), ciphertext: ciphertext.toString('base64url'), tag: c.getAuthTag().toString('base64url') };
+    const sealed = sealPrivateKey(material, alg, this.derived.wrap);
     const info: KeyInfo = { kid: material.kid, alg, state, createdAt: now, stateSince: now, publicJwk: material.publicJwk, lastTokenExpiresAt: null };
     await this.persist({ info, material, sealed });
     this.keys.set(info.kid, { info, material, sealed });

@@ -5,7 +5,7 @@
 import { mayflyError } from '../core/errors.js';
 import type { KeyStore, Signer } from '../core/ports.js';
 import type { EpochMs, KeyInfo, KeyState, SigningAlg } from '../core/types.js';
-import { canSign, checkTransition, generateKeyMaterial, localSigner, type KeyMaterial } from './key-material.js';
+import { canSign, checkTransition, copyInfo, generateKeyMaterial, localSigner, type KeyMaterial } from './key-material.js';
 
 interface Entry {
   info: KeyInfo;
@@ -13,9 +13,6 @@ interface Entry {
   signer?: Signer;
 }
 
-function copyInfo(i: KeyInfo): KeyInfo {
-  return { ...i, publicJwk: { ...i.publicJwk } };
-}
 
 /** Dev/test-only KeyStore kept in process memory. */
 export class MemoryKeyStore implements KeyStore {

@@ -27,13 +27,13 @@
  *   A signer handed out earlier refuses to sign once this store has seen its
  *   key retired or revoked (by any replica).
  */
-import { createCipheriv, createDecipheriv, createHmac, createPrivateKey, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import type { Pool, PoolClient } from 'pg';
 import { isMayflyError, mayflyError, type MayflyError } from '../core/errors.js';
 import type { KeyStore, Signer } from '../core/ports.js';
 import type { EpochMs, KeyInfo, KeyState, SigningAlg } from '../core/types.js';
-import { canSign, checkTransition, generateKeyMaterial, localSigner, materialFromPrivateKey, SIGNING_ALGS } from './key-material.js';
-import { aad, checkKek, derive, FORMAT, KEY_STATES, macInput, type DerivedKeys, type KeyFile, type SealedKey } from './keystore-file.js';
+import { canSign, checkTransition, copyInfo, generateKeyMaterial, localSigner, SIGNING_ALGS } from './key-material.js';
+import { checkKek, derive, FORMAT, KEY_STATES, macInput, sealPrivateKey, unsealPrivateKey, type DerivedKeys, type KeyFile, type SealedKey } from './keystore-file.js';
 
 /** Channel the key store notifies on every change (payload: the kid). */
 export const KEYS_CHANNEL = 'mayfly_keys';
@@ -80,10 +80,6 @@ interface Row {
 }
 
 const COLUMNS = 'kid, alg, state, created_at, state_since, last_token_expires_at, public_jwk, kek_id, private_key, mac';
-
-function copyInfo(i: KeyInfo): KeyInfo {
-  return { ...i, publicJwk: { ...i.publicJwk } };
-}
 
 function dbError(what: string, err: unknown): MayflyError {
   if (isMayflyError(err)) return err;
@@ -180,13 +176,7 @@ export class PostgresKeyStore implements KeyStore {
   async create(alg: SigningAlg, state: KeyState, now: EpochMs): Promise<KeyInfo> {
     this.check();
     const material = generateKeyMaterial(alg);
-    const der = material.privateKey.export({ format: 'der', type: 'pkcs8' });
-    const iv = randomBytes(12);
-    const c = createCipheriv('aes-256-gcm', this.derived.wrap, iv);
-    c.setAAD(aad(material.kid, alg));
-    const ciphertext = Buffer.concat([c.update(der), c.final()]);
-    der.fill(0);
-    const sealed: SealedKey = { enc: 'A256GCM', iv: iv.toString('base64url'), ciphertext: ciphertext.toString('base64url'), tag: c.getAuthTag().toString('base64url') };
+    const sealed = sealPrivateKey(material, alg, this.derived.wrap);
     const info: KeyInfo = { kid: material.kid, alg, state, createdAt: now, stateSince: now, publicJwk: material.publicJwk, lastTokenExpiresAt: null };
     const mac = this.sealedMac(this.body(info, sealed));
     await this.tx('create a key', async (cl) => {
@@ -293,22 +283,8 @@ export class PostgresKeyStore implements KeyStore {
     const info = this.verifyRow(r);
     this.states.set(kid, info.state);
     if (!canSign(info.state)) throw mayflyError('ERR_KEYSTORE', `key ${kid} is ${info.state} and can no longer sign`, { kid });
-    let der: Buffer;
-    try {
-      const d = createDecipheriv('aes-256-gcm', this.derived.wrap, Buffer.from(r.private_key.iv, 'base64url'));
-      d.setAAD(aad(kid, info.alg));
-      d.setAuthTag(Buffer.from(r.private_key.tag, 'base64url'));
-      der = Buffer.concat([d.update(Buffer.from(r.private_key.ciphertext, 'base64url')), d.final()]);
-    } catch (err) {
-      throw mayflyError('ERR_KEYSTORE', `key ${kid} in signing_keys failed its integrity check (private key does not decrypt)`, { kid }, err);
-    }
-    let material;
-    try {
-      material = materialFromPrivateKey(info.alg, createPrivateKey({ key: der, format: 'der', type: 'pkcs8' }));
-    } finally {
-      der.fill(0);
-    }
-    if (material.kid !== kid) throw mayflyError('ERR_KEYSTORE', `key ${kid} in signing_keys failed its integrity check (private key does not match its kid)`, { kid });
+    const material = unsealPrivateKey(r.private_key, kid, info.alg, this.derived.wrap, (why, cause) =>
+      mayflyError('ERR_KEYSTORE', `key ${kid} in signing_keys failed its integrity check (${why})`, { kid }, cause));
     const s = this.signers.get(kid) ?? localSigner(kid, info.alg, material.privateKey, () => (this.closed ? undefined : this.states.get(kid)));
     this.signers.set(kid, s);
     return s;

@@ -96,7 +96,8 @@ export class PgListener {
     if (this.stopped || this.retry) return;
     this.retry = setTimeout(() => {
       this.retry = null;
-      this.connect().catch(() => undefined);
+      // A failed checkout (the server still down) must schedule the next try itself: no connection, no 'error' event.
+      this.connect().catch(() => this.schedule());
     }, this.backoffMs);
     this.retry.unref();
     this.backoffMs = Math.min(this.backoffMs * 2, 5000);

@@ -80,6 +80,13 @@ describe('broker on PostgreSQL', () => {
     }, 10_000).catch((e: Error) => {
       throw new Error(`${e.message}: ${JSON.stringify(last)}`);
     });
+    // Then the whole broker is healthy again: the LISTEN connection reconnects with a backoff capped at 5 s.
+    await waitFor(async () => {
+      last = (await tb.http('/healthz')).json;
+      return ((last as { status?: string } | undefined)?.status) === 'ok';
+    }, 15_000).catch((e: Error) => {
+      throw new Error(`${e.message}: ${JSON.stringify(last)}`);
+    });
     const tok = await workload.issueToken({ taskId: open.taskId, audience: 'demo-api', scopes: ['read'], ttlSeconds: 60 });
     expect(tok.token.length).toBeGreaterThan(0);
     await workload.completeTask(open.taskId);

@@ -41,21 +41,6 @@ export const KEYS_CHANNEL = 'mayfly_keys';
 /** Advisory lock key of the key lifecycle (`hashtext('mayfly.keys.lifecycle')` would vary by version; a constant does not). */
 const LIFECYCLE_LOCK = 0x6d61_7966; // "mayf"
 
-/** Table the key store keeps its rows in (created by the store migrations). */
-export const KEYS_TABLE_SQL = `
-CREATE TABLE IF NOT EXISTS signing_keys (
-  kid text PRIMARY KEY,
-  alg text NOT NULL,
-  state text NOT NULL,
-  created_at bigint NOT NULL,
-  state_since bigint NOT NULL,
-  last_token_expires_at bigint,
-  public_jwk jsonb NOT NULL,
-  kek_id text NOT NULL,
-  private_key jsonb NOT NULL,
-  mac text NOT NULL
-)`;
-
 export interface PostgresKeyStoreOptions {
   /** Pool shared with the store; the key store never ends it. */
   pool: Pool;

@@ -9,6 +9,7 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { inject } from 'vitest';
+import { migratePg } from '../../src/store/postgres.js';
 
 export { pgBinaries, startPgCluster, type PgCluster } from './pg-cluster.mjs';
 
@@ -35,4 +36,18 @@ export async function createDatabase(adminUrl: string, prefix = 'mayfly_test'): 
 /** A new empty database on the run-wide test server. */
 export function freshDatabase(prefix?: string): Promise<string> {
   return createDatabase(inject('pgAdminUrl'), prefix);
+}
+
+/**
+ * A pool on a new schema of the database at `dbUrl`, with the broker's own
+ * migrations applied: tests get the schema the broker runs on, never a copy.
+ */
+export async function migratedSchemaPool(dbUrl: string, prefix: string, max: number): Promise<pg.Pool> {
+  const schema = `${prefix}_${randomBytes(6).toString('hex')}`;
+  const admin = new pg.Pool({ connectionString: dbUrl, max: 1 });
+  await admin.query(`CREATE SCHEMA ${schema}`);
+  await admin.end();
+  const pool = new pg.Pool({ connectionString: dbUrl, max, options: `-c search_path=${schema}` });
+  await migratePg(pool, dbUrl);
+  return pool;
 }

@@ -9,8 +9,8 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/core/clock.js';
 import { decodeJws, signingInputOf, verifyJwsSignature } from '../../src/tokens/jws.js';
 import { KeyManager, type KeyManagerOptions } from '../../src/tokens/keys.js';
-import { KEYS_TABLE_SQL, PostgresKeyStore } from '../../src/tokens/keystore-postgres.js';
-import { freshDatabase } from '../helpers/postgres.js';
+import { PostgresKeyStore } from '../../src/tokens/keystore-postgres.js';
+import { freshDatabase, migratedSchemaPool } from '../helpers/postgres.js';
 
 const MIN = 60_000;
 let dbUrl: string;
@@ -18,14 +18,8 @@ beforeAll(async () => {
   dbUrl = await freshDatabase();
 });
 
-async function freshPool(): Promise<pg.Pool> {
-  const schema = `km_${randomBytes(6).toString('hex')}`;
-  const admin = new pg.Pool({ connectionString: dbUrl, max: 1 });
-  await admin.query(`CREATE SCHEMA ${schema}`);
-  await admin.end();
-  const pool = new pg.Pool({ connectionString: dbUrl, max: 6, options: `-c search_path=${schema}` });
-  await pool.query(KEYS_TABLE_SQL);
-  return pool;
+function freshPool(): Promise<pg.Pool> {
+  return migratedSchemaPool(dbUrl, 'km', 6);
 }
 
 /** Signs a token with the replica's active key, as issuance does. */

@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { KEYS_TABLE_SQL, PostgresKeyStore } from '../../src/tokens/keystore-postgres.js';
+import { PostgresKeyStore } from '../../src/tokens/keystore-postgres.js';
 import { runKeyStoreContract } from '../contracts/keystore.contract.js';
-import { freshDatabase } from '../helpers/postgres.js';
+import { freshDatabase, migratedSchemaPool } from '../helpers/postgres.js';
 
 const T0 = Date.UTC(2026, 0, 1);
 let dbUrl: string;
@@ -12,14 +12,8 @@ beforeAll(async () => {
 });
 
 /** A fresh schema with the keys table, and a pool whose search_path points at it. */
-async function freshPool(): Promise<pg.Pool> {
-  const schema = `ks_${randomBytes(6).toString('hex')}`;
-  const admin = new pg.Pool({ connectionString: dbUrl, max: 1 });
-  await admin.query(`CREATE SCHEMA ${schema}`);
-  await admin.end();
-  const pool = new pg.Pool({ connectionString: dbUrl, max: 4, options: `-c search_path=${schema}` });
-  await pool.query(KEYS_TABLE_SQL);
-  return pool;
+function freshPool(): Promise<pg.Pool> {
+  return migratedSchemaPool(dbUrl, 'ks', 4);
 }
 
 runKeyStoreContract('PostgresKeyStore', async () => {

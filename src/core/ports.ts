@@ -162,7 +162,23 @@ export interface KeyStore {
   /** Raises the key's lastTokenExpiresAt to at least `exp` (persisted lazily is allowed; never lowered). */
   noteTokenExpiry(kid: string, exp: EpochMs): void;
   signer(kid: string): Promise<Signer>;
+  /**
+   * Records that an operator asked to rotate away from `activeKid` (`keys rotate`),
+   * durably before resolving, so whichever broker runs the key lifecycle next
+   * completes it, even if the one that took the request dies first. Ignored
+   * when `activeKid` is not the active key; a repeated request keeps the first
+   * time. The request ends when that key leaves `active` (setState).
+   */
+  requestRotation(activeKid: string, at: EpochMs): Promise<void>;
+  /** The pending rotation request: rotate away from `kid` (still active), asked at `at`; null if none. */
+  rotationRequest(): Promise<RotationRequest | null>;
   close(): Promise<void>;
+}
+
+/** A pending `keys rotate` (KeyStore.requestRotation). */
+export interface RotationRequest {
+  kid: string;
+  at: EpochMs;
 }
 
 /** What an engine returns before the decision point checks it. */

@@ -133,4 +133,15 @@ export const PG_MIGRATIONS: readonly PgMigration[] = [
     // Task-token narrowing is judged as the identity that began the task (issuer, trust domain, claims).
     sql: `ALTER TABLE tasks ADD COLUMN owner_identity jsonb;`,
   },
+  {
+    version: 4,
+    name: 'cluster: pending key rotation requests',
+    // `keys rotate` on one replica is completed by whichever replica runs the key lifecycle (tokens/keystore-postgres.ts).
+    sql: `
+      CREATE TABLE key_rotation_requests (
+        kid          text PRIMARY KEY,
+        requested_at bigint NOT NULL
+      );
+    `,
+  },
 ];

@@ -273,8 +273,32 @@ export interface SubscriberAck {
 export interface AckRegistry {
   /** Replaces this replica's rows with `acks`, stamped `now`. */
   report(replica: string, acks: SubscriberAck[], now: number): Promise<void>;
-  /** Subscribers, on any replica reported within `freshMs` of `now`, whose key set lacks `kid`. */
+  /**
+   * Subscribers, on any replica reported within `freshMs` of `now`, that
+   * acknowledged a key set containing `kid` neither to the replica holding
+   * their stream (its report) nor to any replica (SubscriberRegistry.ack).
+   */
   laggards(kid: string, now: number, freshMs: number): Promise<string[]>;
   /** Removes this replica's rows (clean shutdown). */
   forget(replica: string): Promise<void>;
+}
+
+/**
+ * Feed subscriber names shared by every replica (PostgreSQL): which identity
+ * each name is bound to, and the key set it last acknowledged. A verifier's
+ * stream and its acknowledgements may reach different replicas (failover, a
+ * DNS name or load balancer spreading calls), so neither may live in one
+ * replica's memory.
+ */
+export interface SubscriberRegistry {
+  /**
+   * Binds `subscriber` to `identity` unless it is bound already, and returns
+   * the identity it is bound to after the call; null when it is unbound and
+   * `max` names are bound already.
+   */
+  bind(subscriber: string, identity: string, max: number): Promise<string | null>;
+  /** The identity `subscriber` is bound to, if any. */
+  owner(subscriber: string): Promise<string | undefined>;
+  /** Records that `subscriber` holds a key set with `kids` (acknowledged at `at`; an older acknowledgement never replaces a newer one). */
+  ack(subscriber: string, identity: string, kids: string[], at: number): Promise<void>;
 }

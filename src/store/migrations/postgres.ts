@@ -144,4 +144,17 @@ export const PG_MIGRATIONS: readonly PgMigration[] = [
       );
     `,
   },
+  {
+    version: 5,
+    name: 'cluster: feed subscriber names and acknowledgements shared by every replica',
+    // A verifier's stream and its AckKeySet calls may reach different replicas (store/postgres-cluster.ts).
+    sql: `
+      CREATE TABLE feed_subscribers (
+        subscriber text PRIMARY KEY,
+        identity   text NOT NULL,
+        kids       jsonb,
+        acked_at   bigint
+      );
+    `,
+  },
 ];

@@ -929,11 +929,14 @@ ratioRow('IssueToken ≥ 40% of Ping', r.issue, 'Ping', ping, r.ping.cpuPerCall,
 ratioRow('BeginTask+IssueToken pair ≥ 25% of Ping', r.pair, 'Ping', ping, r.ping.cpuPerCall, 0.25);
 if (peer.result) ratioRow('token exchange ≥ 1.5× the oidc-provider peer', r.exchange, 'peer', peer.result.perSecond, peer.result.cpuPerCall, 1.5, (x) => `${x.toFixed(2)}×`);
 else md.push(`| token exchange ≥ 1.5× the oidc-provider peer | ${r.exchange ? `${fmtInt(r.exchange.perSecond)}/s` : 'n/a'} | peer ${peer.note} | n/a | ${r.exchange ? fmtUs(r.exchange.cpuPerCall) : 'n/a'} | n/a | n/a |`);
+/** (d)'s latency broken down by where it was spent (written under the Targets table). */
+let latencySplit = '';
 if (ran('issue-open')) {
   const d = r['issue-open'];
   md.push(`| IssueToken p99 ≤ 10 ms at 50% of peak (${fmtInt(d.rate)}/s, open loop) | p99 ${fmtMs(d.p99)} | p50 ${fmtMs(d.p50)}; peak (b) ${fmtInt(r.issue.perSecond)}/s | ${mark(d.p99 <= 10)} | — | — | — |`);
   const lp = d.probe?.loopP99;
   md.push(`| broker event-loop delay p99 ≤ 5 ms during that scenario | ${fmtMs(lp)} | max ${fmtMs(d.probe?.loopMax)} | ${mark(Number.isFinite(lp) ? lp <= 5 : null)} | — | — | — |`);
+  latencySplit = `Where (d)'s latency was spent: p99 ${fmtMs(d.p99)} from the scheduled send, ${fmtMs(d.serviceP99)} from the actual send; in the broker, from a call's HTTP/2 headers to its reply handed to HTTP/2, p50 ${fmtMs(d.probe?.handledP50)}, p99 ${fmtMs(d.probe?.handledP99)} over ${fmtInt(d.probe?.streams ?? 0)} streams (to the stream's close, its last frame gone to the socket: p99 ${fmtMs(d.probe?.closedP99)}); broker event-loop delay p99 ${fmtMs(lp)}; load generator event-loop delay p99 ${fmtMs(d.loadgenLoopP99)} (max ${fmtMs(d.loadgenLoopMax)}), at ${pct(d.loadgenCpu)} of a core beside the broker's ${pct(d.brokerCpu)} on ${os.cpus().length} CPUs.`;
 } else {
   md.push(`| IssueToken p99 ≤ 10 ms at 50% of peak ${na}`);
   md.push(`| broker event-loop delay p99 ≤ 5 ms during that scenario ${na}`);
@@ -950,6 +953,7 @@ if (vr) {
   md.push(`| verifier: a token verified before, again ≥ 200k/s ${na}`);
 }
 md.push('');
+if (latencySplit) md.push(latencySplit, '');
 if (ran('exchange')) {
   md.push(`Exchange vs its own crypto (1 subject-token verify + 1 sign, not a target): ${pct(r.exchange.perSecond / cryptoLimit)} of ${fmtInt(cryptoLimit)}/s wall-clock; ${pct(cryptoCpuPerExchange / r.exchange.cpuPerCall)} CPU-normalised (${fmtUs(cryptoCpuPerExchange)} of ${fmtUs(r.exchange.cpuPerCall)} per exchange).`, '');
   const floor = r['http-get'];

@@ -67,6 +67,15 @@ export interface RevocationSnapshot {
  * that ends or revokes something is atomic and durable before it resolves.
  */
 export interface Store {
+  /**
+   * Inserts a task. An active child is inserted only if its parent is active
+   * at that moment, checked in the same atomic step as the insert (the
+   * parent may be ending concurrently, on this broker or another):
+   * ERR_TASK_NOT_ACTIVE if the parent has ended, ERR_TASK_NOT_FOUND if it does
+   * not exist. Either the insert comes first, and a concurrent endTask of
+   * the parent ends the child with it, or the end comes first, and the
+   * insert is refused: never an active child under an ended parent.
+   */
   createTask(task: TaskRecord): Promise<void>;
   getTask(id: string): Promise<TaskRecord | null>;
   /** Direct children and all further descendants of a task, excluding the task itself. */

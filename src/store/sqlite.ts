@@ -34,7 +34,7 @@ import Database from 'better-sqlite3';
 import { isMayflyError, mayflyError, MayflyError } from '../core/errors.js';
 import type { RevocationSnapshot, Store } from '../core/ports.js';
 import type { AuditHead, EpochMs, TaskOwnerIdentity, RevocationEvent, TaskEndResult, TaskRecord, TaskStatus, TokenRecord } from '../core/types.js';
-import { descendantEndReason, EMPTY_END } from './semantics.js';
+import { assertParentActive, descendantEndReason, EMPTY_END } from './semantics.js';
 import { startCheckpointer, type Checkpointer, type CheckpointStats } from './sqlite-checkpointer.js';
 
 type Db = Database.Database;
@@ -551,6 +551,10 @@ export class SqliteStore implements Store {
   /** Creates a task; ERR_STORE if the id already exists. */
   async createTask(task: TaskRecord): Promise<void> {
     return this.batched('createTask', () => {
+      // In the insert's own transaction: an endTask of the parent runs wholly before or after it.
+      if (task.parentId !== null && task.status === 'active') {
+        assertParentActive(task.parentId, (this.s.taskStatus.get(task.parentId) as { status: string } | undefined)?.status);
+      }
       const row: TaskRow = {
         id: task.id,
         owner: task.owner,

@@ -47,7 +47,7 @@ import type { RevocationSnapshot, Store } from '../core/ports.js';
 import type { AuditHead, EpochMs, TaskOwnerIdentity, RevocationEvent, TaskEndResult, TaskRecord, TaskStatus, TokenRecord } from '../core/types.js';
 import { PG_MIGRATIONS, type PgMigration } from './migrations/postgres.js';
 import { Batcher, type BatchOutcome } from './postgres-batch.js';
-import { descendantEndReason, EMPTY_END } from './semantics.js';
+import { assertParentActive, descendantEndReason, EMPTY_END } from './semantics.js';
 
 /** Advisory lock key that serialises migrations (any constant unique to mayfly). */
 const MIGRATION_LOCK = '7233051902847213617';
@@ -263,6 +263,12 @@ const TASK_COLS = 'id, owner, owner_kind, purpose, labels, created_at, expires_a
 
 const SQL = {
   insertTask: `INSERT INTO tasks (${TASK_COLS}) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15::jsonb, $16::jsonb, $17, $18::jsonb)`,
+  // An active child: inserted only if its parent is active, in the same statement. FOR SHARE conflicts with the
+  // FOR UPDATE endTask takes on the parent: an end that came first is waited for and then seen (no row, no insert);
+  // an insert that came first is committed before the end walks the parent's subtree, which then ends it too.
+  insertChildTask: `INSERT INTO tasks (${TASK_COLS})
+    SELECT $1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15::jsonb, $16::jsonb, $17, $18::jsonb
+    FROM tasks p WHERE p.id = $12 AND p.status = 'active' FOR SHARE OF p`,
   getTask: `SELECT ${TASK_COLS} FROM tasks WHERE id = $1`,
   descendants: `WITH RECURSIVE sub(id) AS (
       SELECT id FROM tasks WHERE parent_id = $1
@@ -349,6 +355,7 @@ const PREPARED = new Map<string, string>([
   [SQL.getTasks, 'mayfly_get_tasks'],
   [SQL.insertTasks, 'mayfly_insert_tasks'],
   [SQL.insertTask, 'mayfly_insert_task'],
+  [SQL.insertChildTask, 'mayfly_insert_child_task'],
   [SQL.recordTokens, 'mayfly_record_tokens'],
   [SQL.recordToken, 'mayfly_record_token'],
   [SQL.renewLease, 'mayfly_renew_lease'],
@@ -658,6 +665,8 @@ export class PostgresStore implements Store {
   /** Creates a task; ERR_STORE if the id already exists. Batched with concurrent calls (one INSERT). */
   async createTask(task: TaskRecord): Promise<void> {
     this.check('createTask');
+    // A child is written by a statement of its own that inserts it only under a parent still active.
+    if (task.parentId !== null && task.status === 'active') return this.insertChildTask(task);
     return this.taskWrites.submit(task);
   }
 
@@ -676,6 +685,17 @@ export class PostgresStore implements Store {
 
   private async insertTask(task: TaskRecord): Promise<void> {
     await this.q('createTask', SQL.insertTask, taskValues(task));
+  }
+
+  private async insertChildTask(task: TaskRecord): Promise<void> {
+    const res = await this.q('createTask', SQL.insertChildTask, taskValues(task));
+    if (res.rowCount === 0) {
+      const parentId = task.parentId!;
+      const { rows } = await this.q<{ status: string }>('createTask', SQL.taskStatus, [parentId]);
+      assertParentActive(parentId, rows[0]?.status);
+      // Active now but not visible to the insert: the parent committed in between. Refused; a retry will see it.
+      throw mayflyError('ERR_TASK_NOT_ACTIVE', `parent task ${parentId} was not active when the child was inserted`, { taskId: parentId });
+    }
   }
 
   /** The task with that id, or null. Batched with concurrent calls (one SELECT). */

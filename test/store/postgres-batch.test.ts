@@ -76,12 +76,13 @@ describe('PostgreSQL store batches', () => {
   });
 
   it('fails only the createTask whose id exists, and writes the rest', async () => {
-    await a.createTask(task('ct-0'));
+    const existing = task('ct-0');
+    await a.createTask(existing);
     const fresh = task('ct-1', { labels: { team: 'x' }, scopeCeiling: ['read'], leaseExpiresAt: T0 + MIN, ownerIdentity: { kind: 'oidc', id: 'https://idp.example#repo:x', method: 'oidc', issuer: 'https://idp.example', claims: { ref: 'main' } } });
-    const out = await Promise.allSettled([a.createTask(fresh), a.createTask(task('ct-0')), a.createTask(child('ct-2', fresh))]);
+    const out = await Promise.allSettled([a.createTask(fresh), a.createTask(task('ct-0')), a.createTask(child('ct-2', existing))]);
     expect(out.map(codeOf)).toEqual([undefined, 'ERR_STORE', undefined]);
     expect(await a.getTask('ct-1')).toEqual(fresh);
-    expect((await a.getTask('ct-2'))?.parentId).toBe('ct-1');
+    expect((await a.getTask('ct-2'))?.parentId).toBe('ct-0');
   });
 
   it('answers concurrent getTask calls from one read, each with its own copy', async () => {

@@ -9,7 +9,8 @@
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
 import { join } from 'node:path';
-import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
+import http2 from 'node:http2';
+import { createHistogram, monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
 
 const out = process.env.MAYFLY_BENCH_PROBE;
 const profileDir = process.env.MAYFLY_BENCH_PROFILE_DIR;
@@ -31,6 +32,35 @@ if (out) {
       gcCount++;
     }
   }).observe({ entryTypes: ['gc'] });
+
+  // Residence time of each HTTP/2 stream in the broker, two ways: from the
+  // moment the broker's event loop saw its headers to the reply being handed
+  // to HTTP/2 (the stream's end(): the handler, the store and the audit write
+  // are done), and to the stream's close (its last frames left through the
+  // socket, which waits on a slow reader too). Wall-clock latency seen by the
+  // load generator minus the first is time outside the broker's handling: in
+  // the load generator, the kernel, or frames waiting for a busy broker loop.
+  // grpc-js creates its servers through http2; HTTP/1.1 requests are not counted.
+  const handled = createHistogram();
+  const closed = createHistogram();
+  const since = (t0) => Math.max(1, Number((process.hrtime.bigint() - t0) / 1000n));
+  for (const name of ['createSecureServer', 'createServer']) {
+    const create = http2[name];
+    http2[name] = function (...args) {
+      const server = create.apply(this, args);
+      server.on('stream', (stream) => {
+        const t0 = process.hrtime.bigint();
+        const end = stream.end;
+        stream.end = function (...a) {
+          handled.record(since(t0));
+          stream.end = end;
+          return end.apply(this, a);
+        };
+        stream.once('close', () => closed.record(since(t0)));
+      });
+      return server;
+    };
+  }
 
   let session = null;
   let profiling = null;
@@ -70,8 +100,14 @@ if (out) {
       gcMs,
       gcMax,
       gcCount,
+      streams: handled.count,
+      handledP50: handled.count > 0 ? handled.percentile(50) / 1000 : null,
+      handledP99: handled.count > 0 ? handled.percentile(99) / 1000 : null,
+      closedP99: closed.count > 0 ? closed.percentile(99) / 1000 : null,
     };
     loop.reset();
+    handled.reset();
+    closed.reset();
     gcMs = 0;
     gcMax = 0;
     gcCount = 0;

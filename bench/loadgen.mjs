@@ -5,6 +5,7 @@
 //   child  -> {id, ok: true, result} | {id, ok: false, error}
 // Latency is measured with process.hrtime.bigint() per call. Only calls that
 // complete inside the measurement window (after the warm-up) are counted.
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { readFileSync } from 'node:fs';
 import { Agent, request } from 'node:https';
 import { BrokerClient } from '../dist/client/broker-client.js';
@@ -195,6 +196,9 @@ function get(agent, url) {
   });
 }
 
+// As bench/broker-probe.mjs measures the broker: the histogram holds timer intervals, the delay is that minus the resolution.
+const LOOP_RESOLUTION_MS = 5;
+
 const handlers = {
   init(m) {
     for (const c of clients) c.close();
@@ -233,7 +237,21 @@ const handlers = {
     return { tokens: out };
   },
 
+  /** Runs one scenario, with this process's own event-loop delay over it (a late loop here delays sends and completions alike). */
   async run(m) {
+    const loop = monitorEventLoopDelay({ resolution: LOOP_RESOLUTION_MS });
+    loop.enable();
+    try {
+      const r = await handlers.scenario(m);
+      r.loadgenLoopP99 = Math.max(0, loop.percentile(99) / 1e6 - LOOP_RESOLUTION_MS);
+      r.loadgenLoopMax = Math.max(0, loop.max / 1e6 - LOOP_RESOLUTION_MS);
+      return r;
+    } finally {
+      loop.disable();
+    }
+  },
+
+  async scenario(m) {
     const cl = (w) => clients[w % clients.length];
     const tokenReq = (taskId) => ({ taskId, audience: m.audience, scopes: m.scopes, ttlSeconds: m.tokenTtl });
     const checkToken = (r) => {

@@ -13,6 +13,8 @@ import type { EventPublisher, ServiceObserver } from '../service/deps.js';
 import type { RevocationFeed } from '../service/feed.js';
 import { KeyAdministration } from '../service/keys.js';
 import { FeedSubscriptions } from '../service/subscriptions.js';
+import { PgSubscriberRegistry } from '../store/postgres-cluster.js';
+import { PostgresStore } from '../store/postgres.js';
 import type { KeyManager } from '../tokens/keys.js';
 
 export interface ServiceParts {
@@ -80,7 +82,14 @@ export function buildServices({ config: c }: LoadedConfig, p: ServiceParts): Ser
     service,
     auth,
     authentication: new CallerAuthentication(auth, audit, c.issuer),
-    subscriptions: new FeedSubscriptions({ feed, access, audit, observer }),
+    subscriptions: new FeedSubscriptions({
+      feed,
+      access,
+      audit,
+      observer,
+      // Several replicas: subscriber names and acknowledgements are shared (docs/clustering.md, promotion gate).
+      ...(store instanceof PostgresStore ? { shared: { registry: new PgSubscriberRegistry(store.pool), clock } } : {}),
+    }),
     keyAdmin: new KeyAdministration({ keys, store, events, access, audit, clock, observer }),
   };
 }

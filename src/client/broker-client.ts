@@ -11,8 +11,15 @@
  * fails a call already sent with UNAVAILABLE, the outcome is unknown: only
  * RPCs that are idempotent by design (RETRY_AFTER_UNAVAILABLE below, and the
  * README's "Client failover" table) are sent again, to the next replica. A
- * host name with several DNS records is balanced over by gRPC (round robin).
+ * host name is resolved by the client itself (`lookup`, default the system
+ * resolver) and each of its addresses becomes a replica of its own, so one
+ * DNS name with several records fails over exactly like a list; the TLS
+ * server name stays the host name. Names are resolved before the first call,
+ * again every `resolveIntervalMs` (in the background), and at once when no
+ * known address answers.
  */
+import { lookup as dnsLookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { create, fromBinary, toBinary, type DescMessage, type MessageInitShape, type MessageShape } from '@bufbuild/protobuf';
 import { ERROR_CODES, MayflyError, mayflyError, type ErrorCode } from '../core/errors.js';
@@ -34,6 +41,19 @@ export interface BrokerClientOptions {
   timeoutMs?: number;
   /** How long to wait for one replica's connection before trying the next, ms (default 2 s). */
   connectTimeoutMs?: number;
+  /**
+   * Resolves a broker host name to all its addresses (A and AAAA records);
+   * default: the system resolver (`dns.lookup` with `all`). Each address
+   * becomes a replica. IP literals are never looked up.
+   */
+  lookup?: (hostname: string) => Promise<string[]>;
+  /** How long resolved addresses are used before the names are resolved again, ms (default 30 s). */
+  resolveIntervalMs?: number;
+}
+
+/** The system resolver: every address of `hostname`, in the resolver's order. */
+export async function systemLookup(hostname: string): Promise<string[]> {
+  return (await dnsLookup(hostname, { all: true, order: 'verbatim' })).map((a) => a.address);
 }
 
 /**
@@ -116,6 +136,21 @@ interface Replica {
   client: grpc.Client;
 }
 
+/** One entry of the `address` option. */
+interface Target {
+  address: string;
+  host: string;
+  port: string;
+  /** An IP literal: its own replica, never looked up. */
+  literal: boolean;
+}
+
+function target(address: string): Target {
+  const i = address.lastIndexOf(':');
+  const host = (i < 0 ? address : address.slice(0, i)).replace(/^\[|\]$/g, '');
+  return { address, host, port: i < 0 ? '' : address.slice(i + 1), literal: isIP(host) !== 0 };
+}
+
 /** A call failed with gRPC UNAVAILABLE (the replica, not the request, is the problem). */
 class ReplicaUnavailable extends Error {
   constructor(readonly error: MayflyError) {
@@ -124,12 +159,24 @@ class ReplicaUnavailable extends Error {
 }
 
 export class BrokerClient {
-  private readonly replicas: Replica[];
+  private replicas: Replica[];
   private readonly timeoutMs: number;
   private readonly connectTimeoutMs: number;
   /** The replica calls go to first. */
   private preferred = 0;
   private failoverCount = 0;
+  private readonly targets: Target[];
+  private readonly creds: grpc.ChannelCredentials;
+  private readonly lookup: (hostname: string) => Promise<string[]>;
+  private readonly resolveIntervalMs: number;
+  /** Every client made, by address, so a replica keeps its connection (and its streams) across resolutions. */
+  private readonly made = new Map<string, Replica>();
+  /** When the names were last resolved (0: never; always 0 with IP literals only: nothing to resolve). */
+  private resolvedAt = 0;
+  /** The replicas of each target, as last resolved. */
+  private perTarget: Replica[][];
+  private resolving: Promise<void> | null = null;
+  private closed = false;
 
   constructor(private readonly o: BrokerClientOptions) {
     let creds = grpc.credentials.createSsl(buf(o.ca), o.key ? buf(o.key) : null, o.cert ? buf(o.cert) : null);
@@ -142,30 +189,92 @@ export class BrokerClient {
       });
       creds = grpc.credentials.combineChannelCredentials(creds, callCreds);
     }
-    this.replicas = brokerAddresses(o.address).map((address) => {
-      const rawHost = address.slice(0, address.lastIndexOf(':')).replace(/^\[|\]$/g, '');
-      // RFC 6066 forbids IP addresses as SNI; loopback brokers present a localhost certificate.
-      const host = rawHost === '127.0.0.1' || rawHost === '::1' ? 'localhost' : rawHost;
-      const client = new grpc.Client(address, creds, {
-        'grpc.ssl_target_name_override': o.serverName ?? host,
-        'grpc.default_authority': o.serverName ?? host,
-        'grpc.max_receive_message_length': 4 * 1024 * 1024,
-        // A name with several DNS records: spread over all of them, and route around a dead one.
-        'grpc.service_config': JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }),
-      });
-      return { address, client };
-    });
+    this.creds = creds;
+    this.targets = brokerAddresses(o.address).map(target);
+    this.lookup = o.lookup ?? systemLookup;
+    this.resolveIntervalMs = o.resolveIntervalMs ?? 30_000;
+    // Until the names are resolved (before the first call), a name is one replica resolved by gRPC itself.
+    this.perTarget = this.targets.map((t) => [this.replica(t.address, t.host)]);
+    this.replicas = this.perTarget.flat();
     this.timeoutMs = o.timeoutMs ?? 10_000;
     this.connectTimeoutMs = o.connectTimeoutMs ?? 2_000;
   }
 
-  /** The replica addresses, and how many calls were sent again to another replica after UNAVAILABLE. */
+  /** The client of `address` (made once); `host` is the name the broker's certificate is checked against. */
+  private replica(address: string, host: string): Replica {
+    const known = this.made.get(address);
+    if (known) return known;
+    // RFC 6066 forbids IP addresses as SNI; loopback brokers present a localhost certificate.
+    const name = host === '127.0.0.1' || host === '::1' ? 'localhost' : host;
+    const client = new grpc.Client(address, this.creds, {
+      'grpc.ssl_target_name_override': this.o.serverName ?? name,
+      'grpc.default_authority': this.o.serverName ?? name,
+      'grpc.max_receive_message_length': 4 * 1024 * 1024,
+    });
+    const r = { address, client };
+    this.made.set(address, r);
+    return r;
+  }
+
+  /** Whether some target is a host name (something to resolve). */
+  private get named(): boolean {
+    return this.targets.some((t) => !t.literal);
+  }
+
+  /**
+   * Resolves every host name into one replica per address, keeping the
+   * order of the `address` option (a name's addresses in resolver order). A
+   * name that does not resolve keeps its previous replicas. Concurrent calls
+   * share one resolution.
+   */
+  private resolve(): Promise<void> {
+    this.resolving ??= (async () => {
+      const lists = await Promise.all(
+        this.targets.map(async (t): Promise<Replica[] | null> => {
+          if (t.literal) return [this.replica(t.address, t.host)];
+          try {
+            const ips = [...new Set(await this.lookup(t.host))].filter((ip) => isIP(ip) !== 0);
+            return ips.length > 0 ? ips.map((ip) => this.replica(isIP(ip) === 6 ? `[${ip}]:${t.port}` : `${ip}:${t.port}`, t.host)) : null;
+          } catch {
+            return null;
+          }
+        }),
+      );
+      if (this.closed) return;
+      const before = this.replicas[this.preferred];
+      // Unresolved: what the name resolved to last time (at first, the name itself, resolved by gRPC).
+      this.perTarget = lists.map((l, i) => l ?? this.perTarget[i]!);
+      this.replicas = [...new Set(this.perTarget.flat())];
+      const idx = before ? this.replicas.indexOf(before) : -1;
+      this.preferred = idx >= 0 ? idx : 0;
+      this.resolvedAt = Date.now();
+    })().finally(() => {
+      this.resolving = null;
+    });
+    return this.resolving;
+  }
+
+  /**
+   * Names not resolved yet: the resolution to wait for before the first call.
+   * Later, once the last resolution is old, starts one in the background
+   * (calls carry on with the addresses known) and returns nothing to wait for.
+   */
+  private fresh(): Promise<void> | undefined {
+    if (!this.named) return undefined;
+    if (this.resolvedAt === 0) return this.resolve();
+    if (Date.now() - this.resolvedAt >= this.resolveIntervalMs && !this.resolving) void this.resolve();
+    return undefined;
+  }
+
+  /** The replica addresses (a host name's: one per resolved address), and how many calls were sent again to another replica after UNAVAILABLE. */
   stats(): { addresses: string[]; failovers: number } {
     return { addresses: this.replicas.map((r) => r.address), failovers: this.failoverCount };
   }
 
   private async unary<I extends DescMessage, O extends DescMessage>(method: string, input: I, output: O, req: MessageInitShape<I>): Promise<Plain<MessageShape<O>>> {
     const deadline = Date.now() + this.timeoutMs;
+    const resolving = this.fresh();
+    if (resolving) await resolving;
     const msg = create(input, req);
     // With one address, one more attempt: a name with several records routes it to another one.
     const attempts = RETRY_AFTER_UNAVAILABLE[method] ? Math.max(2, this.replicas.length) : 1;
@@ -208,17 +317,27 @@ export class BrokerClient {
     return !tried.has(r) && r.client.getChannel().getConnectivityState(true) === grpc.connectivityState.READY ? r : undefined;
   }
 
-  /** The first replica, from the preferred one on, whose connection becomes ready; nothing has been sent when this fails. */
+  /**
+   * The first replica, from the preferred one on, whose connection becomes
+   * ready; nothing has been sent when this fails. When none does, host names
+   * are resolved again (the replicas may have moved) and the new addresses tried.
+   */
   private async connect(deadline: number, tried: Set<Replica>): Promise<Replica> {
-    const n = this.replicas.length;
-    for (let i = 0; i < n; i++) {
-      const idx = (this.preferred + i) % n;
-      const r = this.replicas[idx]!;
-      if (tried.has(r)) continue;
-      if (await this.becomesReady(r, Math.min(deadline, Date.now() + this.connectTimeoutMs))) {
-        this.preferred = idx;
-        return r;
+    const failed = new Set<Replica>();
+    for (let round = 0; round < 2; round++) {
+      const n = this.replicas.length;
+      for (let i = 0; i < n; i++) {
+        const idx = (this.preferred + i) % n;
+        const r = this.replicas[idx]!;
+        if (tried.has(r) || failed.has(r)) continue;
+        if (await this.becomesReady(r, Math.min(deadline, Date.now() + this.connectTimeoutMs))) {
+          this.preferred = this.replicas.indexOf(r);
+          return r;
+        }
+        failed.add(r);
       }
+      if (!this.named || Date.now() >= deadline) break;
+      await this.resolve();
     }
     throw mayflyError('ERR_UNAVAILABLE', `broker unavailable: no connection to ${this.replicas.map((r) => r.address).join(', ')}`);
   }
@@ -284,6 +403,8 @@ export class BrokerClient {
     onEvent: (e: pb.RevocationEvent) => void,
     onEnd: (err: MayflyError | null) => void,
   ): grpc.ClientReadableStream<pb.RevocationEvent> {
+    // Synchronous: the first subscription may go to a name not resolved yet (gRPC resolves it); later ones use its addresses.
+    void this.fresh()?.catch(() => undefined);
     const replica = this.streamReplica();
     const call = replica.client.makeServerStreamRequest(
       `/${pb.Broker.typeName}/WatchRevocations`,
@@ -326,7 +447,8 @@ export class BrokerClient {
   }
 
   close(): void {
-    for (const r of this.replicas) r.client.close();
+    this.closed = true;
+    for (const r of this.made.values()) r.client.close();
   }
 }
 

@@ -67,6 +67,15 @@ export interface RevocationSnapshot {
  * that ends or revokes something is atomic and durable before it resolves.
  */
 export interface Store {
+  /**
+   * Inserts a task. An active child is inserted only if its parent is active
+   * at that moment, checked in the same atomic step as the insert (the
+   * parent may be ending concurrently, on this broker or another):
+   * ERR_TASK_NOT_ACTIVE if the parent has ended, ERR_TASK_NOT_FOUND if it does
+   * not exist. Either the insert comes first, and a concurrent endTask of
+   * the parent ends the child with it, or the end comes first, and the
+   * insert is refused: never an active child under an ended parent.
+   */
   createTask(task: TaskRecord): Promise<void>;
   getTask(id: string): Promise<TaskRecord | null>;
   /** Direct children and all further descendants of a task, excluding the task itself. */
@@ -162,7 +171,23 @@ export interface KeyStore {
   /** Raises the key's lastTokenExpiresAt to at least `exp` (persisted lazily is allowed; never lowered). */
   noteTokenExpiry(kid: string, exp: EpochMs): void;
   signer(kid: string): Promise<Signer>;
+  /**
+   * Records that an operator asked to rotate away from `activeKid` (`keys rotate`),
+   * durably before resolving, so whichever broker runs the key lifecycle next
+   * completes it, even if the one that took the request dies first. Ignored
+   * when `activeKid` is not the active key; a repeated request keeps the first
+   * time. The request ends when that key leaves `active` (setState).
+   */
+  requestRotation(activeKid: string, at: EpochMs): Promise<void>;
+  /** The pending rotation request: rotate away from `kid` (still active), asked at `at`; null if none. */
+  rotationRequest(): Promise<RotationRequest | null>;
   close(): Promise<void>;
+}
+
+/** A pending `keys rotate` (KeyStore.requestRotation). */
+export interface RotationRequest {
+  kid: string;
+  at: EpochMs;
 }
 
 /** What an engine returns before the decision point checks it. */
@@ -257,8 +282,32 @@ export interface SubscriberAck {
 export interface AckRegistry {
   /** Replaces this replica's rows with `acks`, stamped `now`. */
   report(replica: string, acks: SubscriberAck[], now: number): Promise<void>;
-  /** Subscribers, on any replica reported within `freshMs` of `now`, whose key set lacks `kid`. */
+  /**
+   * Subscribers, on any replica reported within `freshMs` of `now`, that
+   * acknowledged a key set containing `kid` neither to the replica holding
+   * their stream (its report) nor to any replica (SubscriberRegistry.ack).
+   */
   laggards(kid: string, now: number, freshMs: number): Promise<string[]>;
   /** Removes this replica's rows (clean shutdown). */
   forget(replica: string): Promise<void>;
+}
+
+/**
+ * Feed subscriber names shared by every replica (PostgreSQL): which identity
+ * each name is bound to, and the key set it last acknowledged. A verifier's
+ * stream and its acknowledgements may reach different replicas (failover, a
+ * DNS name or load balancer spreading calls), so neither may live in one
+ * replica's memory.
+ */
+export interface SubscriberRegistry {
+  /**
+   * Binds `subscriber` to `identity` unless it is bound already, and returns
+   * the identity it is bound to after the call; null when it is unbound and
+   * `max` names are bound already.
+   */
+  bind(subscriber: string, identity: string, max: number): Promise<string | null>;
+  /** The identity `subscriber` is bound to, if any. */
+  owner(subscriber: string): Promise<string | undefined>;
+  /** Records that `subscriber` holds a key set with `kids` (acknowledged at `at`; an older acknowledgement never replaces a newer one). */
+  ack(subscriber: string, identity: string, kids: string[], at: number): Promise<void>;
 }

@@ -11,6 +11,8 @@ import { validateJwtClaims } from './jwt-claims.js';
 import type { FetchLike } from '../net/remote-document.js';
 import type { JwksDocument } from '../tokens/jwks.js';
 import { RemoteJwks, type KeySource, type RemoteJwksOptions } from './jwks-source.js';
+import { deepFreeze, DEFAULT_VERIFIED_TOKENS, VerifiedTokens, type VerifiedTokensOptions } from './verified-tokens.js';
+import type { KeyObject } from 'node:crypto';
 
 /** Where an issuer's keys come from. `discovery` uses the issuer URL. */
 export type OidcJwksConfig = { discovery: true } | { jwksUri: string } | { jwks: JwksDocument } | { jwksFile: string } | { keySource: KeySource };
@@ -46,6 +48,19 @@ export interface OidcVerifierOptions {
   allowInsecureHttp?: boolean;
   onJwksError?: (err: MayflyError, issuerName: string) => void;
   clock?: RemoteJwksOptions['clock'];
+  /** Limits of the cache of tokens already verified (see verified-tokens.ts); `maxEntries: 0` turns it off. */
+  verifiedTokens?: VerifiedTokensOptions;
+}
+
+/** What verifying a token once established, kept for the next time the same token is presented. */
+interface Verified {
+  issuer: ResolvedIssuer;
+  kid: string;
+  alg: string;
+  /** The key the signature verified with. */
+  key: KeyObject;
+  payload: Readonly<Record<string, unknown>>;
+  identity: Identity;
 }
 
 interface ResolvedIssuer {
@@ -105,8 +120,10 @@ export function resolveIssuerConfig(cfg: OidcIssuerConfig, index = 0): Omit<Reso
 export class OidcVerifier {
   private readonly byIssuer = new Map<string, ResolvedIssuer>();
   private readonly owned: RemoteJwks[] = [];
+  private readonly verified: VerifiedTokens<Verified>;
 
   constructor(issuers: OidcIssuerConfig[], options: OidcVerifierOptions = {}) {
+    this.verified = new VerifiedTokens(options.verifiedTokens ?? DEFAULT_VERIFIED_TOKENS);
     const names = new Set<string>();
     issuers.forEach((cfg, i) => {
       const r = resolveIssuerConfig(cfg, i);
@@ -142,8 +159,44 @@ export class OidcVerifier {
     return found && this.owned.find((o) => o === found.keys);
   }
 
-  /** Verifies a compact OIDC JWT at `now` and returns the caller's Identity. */
+  /**
+   * Verifies a compact OIDC JWT at `now` and returns the caller's Identity
+   * (frozen: the same object is returned for the same token while it is
+   * cached).
+   *
+   * A token verified before is not decoded or signature-checked again, but
+   * only while the issuer's key lookup for its kid and alg still returns the
+   * key that verified it (a JWKS rotation or removal sends it through the
+   * full path, and a lookup failure fails it as it would have failed there).
+   * Its claims are checked again on every call, at `now`.
+   */
   async verify(token: string, now: EpochMs): Promise<Identity> {
+    const known = this.verified.get(token, now);
+    if (known !== undefined) {
+      const key = await known.issuer.keys.getKey(known.kid, known.alg);
+      if (key === known.key || key.equals(known.key)) {
+        try {
+          checkClaims(known.issuer, known.payload, now);
+        } catch (e) {
+          this.verified.delete(token);
+          throw e;
+        }
+        return known.identity;
+      }
+      this.verified.delete(token);
+    }
+    return this.verifyFully(token, now);
+  }
+
+  /**
+   * The issuer a cached token verified under, or undefined when the token is
+   * not in the cache (routing only: verify() still checks it).
+   */
+  knownIssuer(token: string, now: EpochMs): string | undefined {
+    return this.verified.get(token, now)?.issuer.issuer;
+  }
+
+  private async verifyFully(token: string, now: EpochMs): Promise<Identity> {
     // Size, shape, asymmetric alg, crit and nested-JWT checks (tokens/jws.ts).
     const jws = decodeJws(token);
     const { header, payload } = jws;
@@ -161,31 +214,40 @@ export class OidcVerifier {
     const key = await issuer.keys.getKey(header.kid, header.alg);
     verifyJwsSignature(jws, key);
 
-    const checked = validateJwtClaims(payload, {
-      now,
-      clockSkewSeconds: issuer.clockSkewSeconds,
-      audience: issuer.audiences,
-      issuer: issuer.issuer,
-      requireExp: true,
-      maxTokenAgeSeconds: issuer.maxTokenAgeSeconds,
-    });
-    const sub = payload[issuer.subjectClaim];
-    if (typeof sub !== 'string' || sub.length === 0) {
-      throw mayflyError('ERR_JWT_INVALID', `${issuer.subjectClaim} is missing or not a string`, { claim: issuer.subjectClaim });
-    }
-    return {
+    const { exp, sub } = checkClaims(issuer, payload, now);
+    const identity = deepFreeze<Identity>({
       kind: 'oidc',
       id: `${iss}#${sub}`,
       issuer: iss,
       method: 'oidc',
       claims: payload,
-      credentialExpiresAt: checked.exp,
+      credentialExpiresAt: exp,
       source: issuer.name,
-    };
+    });
+    this.verified.set(token, { issuer, kid: header.kid, alg: header.alg, key, payload, identity }, exp + issuer.clockSkewSeconds * 1000);
+    return identity;
   }
 
   /** Stops background refreshes and aborts in-flight fetches of every owned JWKS source. */
   close(): void {
+    this.verified.clear();
     for (const o of this.owned) o.close();
   }
+}
+
+/** The claim checks of an issuer at `now`: time claims, audience, issuer, and the subject claim. */
+function checkClaims(issuer: ResolvedIssuer, payload: Readonly<Record<string, unknown>>, now: EpochMs): { exp: EpochMs; sub: string } {
+  const checked = validateJwtClaims(payload, {
+    now,
+    clockSkewSeconds: issuer.clockSkewSeconds,
+    audience: issuer.audiences,
+    issuer: issuer.issuer,
+    requireExp: true,
+    maxTokenAgeSeconds: issuer.maxTokenAgeSeconds,
+  });
+  const sub = payload[issuer.subjectClaim];
+  if (typeof sub !== 'string' || sub.length === 0) {
+    throw mayflyError('ERR_JWT_INVALID', `${issuer.subjectClaim} is missing or not a string`, { claim: issuer.subjectClaim });
+  }
+  return { exp: checked.exp, sub };
 }

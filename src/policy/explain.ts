@@ -5,7 +5,7 @@
 import type { DecisionInput } from '../core/decision.js';
 import type { PolicyEngine } from '../core/ports.js';
 import { DecisionPoint, type DecisionPointOptions } from './decision-point.js';
-import { inputDigest } from './digest.js';
+import { decisionInputDigest } from './digest.js';
 
 /** The decision and everything needed to understand it. */
 export interface Explanation {
@@ -33,7 +33,7 @@ export async function explain(engine: PolicyEngine, input: DecisionInput, option
     engine: d.engine,
     revision: d.revision,
     latencyUs: d.latencyUs,
-    input_sha256: inputDigest(input),
+    input_sha256: decisionInputDigest(input),
   };
   if (d.scopes !== undefined) out.scopes = d.scopes;
   if (d.max_ttl_seconds !== undefined) out.max_ttl_seconds = d.max_ttl_seconds;

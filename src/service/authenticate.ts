@@ -51,6 +51,9 @@ export class Authenticator implements CallerAuthenticator {
 
   /** Verifies a bearer JWT with the verifier its issuer calls for. */
   async fromBearer(token: string, binding?: CertificateBinding): Promise<Identity> {
+    // An OIDC token verified before is routed by the issuer it verified under, without decoding it again; oidc.verify checks it again.
+    const known = this.oidc?.knownIssuer(token, this.o.clock.now());
+    if (known !== undefined && known !== this.o.issuer) return this.oidc!.verify(token, this.o.clock.now());
     const { payload } = decodeJws(token);
     const iss = payload['iss'];
     const sub = payload['sub'];

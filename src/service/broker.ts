@@ -14,7 +14,7 @@ import { buildClaims, type MayflyClaims } from '../tokens/claims.js';
 import { tokenHash } from '../tokens/hashes.js';
 import { mintToken } from '../tokens/mint.js';
 import { verifyMayflyToken } from '../tokens/verify.js';
-import { inputDigest } from '../policy/digest.js';
+import { decisionInputDigest } from '../policy/digest.js';
 import { audited, auditIdentity } from './audited.js';
 import { Authorizer } from './authorize.js';
 import type { CallContext, ServiceDeps } from './deps.js';
@@ -570,7 +570,7 @@ export class BrokerService {
       engine: decision.engine,
       revision: decision.revision,
       source: decision.source,
-      input_sha256: inputDigest(input),
+      input_sha256: decisionInputDigest(input),
       allow: decision.allow,
       reasons: decision.reasons,
       latency_us: decision.latencyUs,

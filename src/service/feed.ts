@@ -134,6 +134,12 @@ export class RevocationFeed implements EventPublisher {
     return { close: () => this.subs.delete(sub) };
   }
 
+  /** The kids of a key-set version this replica has published, if it knows the version. */
+  kidsOf(version: string): string[] | undefined {
+    const kids = this.versionKids.get(version);
+    return kids ? [...kids] : undefined;
+  }
+
   /** Records the key-set version a subscriber holds. */
   ack(subscriberId: string, version: string): void {
     this.acks.set(subscriberId, version);

@@ -11,7 +11,7 @@
 import { mayflyError } from '../core/errors.js';
 import type { RevocationSnapshot, Store } from '../core/ports.js';
 import type { AuditHead, EpochMs, RevocationEvent, TaskEndResult, TaskRecord, TaskStatus, TokenRecord } from '../core/types.js';
-import { descendantEndReason, EMPTY_END } from './semantics.js';
+import { assertParentActive, descendantEndReason, EMPTY_END } from './semantics.js';
 
 function copyTask(t: TaskRecord): TaskRecord {
   const copy: TaskRecord = { ...t, labels: { ...t.labels }, scopeCeiling: t.scopeCeiling === null ? null : [...t.scopeCeiling], actors: [...t.actors] };
@@ -52,6 +52,7 @@ export class MemoryStore implements Store {
   async createTask(task: TaskRecord): Promise<void> {
     this.check();
     if (this.tasks.has(task.id)) throw mayflyError('ERR_STORE', `task ${task.id} already exists`, { taskId: task.id });
+    if (task.parentId !== null && task.status === 'active') assertParentActive(task.parentId, this.tasks.get(task.parentId)?.status);
     this.tasks.set(task.id, copyTask(task));
     if (task.parentId !== null) {
       let set = this.children.get(task.parentId);

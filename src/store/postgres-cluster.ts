@@ -2,8 +2,10 @@
  * PostgreSQL pieces the replicas of a cluster share beyond the Store: a
  * LISTEN connection that wakes the revocation-feed relay and the key manager
  * when another replica committed something, NOTIFY to send those wake-ups,
- * and the registry of feed subscribers' key-set acknowledgements (the key
- * promotion gate counts subscribers of every replica).
+ * the registry of feed subscribers' key-set acknowledgements (the key
+ * promotion gate counts subscribers of every replica), and the subscriber
+ * names and acknowledgements every replica shares (a stream on one replica,
+ * its acknowledgements sent to another).
  *
  * Notifications are only wake-ups: losing one (a dropped connection) delays
  * a replica until its next poll, it never loses data. After reconnecting the
@@ -12,20 +14,10 @@
  */
 import type pg from 'pg';
 import { isMayflyError, mayflyError, type MayflyError } from '../core/errors.js';
-import type { AckRegistry, SubscriberAck } from '../core/ports.js';
+import type { AckRegistry, SubscriberAck, SubscriberRegistry } from '../core/ports.js';
 
 /** Channel a replica notifies after committing a revocation event (payload: the cursor). */
 export const EVENTS_CHANNEL = 'mayfly_events';
-
-/** Tables of the shared acknowledgement registry (applied by the store migrations). */
-export const FEED_ACKS_TABLE_SQL = `
-CREATE TABLE IF NOT EXISTS feed_acks (
-  replica     text NOT NULL,
-  subscriber  text NOT NULL,
-  kids        jsonb NOT NULL,
-  reported_at bigint NOT NULL,
-  PRIMARY KEY (replica, subscriber)
-)`;
 
 function asError(what: string, err: unknown): MayflyError {
   if (isMayflyError(err)) return err;
@@ -157,7 +149,14 @@ export class PgAckRegistry implements AckRegistry {
 
   async laggards(kid: string, now: number, freshMs: number): Promise<string[]> {
     try {
-      const { rows } = await this.pool.query<{ subscriber: string }>('SELECT DISTINCT subscriber FROM feed_acks WHERE reported_at >= $2 AND NOT (kids ? $1) ORDER BY subscriber', [kid, now - freshMs]);
+      // An acknowledgement counts whichever replica received it: the one holding the stream (a.kids, its report)
+      // or any other (s.kids, written by SubscriberRegistry.ack).
+      const { rows } = await this.pool.query<{ subscriber: string }>(
+        `SELECT DISTINCT a.subscriber FROM feed_acks a LEFT JOIN feed_subscribers s ON s.subscriber = a.subscriber
+         WHERE a.reported_at >= $2 AND NOT (a.kids ? $1) AND NOT COALESCE(s.kids ? $1, false)
+         ORDER BY a.subscriber`,
+        [kid, now - freshMs],
+      );
       return rows.map((r) => r.subscriber);
     } catch (e) {
       throw asError('feed acknowledgement query', e);
@@ -166,5 +165,47 @@ export class PgAckRegistry implements AckRegistry {
 
   async forget(replica: string): Promise<void> {
     await this.pool.query('DELETE FROM feed_acks WHERE replica = $1', [replica]);
+  }
+}
+
+/** SubscriberRegistry in the feed_subscribers table. */
+export class PgSubscriberRegistry implements SubscriberRegistry {
+  constructor(private readonly pool: pg.Pool) {}
+
+  private async query<R extends pg.QueryResultRow>(what: string, sql: string, params: unknown[]): Promise<R[]> {
+    try {
+      return (await this.pool.query<R>(sql, params)).rows;
+    } catch (e) {
+      throw asError(what, e);
+    }
+  }
+
+  async owner(subscriber: string): Promise<string | undefined> {
+    return (await this.query<{ identity: string }>('feed subscriber lookup', 'SELECT identity FROM feed_subscribers WHERE subscriber = $1', [subscriber]))[0]?.identity;
+  }
+
+  /** The cap is checked before inserting, not under a lock: concurrent first uses may pass it by a few names. */
+  async bind(subscriber: string, identity: string, max: number): Promise<string | null> {
+    const bound = await this.owner(subscriber);
+    if (bound !== undefined) return bound;
+    const ins = await this.query<{ identity: string }>(
+      'feed subscriber binding',
+      `INSERT INTO feed_subscribers (subscriber, identity) SELECT $1, $2 WHERE (SELECT count(*) FROM feed_subscribers) < $3
+       ON CONFLICT (subscriber) DO NOTHING RETURNING identity`,
+      [subscriber, identity, max],
+    );
+    if (ins[0]) return ins[0].identity;
+    // Either another replica bound it meanwhile (committed by now: ON CONFLICT waited for it), or the registry is full.
+    return (await this.owner(subscriber)) ?? null;
+  }
+
+  async ack(subscriber: string, identity: string, kids: string[], at: number): Promise<void> {
+    await this.query(
+      'feed acknowledgement',
+      `INSERT INTO feed_subscribers (subscriber, identity, kids, acked_at) VALUES ($1, $2, $3, $4)
+       ON CONFLICT (subscriber) DO UPDATE SET kids = EXCLUDED.kids, acked_at = EXCLUDED.acked_at
+       WHERE feed_subscribers.acked_at IS NULL OR feed_subscribers.acked_at <= EXCLUDED.acked_at`,
+      [subscriber, identity, JSON.stringify(kids), at],
+    );
   }
 }

@@ -34,7 +34,7 @@ import Database from 'better-sqlite3';
 import { isMayflyError, mayflyError, MayflyError } from '../core/errors.js';
 import type { RevocationSnapshot, Store } from '../core/ports.js';
 import type { AuditHead, EpochMs, TaskOwnerIdentity, RevocationEvent, TaskEndResult, TaskRecord, TaskStatus, TokenRecord } from '../core/types.js';
-import { descendantEndReason, EMPTY_END } from './semantics.js';
+import { assertParentActive, descendantEndReason, EMPTY_END } from './semantics.js';
 import { startCheckpointer, type Checkpointer, type CheckpointStats } from './sqlite-checkpointer.js';
 
 type Db = Database.Database;
@@ -297,6 +297,8 @@ export class SqliteStore implements Store {
   private syncing: Promise<void> | null = null;
   private queuedSync: { promise: Promise<void>; resolve: () => void; reject: (e: unknown) => void } | null = null;
   private checkpointer: Checkpointer | null = null;
+  /** Task records as committed, so issuing a token does not read and parse its task's row again (see TaskCache). */
+  private readonly tasks = new TaskCache(TASK_CACHE_SIZE);
   /** Read-only descriptor of the WAL file, for walSync. */
   private walFd: number | null = null;
 
@@ -358,14 +360,16 @@ export class SqliteStore implements Store {
     const s = this.s;
     this.savepoint = db.transaction((fn: () => void) => fn());
     this.batchTx = db.transaction((run: () => void) => run());
-    this.recordTokenTx = db.transaction((t: TokenRecord) => {
+    // Runs only inside `batched`, whose savepoint makes the two statements one unit (a second savepoint here cost two more statements per token).
+    this.recordTokenTx = (t: TokenRecord) => {
       if (s.bumpTask.run(t.taskId).changes !== 1) {
         const row = s.taskStatus.get(t.taskId) as { status: string } | undefined;
         if (!row) throw mayflyError('ERR_TASK_NOT_FOUND', `task ${t.taskId} not found`, { taskId: t.taskId });
         throw mayflyError('ERR_TASK_NOT_ACTIVE', `task ${t.taskId} is ${row.status}; no token may be recorded for it`, { taskId: t.taskId });
       }
       s.insertToken.run(t.jti, t.taskId, t.kid, t.sub, t.audience, JSON.stringify(t.scopes), t.issuedAt, t.expiresAt, t.certThumbprint, t.singleUse ? 1 : 0, t.tool, t.argsDigest, t.revokedAt);
-    });
+      this.tasks.bumped(t.taskId);
+    };
   }
 
   /**
@@ -461,6 +465,8 @@ export class SqliteStore implements Store {
         });
       });
     } catch (err) {
+      // Rolled back as a whole: what the batch put in the cache never became true.
+      this.tasks.clear();
       for (const it of items) it.reject(storeError(this.path, it.what, err, this.db));
       return;
     }
@@ -545,7 +551,11 @@ export class SqliteStore implements Store {
   /** Creates a task; ERR_STORE if the id already exists. */
   async createTask(task: TaskRecord): Promise<void> {
     return this.batched('createTask', () => {
-      this.s.insertTask.run({
+      // In the insert's own transaction: an endTask of the parent runs wholly before or after it.
+      if (task.parentId !== null && task.status === 'active') {
+        assertParentActive(task.parentId, (this.s.taskStatus.get(task.parentId) as { status: string } | undefined)?.status);
+      }
+      const row: TaskRow = {
         id: task.id,
         owner: task.owner,
         owner_kind: task.ownerKind,
@@ -564,14 +574,20 @@ export class SqliteStore implements Store {
         actors: JSON.stringify(task.actors),
         owner_identity: task.ownerIdentity === undefined ? null : JSON.stringify(task.ownerIdentity),
         tokens_issued: task.tokensIssued,
-      });
+      };
+      this.s.insertTask.run(row);
+      this.tasks.put(row);
     });
   }
 
   /** The task with that id, or null. */
   async getTask(id: string): Promise<TaskRecord | null> {
+    const cached = this.tasks.get(id);
+    if (cached) return cached;
     const row = this.run('getTask', () => this.s.getTask.get(id) as TaskRow | undefined);
-    return row ? taskFromRow(row) : null;
+    if (!row) return null;
+    this.tasks.put(row);
+    return taskFromRow(row);
   }
 
   /** All descendants, ordered by depth, createdAt, id. */
@@ -581,6 +597,7 @@ export class SqliteStore implements Store {
 
   /** Sets the lease of an active task; false if unknown or not active. */
   async renewLease(id: string, leaseExpiresAt: EpochMs): Promise<boolean> {
+    this.tasks.forget(id);
     return this.run('renewLease', () => this.s.renewLease.run(leaseExpiresAt, id).changes === 1);
   }
 
@@ -632,6 +649,7 @@ export class SqliteStore implements Store {
     this.s.endTasks.run(status, now, reason, JSON.stringify(seedIds));
     if (descIds.length > 0) this.s.endTasks.run('revoked', now, descendantEndReason(status, reason), JSON.stringify(descIds));
     const taskIds = [...seedIds, ...descIds];
+    for (const t of taskIds) this.tasks.forget(t);
     const revoked = this.s.revokeTokensOfTasks.run(now, JSON.stringify(taskIds)).changes;
     const event = this.insertEvent({ kind: 'task', at: now, taskIds, jtis: [], kid: null, reason, coversUntil });
     return { taskIds: [...taskIds], revokedTokens: revoked, event };
@@ -711,6 +729,7 @@ export class SqliteStore implements Store {
   /** Deletes tasks (any status) and their tokens, and events, whose coverage ended more than `graceMs` ago. */
   async gc(now: EpochMs, graceMs: number): Promise<number> {
     const cutoff = now - graceMs;
+    this.tasks.clear();
     return this.run('gc', () =>
       this.db.transaction(() => {
         let n = this.s.gcTokens.run(cutoff).changes;
@@ -741,11 +760,55 @@ export class SqliteStore implements Store {
     if (this.closed) return;
     this.flushBatch();
     this.closed = true;
+    this.tasks.clear();
     await this.checkpointer?.stop();
     while (this.syncing) await this.syncing;
     if (this.walFd !== null) closeSync(this.walFd);
     this.walFd = null;
     this.run('close', () => this.db.close());
+  }
+}
+
+/** Tasks remembered by the SQLite store: enough for every task live at a few thousand issuances per second. */
+const TASK_CACHE_SIZE = 20_000;
+
+/**
+ * Committed task rows by id, kept exact by the store that owns the file: the
+ * one process that writes it (`--workers` > 1 is refused on SQLite). A row
+ * enters when it is read or created, follows tokens_issued as tokens are
+ * recorded, and leaves whenever anything else about it changes (lease,
+ * ending, GC) or a batch that touched it rolls back. What it saves is the
+ * SQLite read; every hit is parsed into a new record, as a read would be,
+ * so callers own what they get.
+ */
+class TaskCache {
+  private readonly byId = new Map<string, TaskRow>();
+
+  constructor(private readonly max: number) {}
+
+  get(id: string): TaskRecord | null {
+    const row = this.byId.get(id);
+    return row === undefined ? null : taskFromRow(row);
+  }
+
+  /** Remembers `row`, which the cache then owns. */
+  put(row: TaskRow): void {
+    if (this.byId.size >= this.max && !this.byId.has(row.id)) this.byId.delete(this.byId.keys().next().value as string);
+    this.byId.set(row.id, row);
+  }
+
+  /** One more token recorded for `taskId` (inside the same transaction as the write). */
+  bumped(taskId: string): void {
+    const row = this.byId.get(taskId);
+    if (row !== undefined) row.tokens_issued++;
+  }
+
+  forget(taskId: string): void {
+    this.byId.delete(taskId);
+  }
+
+  clear(): void {
+    this.byId.clear();
   }
 }
 

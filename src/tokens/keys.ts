@@ -84,7 +84,6 @@ export class KeyManager {
   private publicKeys = new Map<string, KeyObject>();
   private activeKey: ActiveKey | null = null;
   private jwksDoc: JwksDocument = { json: '{"keys":[]}', version: '', kids: [] };
-  private rotateRequested = false;
   private blockedSince: number | null = null;
   private gate: PromotionGate | null = null;
   private ticking: Promise<void> | null = null;
@@ -223,10 +222,20 @@ export class KeyManager {
     return !!a && now - a.stateSince > this.options.rotationPeriodMs + this.options.maxPromotionWaitMs + this.options.prePublishMs;
   }
 
-  /** Requests a rotation: the next key is promoted as soon as it has been published long enough. */
+  /**
+   * Requests a rotation: the next key is promoted as soon as it has been
+   * published long enough (and the gate allows). The request is kept in the
+   * KeyStore, so on a shared key set whichever replica runs the lifecycle
+   * completes it, also after this one dies.
+   */
   async rotate(): Promise<void> {
-    this.rotateRequested = true;
-    await this.tick();
+    // A replica that has not seen the latest promotion would ask to rotate away from a key that no longer signs.
+    if (this.options.cluster) await this.sync();
+    await this.store.requestRotation(this.active().info.kid, this.clock.now());
+    // In a cluster, wait for the lifecycle lock rather than skip the run when another replica holds it:
+    // the answer then says whether promotion happened or is held back (promotionBlockedSince).
+    if (this.options.cluster) await this.exclusive(() => this.doTick(), true);
+    else await this.tick();
   }
 
   /**
@@ -255,7 +264,6 @@ export class KeyManager {
         this.keys.set(k.kid, k);
         this.events.onStateChange?.(k, null, 'local');
       }
-      this.rotateRequested = false;
     }
     await this.refresh('local');
   }
@@ -291,21 +299,22 @@ export class KeyManager {
       changed = true;
     }
     const active = this.byState('active')[0];
-    const due = !active || this.rotateRequested || now - active.stateSince >= this.options.rotationPeriodMs;
+    const request = active ? await this.store.rotationRequest() : null;
+    const requested = request !== null && request.kid === active?.kid;
+    const due = !active || requested || now - active.stateSince >= this.options.rotationPeriodMs;
     const published = now - next.stateSince >= this.options.prePublishMs;
     if (due && published) {
       const verdict = this.gate ? await this.gate(next.kid) : { ready: true, laggards: [] };
       if (!verdict.ready && this.blockedSince === null) {
-        // In a cluster another replica may have been waiting already: count from when promotion became due.
-        this.blockedSince = this.options.cluster && active && !this.rotateRequested
-          ? Math.min(now, Math.max(next.stateSince + this.options.prePublishMs, active.stateSince + this.options.rotationPeriodMs))
-          : now;
+        // In a cluster another replica may have been waiting already (or have taken the rotation request
+        // and died): count from when promotion became due, a fact of the shared key set.
+        const dueSince = requested ? request.at : active ? active.stateSince + this.options.rotationPeriodMs : now;
+        this.blockedSince = this.options.cluster ? Math.min(now, Math.max(next.stateSince + this.options.prePublishMs, dueSince)) : now;
       }
       const waited = this.blockedSince === null ? 0 : now - this.blockedSince;
       if (verdict.ready || waited >= this.options.maxPromotionWaitMs) {
         if (active) await this.setState(active, 'retiring', now);
         await this.setState(next, 'active', now);
-        this.rotateRequested = false;
         this.blockedSince = null;
         const fresh = await this.store.create(this.options.alg, 'next', now);
         this.keys.set(fresh.kid, fresh);

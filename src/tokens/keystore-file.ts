@@ -21,6 +21,12 @@
  * detected: replacing a file with an older valid copy of itself, or deleting
  * one (rollback needs a counter outside this directory).
  *
+ * A pending `keys rotate` lives in `<dataDir>/keys/rotation-request`
+ * (`{"kid","at"}`, written atomically, 0600) until its key leaves `active`, so
+ * a restart before promotion does not forget it. It carries no MAC: forging
+ * one can only bring a rotation forward, which still pre-publishes the next
+ * key and waits for the acknowledgement gate.
+ *
  * noteTokenExpiry is on the issuance hot path: it only updates memory, and a
  * timer flushes changed keys at most every `flushIntervalMs` (and on setState
  * and close). After a crash the persisted lastTokenExpiresAt can lag by that
@@ -32,7 +38,7 @@ import { constants as fsc, readFileSync, statSync } from 'node:fs';
 import { chmod, lstat, mkdir, open, readdir, readFile, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isMayflyError, mayflyError, type MayflyError } from '../core/errors.js';
-import type { KeyStore, Signer } from '../core/ports.js';
+import type { KeyStore, RotationRequest, Signer } from '../core/ports.js';
 import type { EpochMs, KeyInfo, KeyState, SigningAlg } from '../core/types.js';
 import { canSign, checkTransition, copyInfo, generateKeyMaterial, localSigner, materialFromPrivateKey, SIGNING_ALGS, type KeyMaterial } from './key-material.js';
 
@@ -154,6 +160,7 @@ export function unsealPrivateKey(sealed: SealedKey, kid: string, alg: SigningAlg
 export class FileKeyStore implements KeyStore {
   private readonly keys = new Map<string, Entry>();
   private readonly dirty = new Set<string>();
+  private rotation: RotationRequest | null = null;
   private readonly derived: DerivedKeys;
   private writes: Promise<void> = Promise.resolve();
   private timer: NodeJS.Timeout | null = null;
@@ -194,6 +201,10 @@ export class FileKeyStore implements KeyStore {
       if (name.includes('.tmp-')) {
         // Left over from a write interrupted before its rename: never a live key.
         await unlink(path).catch(() => undefined);
+        continue;
+      }
+      if (name === ROTATION_FILE) {
+        store.rotation = await loadRotationRequest(path);
         continue;
       }
       if (!name.endsWith('.json')) continue;
@@ -295,6 +306,36 @@ export class FileKeyStore implements KeyStore {
       throw err;
     }
     if (e.info.lastTokenExpiresAt === exp) this.dirty.delete(kid);
+    if (this.rotation?.kid === kid) await this.clearRotation();
+  }
+
+  /** Persists a rotation request while `activeKid` is the active key (the first one wins). */
+  async requestRotation(activeKid: string, at: EpochMs): Promise<void> {
+    this.check();
+    if (this.keys.get(activeKid)?.info.state !== 'active' || this.rotation?.kid === activeKid) return;
+    const req = { kid: activeKid, at };
+    const path = join(this.dir, ROTATION_FILE);
+    const run = this.writes.then(() => writeAtomic(this.dir, path, `${JSON.stringify(req)}\n`));
+    this.writes = run.catch(() => undefined);
+    await run;
+    this.rotation = req;
+  }
+
+  /** The pending rotation request, if its key is still active. */
+  async rotationRequest(): Promise<RotationRequest | null> {
+    this.check();
+    const r = this.rotation;
+    return r && this.keys.get(r.kid)?.info.state === 'active' ? { ...r } : null;
+  }
+
+  private async clearRotation(): Promise<void> {
+    this.rotation = null;
+    const path = join(this.dir, ROTATION_FILE);
+    const run = this.writes.then(() => unlink(path).catch((err: unknown) => {
+      if ((err as { code?: string }).code !== 'ENOENT') throw mayflyError('ERR_KEYSTORE', `cannot remove ${path}; check the key directory is writable`, { path }, err);
+    }));
+    this.writes = run.catch(() => undefined);
+    await run;
   }
 
   /** Raises lastTokenExpiresAt in memory; flushed within flushIntervalMs. Unknown kids are ignored. */
@@ -378,6 +419,23 @@ export class FileKeyStore implements KeyStore {
     this.writes = run.catch(() => undefined);
     return run;
   }
+}
+
+/** Name of the pending-rotation file in the key directory (not a key: no `.json`). */
+const ROTATION_FILE = 'rotation-request';
+
+async function loadRotationRequest(path: string): Promise<RotationRequest> {
+  let r: unknown;
+  try {
+    r = JSON.parse(await readFile(path, 'utf8'));
+  } catch (err) {
+    throw mayflyError('ERR_KEYSTORE', `${path} is not valid JSON; remove it (and run keys rotate again if a rotation was wanted)`, { path }, err);
+  }
+  const o = r as { kid?: unknown; at?: unknown };
+  if (typeof o !== 'object' || o === null || typeof o.kid !== 'string' || typeof o.at !== 'number' || !Number.isFinite(o.at)) {
+    throw mayflyError('ERR_KEYSTORE', `${path} is not a rotation request ({"kid","at"}); remove it (and run keys rotate again if a rotation was wanted)`, { path });
+  }
+  return { kid: o.kid, at: o.at };
 }
 
 /** temp file (0600, O_EXCL) → fsync → rename → fsync dir, so a crash leaves the old or the new file, never a torn one. */

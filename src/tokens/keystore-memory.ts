@@ -3,7 +3,7 @@
  * restart rotates everything and tokens already issued stop verifying.
  */
 import { mayflyError } from '../core/errors.js';
-import type { KeyStore, Signer } from '../core/ports.js';
+import type { KeyStore, RotationRequest, Signer } from '../core/ports.js';
 import type { EpochMs, KeyInfo, KeyState, SigningAlg } from '../core/types.js';
 import { canSign, checkTransition, copyInfo, generateKeyMaterial, localSigner, type KeyMaterial } from './key-material.js';
 
@@ -17,6 +17,7 @@ interface Entry {
 /** Dev/test-only KeyStore kept in process memory. */
 export class MemoryKeyStore implements KeyStore {
   private readonly keys = new Map<string, Entry>();
+  private rotation: RotationRequest | null = null;
   private closed = false;
 
   private check(): void {
@@ -52,6 +53,21 @@ export class MemoryKeyStore implements KeyStore {
     if (e.info.state === state) return;
     e.info.state = state;
     e.info.stateSince = now;
+    if (this.rotation?.kid === kid) this.rotation = null;
+  }
+
+  /** Remembers a rotation request while `activeKid` is the active key (the first one wins). */
+  async requestRotation(activeKid: string, at: EpochMs): Promise<void> {
+    this.check();
+    if (this.keys.get(activeKid)?.info.state !== 'active' || this.rotation?.kid === activeKid) return;
+    this.rotation = { kid: activeKid, at };
+  }
+
+  /** The pending rotation request, if its key is still active. */
+  async rotationRequest(): Promise<RotationRequest | null> {
+    this.check();
+    const r = this.rotation;
+    return r && this.keys.get(r.kid)?.info.state === 'active' ? { ...r } : null;
   }
 
   /** Raises lastTokenExpiresAt; unknown kids are ignored (nothing can sign with them). */
@@ -72,5 +88,6 @@ export class MemoryKeyStore implements KeyStore {
   async close(): Promise<void> {
     this.closed = true;
     this.keys.clear();
+    this.rotation = null;
   }
 }

@@ -22,6 +22,12 @@
  * - `lock()` is a session advisory lock on its own connection: the lifecycle
  *   (create next, promote, retire, revoke) runs on one replica at a time, and
  *   the lock is released by PostgreSQL if that replica dies.
+ * - A pending `keys rotate` is a row of `key_rotation_requests` naming the
+ *   active key it rotates away from, written before the request is answered
+ *   and deleted in the transaction that moves that key out of `active`: the
+ *   replica that took the request may die, the next lifecycle run on any
+ *   replica completes it. No MAC: a forged row can only bring a rotation
+ *   forward, which still pre-publishes and waits for the acknowledgement gate.
  * - noteTokenExpiry (hot path) only updates memory; a timer writes
  *   GREATEST(stored, noted) under a row lock at most every `flushIntervalMs`.
  *   A signer handed out earlier refuses to sign once this store has seen its
@@ -30,7 +36,7 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import type { Pool, PoolClient } from 'pg';
 import { isMayflyError, mayflyError, type MayflyError } from '../core/errors.js';
-import type { KeyStore, Signer } from '../core/ports.js';
+import type { KeyStore, RotationRequest, Signer } from '../core/ports.js';
 import type { EpochMs, KeyInfo, KeyState, SigningAlg } from '../core/types.js';
 import { canSign, checkTransition, copyInfo, generateKeyMaterial, localSigner, SIGNING_ALGS } from './key-material.js';
 import { checkKek, derive, FORMAT, KEY_STATES, macInput, sealPrivateKey, unsealPrivateKey, type DerivedKeys, type KeyFile, type SealedKey } from './keystore-file.js';
@@ -199,9 +205,40 @@ export class PostgresKeyStore implements KeyStore {
       info.state = state;
       info.stateSince = now;
       await this.writeRow(cl, info, r.private_key);
+      if (state !== 'active') await cl.query('DELETE FROM key_rotation_requests WHERE kid = $1', [kid]);
     });
     this.states.set(kid, state);
     if (!canSign(state)) this.signers.delete(kid);
+  }
+
+  /** Inserts the request if `activeKid` is active (waiting out a concurrent state change of its row); keeps an earlier one. */
+  async requestRotation(activeKid: string, at: EpochMs): Promise<void> {
+    this.check();
+    try {
+      await this.pool.query(
+        `INSERT INTO key_rotation_requests (kid, requested_at)
+         SELECT kid, $2 FROM signing_keys WHERE kid = $1 AND state = 'active' FOR SHARE
+         ON CONFLICT (kid) DO NOTHING`,
+        [activeKid, at],
+      );
+    } catch (err) {
+      throw dbError('record a rotation request', err);
+    }
+  }
+
+  /** The oldest request whose key is still active. */
+  async rotationRequest(): Promise<RotationRequest | null> {
+    this.check();
+    try {
+      const { rows } = await this.pool.query<{ kid: string; requested_at: string }>(
+        `SELECT r.kid, r.requested_at FROM key_rotation_requests r JOIN signing_keys k ON k.kid = r.kid AND k.state = 'active'
+         ORDER BY r.requested_at LIMIT 1`,
+      );
+      const r = rows[0];
+      return r ? { kid: r.kid, at: Number(r.requested_at) } : null;
+    } catch (err) {
+      throw dbError('read the rotation request', err);
+    }
   }
 
   private async writeRow(cl: PoolClient, info: KeyInfo, sealed: SealedKey): Promise<void> {

@@ -57,16 +57,20 @@ class FakeReplica {
     );
   }
 
-  async start(): Promise<this> {
+  host = '127.0.0.1';
+
+  /** Listens on `host`:`port` (0: any free port). */
+  async start(host = '127.0.0.1', port = 0): Promise<this> {
     const pki = devPki();
-    const cert = issueServerCert(pki.example, { dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'], keyPem: pki.leafKeyPem });
+    const cert = issueServerCert(pki.example, { dnsNames: ['localhost', 'brokers.test'], ipAddresses: ['127.0.0.1'], keyPem: pki.leafKeyPem });
     const creds = grpc.ServerCredentials.createSsl(null, [{ cert_chain: Buffer.from(cert.certPem + cert.chainPem.join('')), private_key: Buffer.from(cert.keyPem) }], false);
-    this.port = await new Promise<number>((resolve, reject) => this.server.bindAsync('127.0.0.1:0', creds, (err, port) => (err ? reject(err) : resolve(port))));
+    this.host = host;
+    this.port = await new Promise<number>((resolve, reject) => this.server.bindAsync(`${host}:${port}`, creds, (err, p) => (err ? reject(err) : resolve(p))));
     return this;
   }
 
   get address(): string {
-    return `127.0.0.1:${this.port}`;
+    return `${this.host}:${this.port}`;
   }
 
   stop(): void {
@@ -159,6 +163,85 @@ describe('BrokerClient failover between replicas', () => {
     b.stop();
     const t0 = Date.now();
     expect(await codeOf(client([a.address, b.address]).introspect('x.y.z'))).toBe('ERR_UNAVAILABLE');
+    expect(Date.now() - t0).toBeLessThan(5_000);
+  });
+});
+
+describe('BrokerClient given one DNS name with several records', () => {
+  /** Replicas on 127.0.0.1, 127.0.0.2, ... all on one port, as the records of one name would be. */
+  async function records(n: number): Promise<FakeReplica[]> {
+    const first = await replica();
+    const rest: FakeReplica[] = [];
+    for (let i = 2; i <= n; i++) {
+      const r = await new FakeReplica().start(`127.0.0.${i}`, first.port);
+      open.push(r);
+      rest.push(r);
+    }
+    return [first, ...rest];
+  }
+  /** A resolver that knows only brokers.test, answering whatever `answer` holds at the time. */
+  function resolver(answer: { ips: string[] }) {
+    const asked: string[] = [];
+    const lookup = async (host: string) => {
+      asked.push(host);
+      if (host !== 'brokers.test') throw Object.assign(new Error(`getaddrinfo ENOTFOUND ${host}`), { code: 'ENOTFOUND' });
+      return answer.ips;
+    };
+    return { lookup, asked };
+  }
+  function named(port: number, lookup: (h: string) => Promise<string[]>): BrokerClient {
+    const c = new BrokerClient({ address: `brokers.test:${port}`, ca: devPki().example.certPem, timeoutMs: 5_000, connectTimeoutMs: 1_000, lookup });
+    open.push(c);
+    return c;
+  }
+
+  it('each address is a replica: an idempotent call answered UNAVAILABLE goes to the next address, BeginTask does not', async () => {
+    const [a, b, c] = await records(3);
+    const r = resolver({ ips: ['127.0.0.1', '127.0.0.2', '127.0.0.3'] });
+    const client = named(a!.port, r.lookup);
+    a!.failUnary = true;
+    b!.failUnary = true;
+    expect(await codeOf(client.completeTask('t'))).toBe('OK');
+    expect(client.stats().addresses).toEqual([a!.address, b!.address, c!.address]);
+    // Reaching 127.0.0.2 and .3 at all means TLS checked the name: the certificate names brokers.test, no such address.
+    expect([a!.calls, b!.calls, c!.calls]).toEqual([['CompleteTask'], ['CompleteTask'], ['CompleteTask']]);
+    expect(client.stats().failovers).toBe(2);
+    expect(r.asked).toEqual(['brokers.test']);
+    c!.failUnary = true;
+    a!.failUnary = false;
+    expect(await codeOf(client.beginTask({ purpose: 'p' }))).toBe('ERR_UNAVAILABLE');
+    expect(c!.calls).toEqual(['CompleteTask', 'BeginTask']);
+    expect(a!.calls).toEqual(['CompleteTask']);
+  });
+
+  it('a dead address is skipped before anything is sent; when no known address answers, the name is resolved again', async () => {
+    const [a, b] = await records(2);
+    const answer = { ips: ['127.0.0.1', '127.0.0.2'] };
+    const r = resolver(answer);
+    const client = named(a!.port, r.lookup);
+    await client.ping();
+    a!.stop();
+    await new Promise((res) => setTimeout(res, 200));
+    expect(await codeOf(client.beginTask({ purpose: 'after the first address died' }))).toBe('OK');
+    expect(b!.calls).toEqual(expect.arrayContaining(['BeginTask']));
+    // Both replicas are replaced by one at a new address: the name now points there.
+    const moved = await new FakeReplica().start('127.0.0.3', a!.port);
+    open.push(moved);
+    answer.ips = ['127.0.0.3'];
+    b!.stop();
+    await new Promise((res) => setTimeout(res, 200));
+    expect(await codeOf(client.beginTask({ purpose: 'after the name moved' }))).toBe('OK');
+    expect(moved.calls).toEqual(['BeginTask']);
+    expect(r.asked).toEqual(['brokers.test', 'brokers.test']);
+    expect(client.stats().addresses).toEqual([moved.address]);
+  });
+
+  it('a name that does not resolve fails with ERR_UNAVAILABLE naming it, not a hang', async () => {
+    const client = named(1, resolver({ ips: [] }).lookup);
+    const t0 = Date.now();
+    const err = await client.ping().catch((e: unknown) => e as { code: string; message: string });
+    expect(err).toMatchObject({ code: 'ERR_UNAVAILABLE' });
+    expect((err as { message: string }).message).toContain('brokers.test:1');
     expect(Date.now() - t0).toBeLessThan(5_000);
   });
 });

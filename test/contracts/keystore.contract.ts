@@ -135,6 +135,28 @@ export function runKeyStoreContract(name: string, harness: () => KeyStoreHarness
       expect((await store.list())[0]!.lastTokenExpiresAt).toBe(T0 + 700);
     });
 
+    it('keeps a rotation request for the active key until that key leaves active; the first request wins', async () => {
+      expect(await store.rotationRequest()).toBeNull();
+      const a = await store.create('ES256', 'active', T0);
+      const n = await store.create('ES256', 'next', T0);
+      // Only the active key can be rotated away from: a stale kid (another replica already promoted) is ignored.
+      await store.requestRotation(n.kid, T0 + 1);
+      expect(await store.rotationRequest()).toBeNull();
+      await store.requestRotation(a.kid, T0 + 5);
+      await store.requestRotation(a.kid, T0 + 9);
+      expect(await store.rotationRequest()).toEqual({ kid: a.kid, at: T0 + 5 });
+      await store.setState(a.kid, 'retiring', T0 + 10);
+      await store.setState(n.kid, 'active', T0 + 10);
+      expect(await store.rotationRequest()).toBeNull();
+      // The retired request does not come back for the key's later states.
+      await store.setState(a.kid, 'retired', T0 + 11);
+      expect(await store.rotationRequest()).toBeNull();
+      await store.requestRotation(n.kid, T0 + 12);
+      expect(await store.rotationRequest()).toEqual({ kid: n.kid, at: T0 + 12 });
+      await store.setState(n.kid, 'revoked', T0 + 13);
+      expect(await store.rotationRequest()).toBeNull();
+    });
+
     it('fails with ERR_KEYSTORE after close', async () => {
       const k = await store.create('ES256', 'active', T0);
       await store.close();
@@ -162,6 +184,19 @@ export function runKeyStoreContract(name: string, harness: () => KeyStoreHarness
         await signAndVerify(again, a.kid, 'ES256', a.publicJwk);
         await signAndVerify(again, b.kid, 'RS256', b.publicJwk);
         expect(await codeOf(again.signer(c.kid))).toBe('ERR_KEYSTORE');
+      });
+
+      it('keeps a pending rotation request across reopen (a restart before promotion does not forget keys rotate)', async () => {
+        if (!h.persistent) return;
+        const a = await store.create('ES256', 'active', T0);
+        await store.create('ES256', 'next', T0);
+        await store.requestRotation(a.kid, T0 + 7);
+        await store.close();
+        const again = await track(h.open());
+        expect(await again.rotationRequest()).toEqual({ kid: a.kid, at: T0 + 7 });
+        await again.setState(a.kid, 'retiring', T0 + 8);
+        await again.close();
+        expect(await (await track(h.open())).rotationRequest()).toBeNull();
       });
 
       it('stores the private key only encrypted, files 0600 in a 0700 directory', async () => {

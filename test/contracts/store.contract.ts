@@ -68,7 +68,18 @@ async function codeOf(p: Promise<unknown>): Promise<string | undefined> {
 }
 
 /** Registers the Store conformance suite for one adapter. */
-export function runStoreContract(name: string, factory: () => Store | Promise<Store>): void {
+/** What a backend's test file gives the suite beyond a fresh store. */
+export interface StoreContractHooks {
+  /**
+   * Marks one task completed without touching its descendants, by writing the
+   * backend's storage directly: the state a store written before createTask
+   * refused children of ended parents may still hold. endTask must reach the
+   * active tasks below it.
+   */
+  endOnlyThis(store: Store, id: string, at: number): Promise<void>;
+}
+
+export function runStoreContract(name: string, factory: () => Store | Promise<Store>, hooks: StoreContractHooks): void {
   describe(`Store contract: ${name}`, () => {
     let store: Store;
     let closed = false;
@@ -115,6 +126,8 @@ export function runStoreContract(name: string, factory: () => Store | Promise<St
             claims: { sub: 'user-1', repository: 'acme/api', nested: { deep: [1, 'two', null, true] }, 'odd key': 'é' },
           },
         });
+        // A live child needs its parent, active (see below).
+        await store.createTask(task('p', { rootId: 'r', depth: 1 }));
         await store.createTask(t);
         expect(await store.getTask('t1')).toEqual(t);
         // Kept with its children's reads too, and a task without one reads back without one.
@@ -160,6 +173,28 @@ export function runStoreContract(name: string, factory: () => Store | Promise<St
         expect(all[0]).toEqual({ ...c1, tokensIssued: 1 });
         expect(all[1]!.id).toBe(c2.id);
         expect(all[2]!.depth).toBe(g1.depth);
+      });
+
+      it('refuses an active child under an ended or unknown parent, changing nothing; keeps an ended child record as given', async () => {
+        const root = task('root');
+        await store.createTask(root);
+        await store.endTask('root', 'completed', 'done', T0 + 1);
+        const refused = await codeOf(store.createTask(child('late', root)));
+        expect(refused).toBe('ERR_TASK_NOT_ACTIVE');
+        expect(await store.getTask('late')).toBeNull();
+        expect(await store.getDescendants('root')).toEqual([]);
+        expect(await codeOf(store.createTask(child('orphan', task('no-such-parent'))))).toBe('ERR_TASK_NOT_FOUND');
+        expect(await store.getTask('orphan')).toBeNull();
+        // Only a live child is refused: a record of one that has ended is no live child of an ended parent.
+        const ended = child('ended', root, { status: 'revoked', endedAt: T0 + 1, endReason: 'x' });
+        await store.createTask(ended);
+        expect(await store.getTask('ended')).toEqual(ended);
+        // Below an active parent, children and grandchildren are created as before.
+        const live = task('live');
+        await store.createTask(live);
+        await store.createTask(child('kid', live));
+        await store.createTask(child('grandkid', child('kid', live)));
+        expect((await store.getDescendants('live')).map((t) => t.id)).toEqual(['kid', 'grandkid']);
       });
 
       it('renews the lease of an active task only', async () => {
@@ -296,9 +331,11 @@ export function runStoreContract(name: string, factory: () => Store | Promise<St
 
       it('reaches active descendants below an already ended task', async () => {
         const root = task('root');
-        const mid = child('mid', root, { status: 'completed', endedAt: T0, endReason: 'done' });
+        const mid = child('mid', root);
         const leaf = child('leaf', mid);
         for (const t of [root, mid, leaf]) await store.createTask(t);
+        // createTask no longer lets this state arise (below); a store from before may hold it.
+        await hooks.endOnlyThis(store, 'mid', T0);
         const res = await store.endTask('root', 'revoked', 'stop', T0 + MIN);
         expect(res.taskIds).toEqual(['root', 'leaf']);
         expect((await store.getTask('mid'))!.endReason).toBe('done');
@@ -462,6 +499,28 @@ export function runStoreContract(name: string, factory: () => Store | Promise<St
           if (tok) expect(tok.revokedAt).not.toBeNull();
         }
         expect(results.filter((r) => r.status === 'rejected').every((r) => (r as PromiseRejectedResult).reason.code === 'ERR_TASK_NOT_ACTIVE')).toBe(true);
+      });
+
+      it('never leaves an active child under an ended parent when createTask races endTask', async () => {
+        for (const [i, endFirst] of [[0, false], [1, true], [2, false], [3, true]] as const) {
+          const root = task(`root-${i}`);
+          await store.createTask(root);
+          const kid = child(`kid-${i}`, root);
+          const create = () => store.createTask(kid);
+          const end = () => store.endTask(root.id, 'completed', 'done', T0 + MIN);
+          const [c, e] = endFirst ? (([x, y]) => [y, x])(await Promise.allSettled([end(), create()])) : await Promise.allSettled([create(), end()]);
+          expect(e!.status).toBe('fulfilled');
+          const got = await store.getTask(kid.id);
+          if (c!.status === 'rejected') {
+            expect((c as PromiseRejectedResult).reason.code).toBe('ERR_TASK_NOT_ACTIVE');
+            expect(got).toBeNull();
+          } else {
+            // Created first: ended with its parent, in the same event.
+            expect(got!.status).toBe('revoked');
+            expect((e as PromiseFulfilledResult<{ taskIds: string[] }>).value.taskIds).toContain(kid.id);
+          }
+          expect((await store.getTask(root.id))!.status).toBe('completed');
+        }
       });
 
       it('two concurrent ends produce exactly one event', async () => {

@@ -237,6 +237,30 @@ describe('RFC 8693 token exchange over HTTPS', () => {
     expect(r.json!['error_description']).toContain('audience');
   });
 
+  it('a JSON body, or none, on any OAuth endpoint → 400 invalid_request before anyone is authenticated', async () => {
+    const mark = tb.auditMark();
+    for (const path of ['/oauth2/token', '/oauth2/introspect', '/oauth2/revoke']) {
+      const asJson = await tb.http(path, { json: exchangeForm(mint()) });
+      expect(asJson.status, path).toBe(400);
+      expect(asJson.headers['cache-control']).toBe('no-store');
+      expect(asJson.json).toMatchObject({ error: 'invalid_request', mayfly_code: 'ERR_INVALID_ARGUMENT' });
+      const empty = await tb.http(path, { method: 'POST' });
+      expect(empty.status, path).toBe(400);
+      expect(empty.json).toMatchObject({ error: 'invalid_request', mayfly_code: 'ERR_INVALID_ARGUMENT' });
+    }
+    expect(tb.auditSince(mark).filter((r) => r['event'] === 'token.exchange' || r['event'] === 'auth.failure')).toEqual([]);
+  });
+
+  it('percent-encoded and plus-encoded form values are decoded (scope "deploy read", an escaped audience)', async () => {
+    const plain = new URLSearchParams(exchangeForm(mint(), { scope: 'deploy read' })).toString();
+    const form = plain.replace(`audience=${AUD}`, `audience=${[...AUD].map((c) => `%${c.charCodeAt(0).toString(16)}`).join('')}`);
+    expect(form).toContain('scope=deploy+read');
+    expect(form).not.toContain(`audience=${AUD}`);
+    const r = await tb.http('/oauth2/token', { rawForm: form });
+    expect(r.status).toBe(200);
+    expect(r.json!['scope']).toBe('deploy read');
+  });
+
   it('a body over 64 KiB → 400 invalid_request with ERR_TOO_LARGE', async () => {
     const r = await exchange(exchangeForm(mint(), { mayfly_purpose: 'p'.repeat(70 * 1024) }));
     expect(r.status).toBe(400);

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { DecisionInput } from '../../src/core/decision.js';
 import type { EngineResult, PolicyEngine } from '../../src/core/ports.js';
 import { canonicalJson, checkDecision, DecisionPoint, hashPolicy, inputDigest } from '../../src/policy/decision-point.js';
+import { decisionInputDigest } from '../../src/policy/digest.js';
 import { explain, formatExplanation } from '../../src/policy/explain.js';
 import { mkInput } from './fixtures.js';
 
@@ -113,6 +114,26 @@ describe('digests', () => {
     const reordered = JSON.parse(JSON.stringify({ context: input.context, request: input.request, identity: input.identity, version: input.version })) as DecisionInput;
     expect(inputDigest(reordered)).toBe(inputDigest(input));
     expect(inputDigest(input)).toMatch(/^[0-9a-f]{64}$/);
+  });
+  it('decisionInputDigest hashes the same bytes as inputDigest, remembering the identity only while it is the same', () => {
+    const claims = { sub: 'spiffe://example.org/w', x: { b: 2, a: [1, 'é'] } };
+    const base: DecisionInput = { ...input, identity: { ...input.identity, claims } };
+    const variants: DecisionInput[] = [
+      base,
+      { ...base, task: { id: 't1', purpose: 'p', owner: 'o', age_seconds: 1, deadline: 2, tokens_issued: 3, parent_chain: [], depth: 0 } },
+      // Same claims object, other scalar fields: must not reuse the remembered identity.
+      { ...base, identity: { ...base.identity, id: 'spiffe://example.org/other' } },
+      { ...base, identity: { ...base.identity, cert_sha256: 'abc' } },
+      { ...base, identity: { ...base.identity, trust_domain: 'other.example' } },
+      { ...base, identity: { ...base.identity, method: 'jwt-svid' } },
+      { ...base, request: { ...base.request, scopes: ['b', 'a'] } },
+      // Outside the contract: takes the general path, still the same digest.
+      { ...base, extra: { z: 1 } } as unknown as DecisionInput,
+    ];
+    for (let round = 0; round < 2; round++) {
+      for (const v of variants) expect(decisionInputDigest(v)).toBe(inputDigest(v));
+    }
+    expect(new Set(variants.map(decisionInputDigest)).size).toBe(variants.length);
   });
   it('hashPolicy is sha256 hex', () => {
     expect(hashPolicy('abc')).toBe('ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad');

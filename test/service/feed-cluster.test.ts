@@ -15,7 +15,11 @@ import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { systemClock } from '../../src/core/clock.js';
-import { PgAckRegistry, PgListener, EVENTS_CHANNEL, pgNotify } from '../../src/store/postgres-cluster.js';
+import type { Identity } from '../../src/core/types.js';
+import { MemoryAuditSink } from '../../src/audit/memory-sink.js';
+import { Authorizer } from '../../src/service/authorize.js';
+import { FeedSubscriptions } from '../../src/service/subscriptions.js';
+import { PgAckRegistry, PgListener, PgSubscriberRegistry, EVENTS_CHANNEL, pgNotify } from '../../src/store/postgres-cluster.js';
 import { PostgresStore } from '../../src/store/postgres.js';
 import { ClusterAckGate, ClusterFeedRelay } from '../../src/service/feed-cluster.js';
 import { RevocationFeed, type FeedMessage } from '../../src/service/feed.js';
@@ -197,6 +201,46 @@ describe('revocation feed across replicas', () => {
     expect((await gateA.gate('kid-next')).ready).toBe(false);
     await new Promise((r) => setTimeout(r, 600));
     expect(await gateA.gate('kid-next')).toEqual({ ready: true, laggards: [] });
+    await gateA.stop();
+    await gateB.stop();
+  });
+
+  it('an acknowledgement counts whichever replica receives it, and a subscriber name bound on one replica is bound on all', async () => {
+    const a = await replica();
+    const b = await replica();
+    const clock = { now: () => Date.now() };
+    const access = new Authorizer({ admins: [] });
+    const subs = (r: Replica) => new FeedSubscriptions({ feed: r.feed, access, audit: new MemoryAuditSink(), shared: { registry: new PgSubscriberRegistry(r.store.pool), clock } });
+    const [subsA, subsB] = [subs(a), subs(b)];
+    const gateA = new ClusterAckGate('replica-a', a.feed, new PgAckRegistry(a.store.pool), clock, { reportIntervalMs: 60_000, freshMs: 5000 });
+    const gateB = new ClusterAckGate('replica-b', b.feed, new PgAckRegistry(b.store.pool), clock, { reportIntervalMs: 60_000, freshMs: 5000 });
+    for (const r of [a, b]) r.feed.noteKeySet({ version: 'v2', json: '{"keys":[]}', kids: ['kid-a', 'kid-next'] });
+    const who = (id: string): { identity: Identity; requestId: string } => ({ identity: { kind: 'spiffe', id, method: 'x509-svid', claims: {} } as Identity, requestId: 'r' });
+    const rp = 'spiffe://example.org/rp';
+    const sink = { open: () => undefined, message: () => undefined, end: () => undefined };
+    // The relying party's stream (named rp-1, bound to its identity) is on replica A.
+    await subsA.subscribe(who(rp), { subscriberId: 'rp-1', transport: 'grpc' }, sink);
+    // Its default-named stream is on A too.
+    await subsA.subscribe(who(rp), { transport: 'grpc' }, sink);
+    await gateA.report();
+    await gateB.report();
+    expect((await gateB.gate('kid-next')).laggards).toEqual([rp, 'rp-1'].sort());
+    // Its acknowledgements reach replica B (failover of unary calls, a DNS name or load balancer in front).
+    await subsB.ack(who(rp), { subscriberId: 'rp-1', keysetVersion: 'v2' });
+    await subsB.ack(who(rp), { keysetVersion: 'v2' });
+    await gateA.report();
+    expect(await gateB.gate('kid-next')).toEqual({ ready: true, laggards: [] });
+    expect(await gateA.gate('kid-next')).toEqual({ ready: true, laggards: [] });
+    // A later key needs a later acknowledgement: the shared one does not stand for every key.
+    expect((await gateA.gate('kid-later')).laggards).toEqual([rp, 'rp-1'].sort());
+    // The name rp-1 belongs to the relying party on every replica: another identity can neither take it on B nor ack under it.
+    const other = who('spiffe://example.org/intruder');
+    await expect(subsB.subscribe(other, { subscriberId: 'rp-1', transport: 'grpc' }, sink)).rejects.toMatchObject({ code: 'ERR_NOT_AUTHORIZED_CLIENT' });
+    await expect(subsB.ack(other, { subscriberId: 'rp-1', keysetVersion: 'v2' })).rejects.toMatchObject({ code: 'ERR_NOT_AUTHORIZED_CLIENT' });
+    await expect(subsA.ack(other, { subscriberId: 'rp-1', keysetVersion: 'v2' })).rejects.toMatchObject({ code: 'ERR_NOT_AUTHORIZED_CLIENT' });
+    // An older acknowledgement arriving late does not replace a newer one.
+    await new PgSubscriberRegistry(a.store.pool).ack('rp-1', rp, ['kid-a'], clock.now() - 60_000);
+    expect((await gateA.gate('kid-next')).ready).toBe(true);
     await gateA.stop();
     await gateB.stop();
   });

@@ -150,4 +150,79 @@ describe('KeyManager across replicas (shared PostgreSQL key set)', () => {
     await ks.close();
     await pool.end();
   });
+
+  it('keys rotate taken by a replica that stops before promotion is completed by another, once the gate allows', async () => {
+    const pool = await freshPool();
+    const kek = randomBytes(32);
+    const clock = new ManualClock();
+    const opts: KeyManagerOptions = { alg: 'ES256', rotationPeriodMs: 24 * 60 * MIN, prePublishMs: 10 * MIN, skewMs: MIN, maxPromotionWaitMs: 30 * MIN };
+    const a = await PostgresKeyStore.open({ pool, kek });
+    const b = await PostgresKeyStore.open({ pool, kek });
+    const ka = new KeyManager(a, clock, { ...opts, cluster: a });
+    const kb = new KeyManager(b, clock, { ...opts, cluster: b });
+    await ka.init();
+    await kb.init();
+    // A relying party has not acknowledged the next key yet: the gate (shared, as on PostgreSQL) holds promotion.
+    let acked = false;
+    const gate = async () => ({ ready: acked, laggards: acked ? [] : ['rp'] });
+    ka.setPromotionGate(gate);
+    kb.setPromotionGate(gate);
+    const first = ka.active().info.kid;
+    clock.advance(11 * MIN);
+    await ka.rotate();
+    expect(ka.active().info.kid).toBe(first);
+    expect(ka.promotionBlockedSince()).toBe(clock.now());
+    // Replica A stops for good before promotion: nothing of the request lives only in its memory.
+    await a.close();
+    clock.advance(MIN);
+    await kb.tick();
+    expect(kb.active().info.kid).toBe(first);
+    acked = true;
+    clock.advance(MIN);
+    await kb.tick();
+    expect(kb.active().info.kid).not.toBe(first);
+    expect(kb.stateOf(first)).toBe('retiring');
+    // Completed once: the request ended with the promotion, later ticks do not rotate again.
+    const second = kb.active().info.kid;
+    clock.advance(11 * MIN);
+    await kb.tick();
+    expect(kb.active().info.kid).toBe(second);
+    expect(await b.rotationRequest()).toBeNull();
+    await b.close();
+    await pool.end();
+  });
+
+  it('a rotation whose replica died is forced after the maximum wait counted from the request, not from the survivor\'s first look', async () => {
+    const pool = await freshPool();
+    const kek = randomBytes(32);
+    const clock = new ManualClock();
+    const opts: KeyManagerOptions = { alg: 'ES256', rotationPeriodMs: 24 * 60 * MIN, prePublishMs: 10 * MIN, skewMs: MIN, maxPromotionWaitMs: 30 * MIN };
+    const a = await PostgresKeyStore.open({ pool, kek });
+    const b = await PostgresKeyStore.open({ pool, kek });
+    const ka = new KeyManager(a, clock, { ...opts, cluster: a });
+    const kb = new KeyManager(b, clock, { ...opts, cluster: b });
+    await ka.init();
+    await kb.init();
+    const laggard = async () => ({ ready: false, laggards: ['rp-that-never-acks'] });
+    ka.setPromotionGate(laggard);
+    kb.setPromotionGate(laggard);
+    const first = ka.active().info.kid;
+    clock.advance(11 * MIN);
+    const askedAt = clock.now();
+    await ka.rotate();
+    await a.close();
+    // B first looks 20 minutes later: the wait already counts from the request.
+    clock.advance(20 * MIN);
+    await kb.tick();
+    expect(kb.active().info.kid).toBe(first);
+    expect(kb.promotionBlockedSince()).toBe(askedAt);
+    clock.advance(10 * MIN - 1);
+    await kb.tick();
+    expect(kb.active().info.kid).toBe(first);
+    clock.advance(1);
+    await kb.tick();
+    expect(kb.active().info.kid).not.toBe(first);
+    await b.close();
+    await pool.end();
+  });
 });

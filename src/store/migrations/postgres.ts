@@ -133,4 +133,28 @@ export const PG_MIGRATIONS: readonly PgMigration[] = [
     // Task-token narrowing is judged as the identity that began the task (issuer, trust domain, claims).
     sql: `ALTER TABLE tasks ADD COLUMN owner_identity jsonb;`,
   },
+  {
+    version: 4,
+    name: 'cluster: pending key rotation requests',
+    // `keys rotate` on one replica is completed by whichever replica runs the key lifecycle (tokens/keystore-postgres.ts).
+    sql: `
+      CREATE TABLE key_rotation_requests (
+        kid          text PRIMARY KEY,
+        requested_at bigint NOT NULL
+      );
+    `,
+  },
+  {
+    version: 5,
+    name: 'cluster: feed subscriber names and acknowledgements shared by every replica',
+    // A verifier's stream and its AckKeySet calls may reach different replicas (store/postgres-cluster.ts).
+    sql: `
+      CREATE TABLE feed_subscribers (
+        subscriber text PRIMARY KEY,
+        identity   text NOT NULL,
+        kids       jsonb,
+        acked_at   bigint
+      );
+    `,
+  },
 ];

@@ -3,7 +3,7 @@
  * is calling (the shared authenticate-and-audit step), and the one way to
  * answer with an error.
  */
-import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify';
 import { MayflyError } from '../../core/errors.js';
 import type { CallerAuthenticator, Clock } from '../../core/ports.js';
 import type { CallerAuthentication, PresentedCredentials } from '../../service/authenticate.js';
@@ -95,4 +95,21 @@ export function routeKit(deps: HttpServerDeps, peers: PeerRegistry): RouteKit {
 export function bodyField(body: unknown, k: string): string | undefined {
   const val = (body as Record<string, unknown> | undefined)?.[k];
   return typeof val === 'string' && val !== '' ? val : undefined;
+}
+
+/**
+ * Route-level preHandler of every OAuth POST endpoint: they take
+ * application/x-www-form-urlencoded (RFC 6749 §3.2) and nothing else, so
+ * another body type (JSON, none) is refused before the route authenticates
+ * anyone. Synchronous, and only on those routes.
+ */
+export function formBodyOnly(req: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
+  const header = req.headers['content-type'] ?? '';
+  const semi = header.indexOf(';');
+  const type = (semi === -1 ? header : header.slice(0, semi)).trim().toLowerCase();
+  if (type === 'application/x-www-form-urlencoded') {
+    done();
+    return;
+  }
+  void reply.code(400).header('cache-control', 'no-store').send({ error: 'invalid_request', error_description: 'OAuth endpoints take application/x-www-form-urlencoded bodies (RFC 6749 §3.2)', mayfly_code: 'ERR_INVALID_ARGUMENT' });
 }

@@ -5,12 +5,12 @@
  * server-sent events, key administration, health and Prometheus metrics.
  * This file sets up the app; each group of routes is in routes/.
  */
-import { parse as parseQuery } from 'node:querystring';
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { mayflyError } from '../../core/errors.js';
 import { PeerRegistry } from '../tls.js';
+import { parseForm } from './form.js';
 import { routeKit, type HttpServerDeps } from './kit.js';
 import { registerAdminRoutes } from './routes/admin.js';
 import { registerDiscoveryRoutes } from './routes/discovery.js';
@@ -61,21 +61,13 @@ export function buildHttpApp(deps: HttpServerDeps): FastifyInstance {
   return app;
 }
 
-/** OAuth endpoints take application/x-www-form-urlencoded (RFC 6749 §4.1.3) and nothing else; no plugin needed for that. */
+/** The OAuth endpoints' body type, parsed here (no plugin needed); each OAuth POST route refuses any other type (kit.ts formBodyOnly). */
 function acceptOAuthForms(app: FastifyInstance): void {
   app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_req, body, done) => {
     try {
-      done(null, parseQuery(body as string));
+      done(null, parseForm(body as string));
     } catch {
       done(mayflyError('ERR_INVALID_ARGUMENT', 'malformed form body'), undefined);
-    }
-  });
-  app.addHook('preHandler', async (req, reply) => {
-    if (req.method === 'POST' && req.url.startsWith('/oauth2/')) {
-      const type = String(req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
-      if (type !== 'application/x-www-form-urlencoded') {
-        return reply.code(400).header('cache-control', 'no-store').send({ error: 'invalid_request', error_description: 'OAuth endpoints take application/x-www-form-urlencoded bodies (RFC 6749 §3.2)', mayfly_code: 'ERR_INVALID_ARGUMENT' });
-      }
     }
   });
 }

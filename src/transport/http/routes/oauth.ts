@@ -2,7 +2,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { mayflyError } from '../../../core/errors.js';
 import type { CallContext } from '../../../service/deps.js';
-import { bodyField, type RouteKit } from '../kit.js';
+import { bodyField, formBodyOnly, type RouteKit } from '../kit.js';
 
 function requiredToken(body: unknown): string {
   const token = bodyField(body, 'token');
@@ -22,7 +22,7 @@ function oauthClientRoute(app: FastifyInstance, kit: RouteKit, path: string, rou
   app.get(path, async (_req, reply) =>
     reply.code(405).header('allow', 'POST').header('cache-control', 'no-store').send({ error: 'invalid_request', error_description: 'use POST with an application/x-www-form-urlencoded body', mayfly_code: 'ERR_INVALID_ARGUMENT' }),
   );
-  app.post(path, async (req, reply) => {
+  app.post(path, { preHandler: formBodyOnly }, async (req, reply) => {
     let ctx: CallContext;
     try {
       ctx = await kit.authenticate(req, route);

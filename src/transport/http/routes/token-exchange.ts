@@ -6,7 +6,7 @@
 import type { FastifyInstance } from 'fastify';
 import { mayflyError } from '../../../core/errors.js';
 import * as v from '../../../service/validate.js';
-import type { RouteKit } from '../kit.js';
+import { formBodyOnly, type RouteKit } from '../kit.js';
 
 export const TOKEN_EXCHANGE_GRANT = 'urn:ietf:params:oauth:grant-type:token-exchange';
 const TOKEN_TYPE_JWT = 'urn:ietf:params:oauth:token-type:jwt';
@@ -54,7 +54,7 @@ export function registerTokenExchangeRoute(app: FastifyInstance, kit: RouteKit):
   app.get('/oauth2/token', async (_req, reply) =>
     reply.code(405).header('allow', 'POST').header('cache-control', 'no-store').send({ error: 'invalid_request', error_description: 'use POST with an application/x-www-form-urlencoded body', mayfly_code: 'ERR_INVALID_ARGUMENT' }),
   );
-  app.post('/oauth2/token', async (req, reply) => {
+  app.post('/oauth2/token', { preHandler: formBodyOnly }, async (req, reply) => {
     const route = 'token';
     const form = (req.body ?? {}) as Form;
     try {

@@ -7,12 +7,13 @@
  * Concurrency. Unlike SQLite in one process, two brokers can work on the
  * same task at once, so every method is one statement or one transaction
  * whose row locks decide the outcome:
- * - recordToken is one statement that bumps the task's counter only while
- *   the task is active and inserts the token only if it did. The UPDATE
- *   takes the task's row lock; an endTask holding it makes recordToken wait,
- *   re-read the row, find it ended and insert nothing (ERR_TASK_NOT_ACTIVE).
- *   A recordToken that got there first commits before endTask can lock the
- *   row, and endTask's later statements see its token and revoke it.
+ * - recordToken (batched with concurrent calls, see below) is one statement
+ *   that locks the task's row, bumps its counter only while it is active and
+ *   inserts the token only if it did. An endTask holding the lock makes
+ *   recordToken wait, re-read the row, find it ended and insert nothing
+ *   (ERR_TASK_NOT_ACTIVE). A recordToken that got there first commits before
+ *   endTask can lock the row, and endTask's later statements see its token
+ *   and revoke it.
  * - endTask/endTasksOfOwner lock the seed task(s) and then the active
  *   closure (in id order, so two enders never deadlock) with SELECT … FOR
  *   UPDATE, re-walking the tree until no new active descendant appears.
@@ -22,6 +23,13 @@
  *   statement before COMMIT (migrations/postgres.ts, docs/revocation-cursors.md):
  *   cursors become visible in order, never skipping a late commit.
  * Deadlocks and serialization failures are retried a few times.
+ *
+ * Batches. getTask, createTask and recordToken calls made while one of the
+ * same kind is in flight (or in the same event-loop turn) go out as one
+ * statement over arrays (postgres-batch.ts): one round trip, one parse, one
+ * commit for many calls instead of one each, which was most of PostgreSQL's
+ * CPU per IssueToken. Each call still gets its own outcome; the batch
+ * functions below say how. docs/clustering.md has the measurements.
  *
  * Durability. Ending and revoking run with synchronous_commit = on
  * (SET LOCAL), whatever the server default: the promise resolves after the
@@ -38,6 +46,7 @@ import { isMayflyError, mayflyError, MayflyError } from '../core/errors.js';
 import type { RevocationSnapshot, Store } from '../core/ports.js';
 import type { AuditHead, EpochMs, TaskOwnerIdentity, RevocationEvent, TaskEndResult, TaskRecord, TaskStatus, TokenRecord } from '../core/types.js';
 import { PG_MIGRATIONS, type PgMigration } from './migrations/postgres.js';
+import { Batcher, type BatchOutcome } from './postgres-batch.js';
 import { assertParentActive, descendantEndReason, EMPTY_END } from './semantics.js';
 
 /** Advisory lock key that serialises migrations (any constant unique to mayfly). */
@@ -271,6 +280,33 @@ const SQL = {
     INSERT INTO tokens (jti, task_id, kid, sub, audience, scopes, issued_at, expires_at, cert_thumbprint, single_use, tool, args_digest, revoked_at)
     SELECT $1, t.id, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, $13 FROM t`,
   taskStatus: 'SELECT status FROM tasks WHERE id = $1',
+  // The batched hot path (postgres-batch.ts): one statement for every call of a batch, over arrays.
+  getTasks: `SELECT ${TASK_COLS} FROM tasks WHERE id = ANY($1::text[])`,
+  insertTasks: `INSERT INTO tasks (${TASK_COLS})
+    SELECT id, owner, owner_kind, purpose, labels::jsonb, created_at, expires_at, lease_expires_at, status, ended_at, end_reason,
+      parent_id, root_id, depth, scope_ceiling::jsonb, actors::jsonb, tokens_issued, owner_identity::jsonb
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], $8::int8[], $9::text[], $10::int8[],
+      $11::text[], $12::text[], $13::text[], $14::int4[], $15::text[], $16::text[], $17::int4[], $18::text[])
+      AS i(id, owner, owner_kind, purpose, labels, created_at, expires_at, lease_expires_at, status, ended_at, end_reason,
+        parent_id, root_id, depth, scope_ceiling, actors, tokens_issued, owner_identity)`,
+  // recordToken for a batch. The tasks' row locks are taken first, in id order, so two batches (of
+  // this broker or another) never deadlock; an ender locks its seed before the rest of the closure, so
+  // a batch holding a lower-id descendant can deadlock with it: PostgreSQL detects that and one of
+  // them is retried. Locks are taken only on tasks still active once the lock is ours: READ COMMITTED re-checks status = 'active' on
+  // the newest row version after waiting. Each counter is bumped by that task's number of tokens and
+  // only those tokens are inserted; the jtis returned are the ones recorded.
+  recordTokens: `WITH i AS (
+      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::int8[], $9::text[],
+        $10::bool[], $11::text[], $12::text[], $13::int8[])
+        AS i(jti, task_id, kid, sub, audience, scopes, issued_at, expires_at, cert_thumbprint, single_use, tool, args_digest, revoked_at)),
+    n AS (SELECT task_id, count(*)::int AS n FROM i GROUP BY task_id),
+    l AS (SELECT t.id, n.n FROM tasks t JOIN n ON n.task_id = t.id WHERE t.status = 'active' ORDER BY t.id FOR NO KEY UPDATE OF t),
+    u AS (UPDATE tasks t SET tokens_issued = t.tokens_issued + l.n FROM l WHERE t.id = l.id RETURNING t.id)
+    INSERT INTO tokens (jti, task_id, kid, sub, audience, scopes, issued_at, expires_at, cert_thumbprint, single_use, tool, args_digest, revoked_at)
+    SELECT i.jti, i.task_id, i.kid, i.sub, i.audience, i.scopes::jsonb, i.issued_at, i.expires_at, i.cert_thumbprint, i.single_use, i.tool, i.args_digest, i.revoked_at
+    FROM i JOIN u ON u.id = i.task_id
+    RETURNING jti`,
+  taskStatuses: 'SELECT id, status FROM tasks WHERE id = ANY($1::text[])',
   lockTaskStatus: 'SELECT status FROM tasks WHERE id = $1 FOR UPDATE',
   getToken: 'SELECT * FROM tokens WHERE jti = $1',
   /** Active tasks reachable from the seeds through tasks of any status (UNION also makes a cycle harmless). */
@@ -308,6 +344,74 @@ const SQL = {
     ON CONFLICT (broker_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, at = excluded.at`,
   getAuditHead: 'SELECT seq, hash, at FROM audit_heads WHERE broker_id = $1',
 } as const;
+
+/**
+ * Hot-path statements sent as named prepared statements: each pooled
+ * connection parses and plans them once, not at every call. Only statements
+ * with explicit column lists: a prepared `SELECT *` would fail on every
+ * broker still running when another one migrates a column in.
+ */
+const PREPARED = new Map<string, string>([
+  [SQL.getTasks, 'mayfly_get_tasks'],
+  [SQL.insertTasks, 'mayfly_insert_tasks'],
+  [SQL.insertTask, 'mayfly_insert_task'],
+  [SQL.insertChildTask, 'mayfly_insert_child_task'],
+  [SQL.recordTokens, 'mayfly_record_tokens'],
+  [SQL.recordToken, 'mayfly_record_token'],
+  [SQL.renewLease, 'mayfly_renew_lease'],
+]);
+
+function taskValues(task: TaskRecord): unknown[] {
+  return [
+    task.id,
+    task.owner,
+    task.ownerKind,
+    task.purpose,
+    JSON.stringify(task.labels),
+    task.createdAt,
+    task.expiresAt,
+    task.leaseExpiresAt,
+    task.status,
+    task.endedAt,
+    task.endReason,
+    task.parentId,
+    task.rootId,
+    task.depth,
+    task.scopeCeiling === null ? null : JSON.stringify(task.scopeCeiling),
+    JSON.stringify(task.actors),
+    task.tokensIssued,
+    task.ownerIdentity === undefined ? null : JSON.stringify(task.ownerIdentity),
+  ];
+}
+
+/** The parameters of SQL.insertTasks: one array per column (JSON columns as text, cast by the statement). */
+function taskColumns(tasks: TaskRecord[]): unknown[][] {
+  const cols: unknown[][] = Array.from({ length: 18 }, () => new Array<unknown>(tasks.length));
+  tasks.forEach((t, i) => taskValues(t).forEach((v, c) => (cols[c]![i] = v)));
+  return cols;
+}
+
+/** The parameters of SQL.recordTokens: one array per column. */
+function tokenColumns(tokens: TokenRecord[]): unknown[][] {
+  const cols: unknown[][] = Array.from({ length: 13 }, () => new Array<unknown>(tokens.length));
+  tokens.forEach((t, i) => {
+    const row = [t.jti, t.taskId, t.kid, t.sub, t.audience, JSON.stringify(t.scopes), t.issuedAt, t.expiresAt, t.certThumbprint, t.singleUse, t.tool, t.argsDigest, t.revokedAt];
+    row.forEach((v, c) => (cols[c]![i] = v));
+  });
+  return cols;
+}
+
+function notActive(taskId: string, status: string): MayflyError {
+  return mayflyError('ERR_TASK_NOT_ACTIVE', `task ${taskId} is ${status}; no token may be recorded for it`, { taskId });
+}
+
+/** A promise's outcome as a value, for one item of a batch. */
+function settle<T>(p: Promise<T>): Promise<BatchOutcome<T>> {
+  return p.then(
+    (value) => ({ ok: true as const, value }),
+    (error: unknown) => ({ ok: false as const, error }),
+  );
+}
 
 /** Creates the pool for a URL with the store's settings (also used by `mayfly db migrate`). */
 export function createPgPool(options: PostgresStoreOptions): pg.Pool {
@@ -419,6 +523,10 @@ export class PostgresStore implements Store {
   /** Set by the last call that could not reach the server, cleared by the next one that did. */
   private outage: { since: number; reason: string } | null = null;
   private probe: NodeJS.Timeout | undefined;
+  /** The hot path in batches (postgres-batch.ts): one statement per batch instead of one per call. */
+  private readonly taskReads = new Batcher<string, TaskRecord | null>((ids) => this.getTaskBatch(ids));
+  private readonly taskWrites = new Batcher<TaskRecord, void>((tasks) => this.createTaskBatch(tasks));
+  private readonly tokenWrites = new Batcher<TokenRecord, void>((tokens) => this.recordTokenBatch(tokens));
 
   private constructor(
     /** The pool; exposed for adapters that share the database (e.g. the coordinator). */
@@ -483,7 +591,7 @@ export class PostgresStore implements Store {
   private async q<R extends pg.QueryResultRow>(what: string, text: string, values: unknown[], on: Q = this.pool): Promise<pg.QueryResult<R>> {
     this.check(what);
     try {
-      const res = await on.query<R>(text, values);
+      const res = await on.query<R>({ text, values, name: PREPARED.get(text) });
       this.noteOutcome();
       return res;
     } catch (err) {
@@ -554,30 +662,34 @@ export class PostgresStore implements Store {
     }
   }
 
-  /** Creates a task; ERR_STORE if the id already exists. */
+  /** Creates a task; ERR_STORE if the id already exists. Batched with concurrent calls (one INSERT). */
   async createTask(task: TaskRecord): Promise<void> {
-    const child = task.parentId !== null && task.status === 'active';
-    const res = await this.q('createTask', child ? SQL.insertChildTask : SQL.insertTask, [
-      task.id,
-      task.owner,
-      task.ownerKind,
-      task.purpose,
-      JSON.stringify(task.labels),
-      task.createdAt,
-      task.expiresAt,
-      task.leaseExpiresAt,
-      task.status,
-      task.endedAt,
-      task.endReason,
-      task.parentId,
-      task.rootId,
-      task.depth,
-      task.scopeCeiling === null ? null : JSON.stringify(task.scopeCeiling),
-      JSON.stringify(task.actors),
-      task.tokensIssued,
-      task.ownerIdentity === undefined ? null : JSON.stringify(task.ownerIdentity),
-    ]);
-    if (child && res.rowCount === 0) {
+    this.check('createTask');
+    // A child is written by a statement of its own that inserts it only under a parent still active.
+    if (task.parentId !== null && task.status === 'active') return this.insertChildTask(task);
+    return this.taskWrites.submit(task);
+  }
+
+  private async createTaskBatch(tasks: TaskRecord[]): Promise<BatchOutcome<void>[]> {
+    if (tasks.length === 1) return [await settle(this.insertTask(tasks[0]!))];
+    try {
+      await this.q('createTask', SQL.insertTasks, taskColumns(tasks));
+      return tasks.map(() => ({ ok: true, value: undefined }));
+    } catch (err) {
+      // One bad row (a duplicate id) fails the whole statement and nothing was written: insert each
+      // alone so only that call fails. When the server is unreachable, every call fails as it is.
+      if (!isMayflyError(err, 'ERR_STORE')) throw err;
+      return Promise.all(tasks.map((t) => settle(this.insertTask(t))));
+    }
+  }
+
+  private async insertTask(task: TaskRecord): Promise<void> {
+    await this.q('createTask', SQL.insertTask, taskValues(task));
+  }
+
+  private async insertChildTask(task: TaskRecord): Promise<void> {
+    const res = await this.q('createTask', SQL.insertChildTask, taskValues(task));
+    if (res.rowCount === 0) {
       const parentId = task.parentId!;
       const { rows } = await this.q<{ status: string }>('createTask', SQL.taskStatus, [parentId]);
       assertParentActive(parentId, rows[0]?.status);
@@ -586,10 +698,24 @@ export class PostgresStore implements Store {
     }
   }
 
-  /** The task with that id, or null. */
+  /** The task with that id, or null. Batched with concurrent calls (one SELECT). */
   async getTask(id: string): Promise<TaskRecord | null> {
-    const { rows } = await this.q<TaskRow>('getTask', SQL.getTask, [id]);
-    return rows[0] ? taskFromRow(rows[0]) : null;
+    this.check('getTask');
+    return this.taskReads.submit(id);
+  }
+
+  private async getTaskBatch(ids: string[]): Promise<BatchOutcome<TaskRecord | null>[]> {
+    const { rows } = await this.q<TaskRow>('getTask', SQL.getTasks, [[...new Set(ids)]]);
+    const byId = new Map(rows.map((r) => [r.id, r]));
+    const given = new Set<string>();
+    return ids.map((id) => {
+      const row = byId.get(id);
+      if (!row) return { ok: true, value: null };
+      // Two calls for the same task each get their own copy.
+      const task = taskFromRow(given.has(id) ? structuredClone(row) : row);
+      given.add(id);
+      return { ok: true, value: task };
+    });
   }
 
   /** All descendants, ordered by depth, createdAt, id. */
@@ -603,8 +729,57 @@ export class PostgresStore implements Store {
     return (await this.q('renewLease', SQL.renewLease, [id, leaseExpiresAt])).rowCount === 1;
   }
 
-  /** Records a token and bumps tokensIssued in one statement; see the header for the race with endTask. */
+  /**
+   * Records a token and bumps tokensIssued, atomically, batched with
+   * concurrent calls into one statement (one commit); see the header for the
+   * race with endTask. ERR_TASK_NOT_ACTIVE / ERR_TASK_NOT_FOUND fail only
+   * this call. Resolves after the commit.
+   */
   async recordToken(t: TokenRecord): Promise<void> {
+    this.check('recordToken');
+    return this.tokenWrites.submit(t);
+  }
+
+  private async recordTokenBatch(tokens: TokenRecord[]): Promise<BatchOutcome<void>[]> {
+    if (tokens.length === 1) return [await settle(this.recordOne(tokens[0]!))];
+    let recorded: Set<string>;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const { rows } = await this.q<{ jti: string }>('recordToken', SQL.recordTokens, tokenColumns(tokens));
+        recorded = new Set(rows.map((r) => r.jti));
+        break;
+      } catch (err) {
+        // The statement failed as a whole, so nothing of it was committed.
+        const code = isMayflyError(err) ? String(err.details?.['pgCode'] ?? '') : '';
+        if (RETRY_STATES.has(code) && attempt < 5) {
+          await new Promise((r) => setTimeout(r, Math.random() * 5 * attempt));
+          continue;
+        }
+        // One bad row (a jti already recorded) fails the whole statement: record each alone so only
+        // that call fails. When the server is unreachable, every call fails as it is.
+        if (!isMayflyError(err, 'ERR_STORE')) throw err;
+        return Promise.all(tokens.map((t) => settle(this.recordOne(t))));
+      }
+    }
+    const refused = tokens.filter((t) => !recorded.has(t.jti));
+    if (refused.length === 0) return tokens.map(() => ({ ok: true, value: undefined }));
+    const { rows } = await this.q<{ id: string; status: string }>('recordToken', SQL.taskStatuses, [[...new Set(refused.map((t) => t.taskId))]]);
+    const status = new Map(rows.map((r) => [r.id, r.status]));
+    return Promise.all(
+      tokens.map(async (t): Promise<BatchOutcome<void>> => {
+        if (recorded.has(t.jti)) return { ok: true, value: undefined };
+        const st = status.get(t.taskId);
+        if (st === undefined) return { ok: false, error: mayflyError('ERR_TASK_NOT_FOUND', `task ${t.taskId} not found`, { taskId: t.taskId }) };
+        if (st !== 'active') return { ok: false, error: notActive(t.taskId, st) };
+        // Not recorded yet its task is active now: a task committed by another replica after this
+        // statement's snapshot. Record it on its own.
+        return settle(this.recordOne(t));
+      }),
+    );
+  }
+
+  /** recordToken as one statement of its own. */
+  private async recordOne(t: TokenRecord): Promise<void> {
     const res = await this.q('recordToken', SQL.recordToken, [
       t.jti,
       t.taskId,
@@ -623,7 +798,7 @@ export class PostgresStore implements Store {
     if (res.rowCount === 1) return;
     const { rows } = await this.q<{ status: string }>('recordToken', SQL.taskStatus, [t.taskId]);
     if (!rows[0]) throw mayflyError('ERR_TASK_NOT_FOUND', `task ${t.taskId} not found`, { taskId: t.taskId });
-    throw mayflyError('ERR_TASK_NOT_ACTIVE', `task ${t.taskId} is ${rows[0].status}; no token may be recorded for it`, { taskId: t.taskId });
+    throw notActive(t.taskId, rows[0].status);
   }
 
   /** The token with that jti, or null. */

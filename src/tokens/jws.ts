@@ -36,10 +36,19 @@ const B64U_RE = /^[A-Za-z0-9_-]*$/;
 /** Three base64url parts: one scan of the whole token (the hot path), instead of one per part. */
 const COMPACT_RE = /^[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*$/;
 
-/** JSON object of a base64url part already known to be base64url. */
-function jsonPart(s: string, what: string): unknown {
+/**
+ * Decoding space for the JSON parts: a part is decoded into it and read out
+ * as a string straight away (synchronously), so no per-token buffer is
+ * allocated for bytes that only live until JSON.parse. Big enough for the
+ * largest accepted token.
+ */
+const PART_SCRATCH = Buffer.allocUnsafe(MAX_JWS_BYTES);
+
+/** JSON value of `token[start, end)`, a base64url part already known to be base64url. */
+function jsonPart(token: string, start: number, end: number, what: string): unknown {
+  const n = PART_SCRATCH.write(token.slice(start, end), 0, 'base64url');
   try {
-    return JSON.parse(Buffer.from(s, 'base64url').toString('utf8'));
+    return JSON.parse(PART_SCRATCH.toString('utf8', 0, n));
   } catch {
     throw mayflyError('ERR_JWT_INVALID', `malformed token: ${what} is not JSON`);
   }
@@ -119,12 +128,21 @@ export function rawSign(alg: SigningAlg | JwsAlg, signingInput: Buffer, key: Key
 /** A token issuer uses a handful of distinct headers (one per key); their checked parse is reused. */
 const HEADER_CACHE = new Map<string, JwsHeader>();
 const HEADER_CACHE_MAX = 64;
+/**
+ * The header text last checked (without `understoodCrit`) and its parse: a
+ * run of tokens from one issuer repeats it, and comparing it in place costs
+ * less than slicing it out and hashing it for HEADER_CACHE. Only text that
+ * passed the base64url check and `checkedHeader` gets here.
+ */
+let lastHeader: { text: string; header: JwsHeader } | null = null;
+/** Payload and signature (from `lastIndex`) are base64url: the rest of COMPACT_RE once the header is known. */
+const TAIL_RE = /[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*$/y;
 
 /** Parses and checks a JWS header: a JSON object, an asymmetric `alg`, no unknown `crit`, no nested JWT. */
 function checkedHeader(h: string, understoodCrit: readonly string[] | undefined): JwsHeader {
   const cached = understoodCrit === undefined ? HEADER_CACHE.get(h) : undefined;
   if (cached !== undefined) return cached;
-  const header = jsonPart(h, 'header');
+  const header = jsonPart(h, 0, h.length, 'header');
   if (!isPlainObject(header)) throw mayflyError('ERR_JWT_INVALID', 'malformed token: header is not a JSON object');
   const alg = header['alg'];
   if (typeof alg !== 'string') throw mayflyError('ERR_JWT_INVALID', 'malformed token: header has no alg');
@@ -151,6 +169,13 @@ function checkedHeader(h: string, understoodCrit: readonly string[] | undefined)
   return checked;
 }
 
+/** `checkedHeader` for the common case (no understoodCrit), remembered as the last header. */
+function checkedHeaderText(h: string): JwsHeader {
+  const header = checkedHeader(h, undefined);
+  lastHeader = { text: h, header };
+  return header;
+}
+
 /**
  * Parses a compact JWS and checks the header's shape: size bound, three
  * parts, JSON objects, an asymmetric `alg`, no unknown `crit` (RFC 7515
@@ -164,12 +189,16 @@ export function decodeJws(token: string, options: { understoodCrit?: readonly st
   if (b < 0 || token.indexOf('.', b + 1) !== -1) {
     throw mayflyError('ERR_JWT_INVALID', token.split('.').length === 5 ? 'encrypted tokens (JWE) are not accepted' : 'malformed token: expected three dot-separated parts');
   }
-  if (!COMPACT_RE.test(token)) {
+  // The same header as the last token's (compared in place) is known to be base64url and checked.
+  const last = options.understoodCrit === undefined ? lastHeader : null;
+  const known = last !== null && a === last.text.length && token.startsWith(last.text);
+  if (known) TAIL_RE.lastIndex = a + 1;
+  if (!(known ? TAIL_RE.test(token) : COMPACT_RE.test(token))) {
     const bad = !B64U_RE.test(token.slice(0, a)) ? 'header' : !B64U_RE.test(token.slice(a + 1, b)) ? 'payload' : 'signature';
     throw mayflyError('ERR_JWT_INVALID', `malformed token: ${bad} is not base64url`);
   }
-  const header = checkedHeader(token.slice(0, a), options.understoodCrit);
-  const payload = jsonPart(token.slice(a + 1, b), 'payload');
+  const header = known ? last.header : options.understoodCrit === undefined ? checkedHeaderText(token.slice(0, a)) : checkedHeader(token.slice(0, a), options.understoodCrit);
+  const payload = jsonPart(token, a + 1, b, 'payload');
   if (!isPlainObject(payload)) throw mayflyError('ERR_JWT_INVALID', 'malformed token: payload is not a JSON object');
   // The signing input is ASCII (base64url and a dot), so latin1 encodes it byte for byte, faster than utf8.
   return { header, payload, signingInput: Buffer.from(token.slice(0, b), 'latin1'), signature: Buffer.from(token.slice(b + 1), 'base64url') };
@@ -182,19 +211,32 @@ export function decodeJws(token: string, options: { understoodCrit?: readonly st
  */
 export function verifyJwsSignature(jws: DecodedJws, key: KeyObject): void {
   const alg = jws.header.alg;
-  if (key.type !== 'public') throw mayflyError('ERR_JWT_SIGNATURE', 'signature verification failed');
-  // One policy for every key, whoever published it (OIDC JWKS, SPIFFE bundle, our own keys): a weak key is named as such.
-  assertKeyStrength(key, 'token signing key');
-  if (!keyFitsAlg(key, alg)) throw mayflyError('ERR_JWT_SIGNATURE', 'signature verification failed');
-  const p = algParams(alg);
+  let fit = KEY_FITS.get(key);
+  if (fit === undefined || fit.alg !== alg) {
+    if (key.type !== 'public') throw mayflyError('ERR_JWT_SIGNATURE', 'signature verification failed');
+    // One policy for every key, whoever published it (OIDC JWKS, SPIFFE bundle, our own keys): a weak key is named as such.
+    assertKeyStrength(key, 'token signing key');
+    if (!keyFitsAlg(key, alg)) throw mayflyError('ERR_JWT_SIGNATURE', 'signature verification failed');
+    const p = algParams(alg);
+    fit = { alg, hash: p.hash, options: { key, dsaEncoding: p.dsaEncoding, padding: p.padding, saltLength: p.saltLength } };
+    KEY_FITS.set(key, fit);
+  }
   let ok = false;
   try {
-    ok = cryptoVerify(p.hash, jws.signingInput, { key, dsaEncoding: p.dsaEncoding, padding: p.padding, saltLength: p.saltLength }, jws.signature);
+    ok = cryptoVerify(fit.hash, jws.signingInput, fit.options, jws.signature);
   } catch {
     ok = false;
   }
   if (!ok) throw mayflyError('ERR_JWT_SIGNATURE', 'signature verification failed');
 }
+
+/**
+ * Per public key: the algorithm it last passed the type, strength and fit
+ * checks for, and its node:crypto verify options. A KeyObject is immutable,
+ * so the verdict holds for as long as the key lives, and a key that signs
+ * every token is not re-inspected for each one.
+ */
+const KEY_FITS = new WeakMap<KeyObject, { alg: string; hash: string | null; options: { key: KeyObject; dsaEncoding?: 'ieee-p1363'; padding?: number; saltLength?: number } }>();
 
 /** True if the key type and curve match the JWS algorithm (RFC 7518 §3); strength is core/key-policy.ts's job. */
 export function keyFitsAlg(key: KeyObject, alg: string): boolean {

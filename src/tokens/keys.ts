@@ -232,7 +232,10 @@ export class KeyManager {
     // A replica that has not seen the latest promotion would ask to rotate away from a key that no longer signs.
     if (this.options.cluster) await this.sync();
     await this.store.requestRotation(this.active().info.kid, this.clock.now());
-    await this.tick();
+    // In a cluster, wait for the lifecycle lock rather than skip the run when another replica holds it:
+    // the answer then says whether promotion happened or is held back (promotionBlockedSince).
+    if (this.options.cluster) await this.exclusive(() => this.doTick(), true);
+    else await this.tick();
   }
 
   /**

@@ -207,7 +207,11 @@ export class MayflyVerifier {
   private readonly revokedKids = new Map<string, number>();
   private readonly seenSingleUse = new Map<string, number>();
   private readonly reported = new Set<string>();
-  /** Verified tokens (signature and claims), by token string; bounded, oldest evicted first. */
+  /**
+   * Verified tokens (signature and claims), by their signature segment (see
+   * `cacheKeyOf`); an entry answers only for the exact token string it holds.
+   * Bounded, oldest evicted first.
+   */
   private readonly verified = new Map<string, VerifiedEntry>();
   private readonly cacheSize: number;
   /** The last client certificate hashed, and its x5t#S256. */
@@ -434,7 +438,7 @@ export class MayflyVerifier {
     }
     if (this.reported.size > 10_000) this.reported.clear();
     const sec = Math.floor(now / 1000);
-    for (const [token, e] of this.verified) if (e.claims.exp + this.skew <= sec) this.verified.delete(token);
+    for (const [k, e] of this.verified) if (e.claims.exp + this.skew <= sec) this.verified.delete(k);
   }
 
   // ---- verification ----
@@ -461,7 +465,8 @@ export class MayflyVerifier {
    */
   private check(token: string, options: VerifyOptions, deferReplay: boolean): MayflyClaims {
     const now = this.clock.now();
-    const v = this.remembered(token, now) ?? this.verifyFresh(token, now);
+    const cacheKey = cacheKeyOf(token);
+    const v = this.remembered(token, cacheKey, now) ?? this.verifyFresh(token, cacheKey, now);
     const { claims } = v;
     // Revocation before scopes, so a revoked token is always recognized (and reported) as such.
     if (this.revokedKids.has(v.kid)) throw mayflyError('ERR_TOKEN_REVOKED', 'token was signed by a revoked key', { kid: v.kid });
@@ -491,18 +496,19 @@ export class MayflyVerifier {
    * for its kid, and exp, nbf and aud still pass. Undefined when not cached
    * (or the key changed: then it is verified afresh).
    */
-  private remembered(token: string, now: number): VerifiedEntry | undefined {
-    const e = this.verified.get(token);
-    if (e === undefined) return undefined;
+  private remembered(token: string, cacheKey: string, now: number): VerifiedEntry | undefined {
+    const e = this.verified.get(cacheKey);
+    // Another string with the same signature segment is another token: verified afresh (and refused), the entry kept.
+    if (e === undefined || e.token !== token) return undefined;
     if (this.keyFor(e.kid) !== e.key) {
-      this.verified.delete(token);
+      this.verified.delete(cacheKey);
       return undefined;
     }
     checkAudience(e.claims, this.o.audience);
     try {
       checkTimeWindow(e.claims, now, this.skew);
     } catch (err) {
-      this.verified.delete(token);
+      this.verified.delete(cacheKey);
       throw err;
     }
     this.counters.cacheHits++;
@@ -510,7 +516,7 @@ export class MayflyVerifier {
   }
 
   /** Decodes once, refuses a revoked task's tokens before paying for the signature, then verifies and remembers. */
-  private verifyFresh(token: string, now: number): VerifiedEntry {
+  private verifyFresh(token: string, cacheKey: string, now: number): VerifiedEntry {
     const jws = decodeJws(token);
     // Revocation first, from the unverified payload: a revoked task's tokens are refused without paying for a
     // signature check, which keeps rejection cheap right after a revocation, when every caller retries. A
@@ -521,15 +527,29 @@ export class MayflyVerifier {
       this.reportRevokedUse(token, peek.jti, peek.tid, now);
       throw mayflyError('ERR_TOKEN_REVOKED', 'token has been revoked (its task ended or the token was revoked)', { jti: peek.jti });
     }
-    const { header, claims, key } = verifyDecodedMayflyToken(jws, (kid) => this.resolveKey(kid), { issuer: this.o.issuer, audience: this.o.audience, now, clockSkewSeconds: this.skew });
+    const { header, claims, key } = verifyDecodedMayflyToken(jws, this.resolveKeyFn, { issuer: this.o.issuer, audience: this.o.audience, now, clockSkewSeconds: this.skew });
     const parent = typeof claims.mayfly?.parent_tid === 'string' ? claims.mayfly.parent_tid : null;
     // Frozen: the same object answers every later use of this token, so no caller can change what the next one sees.
-    const entry: VerifiedEntry = { claims: deepFreeze(claims), kid: header.kid as string, key, parent, certDer: null };
-    if (this.cacheSize > 0 && token.length <= MAX_CACHED_TOKEN_CHARS) {
-      if (this.verified.size >= this.cacheSize) this.verified.delete(this.verified.keys().next().value as string);
-      this.verified.set(token, entry);
+    const entry: VerifiedEntry = { token, claims: deepFreeze(claims), kid: header.kid as string, key, parent, certDer: null };
+    if (this.cacheSize > 0 && token.length <= MAX_CACHED_TOKEN_CHARS && cacheKey !== '') {
+      if (this.verified.size >= this.cacheSize) this.evictOldest();
+      this.verified.set(cacheKey, entry);
     }
     return entry;
+  }
+
+  /**
+   * Drops the oldest eighth of the cache (at least one entry). A Map keeps a
+   * deleted slot until it next rehashes, and every new iterator walks over
+   * those slots, so evicting one entry per insertion from a full cache would
+   * walk over thousands of them each time; a batch pays that walk once.
+   */
+  private evictOldest(): void {
+    let n = Math.max(1, this.cacheSize >> 3);
+    for (const k of this.verified.keys()) {
+      this.verified.delete(k);
+      if (--n === 0) return;
+    }
   }
 
   /**
@@ -576,6 +596,8 @@ export class MayflyVerifier {
     }
     this.seenSingleUse.set(claims.jti, (claims.exp + this.skew) * 1000 + 1000);
   }
+
+  private readonly resolveKeyFn = (kid: string): KeyObject | undefined => this.resolveKey(kid);
 
   private resolveKey(kid: string): KeyObject | undefined {
     if (this.revokedKids.has(kid)) throw mayflyError('ERR_TOKEN_REVOKED', 'token was signed by a revoked key', { kid });
@@ -808,8 +830,21 @@ function revocationIdsOf(p: Record<string, unknown>): { jti: string; tid: string
   return { jti: p['jti'], tid: p['tid'], parent: typeof m?.['parent_tid'] === 'string' ? m['parent_tid'] : null };
 }
 
+/**
+ * The verified-token cache key of a token: its signature segment. Hashing it
+ * (for the lookup every call makes, and the insertion after a first-time
+ * verify) costs a fraction of hashing the whole token, and a fresh string
+ * arrives with every request; a hit still requires the whole token string to
+ * match (`VerifiedEntry.token`). Empty for what cannot be a compact JWS.
+ */
+function cacheKeyOf(token: string): string {
+  return typeof token === 'string' ? token.slice(token.lastIndexOf('.') + 1) : '';
+}
+
 /** A token that passed signature and claim checks, and what the per-call checks need. */
 interface VerifiedEntry {
+  /** The exact token string that was verified. */
+  token: string;
   claims: MayflyClaims;
   kid: string;
   /** The key that verified it: a cached entry counts only while the kid still resolves to this key. */
@@ -819,12 +854,15 @@ interface VerifiedEntry {
   certDer: Buffer | null;
 }
 
-/** Freezes a parsed JSON value and everything in it. */
-function deepFreeze<T>(v: T): T {
-  if (typeof v === 'object' && v !== null && !Object.isFrozen(v)) {
-    Object.freeze(v);
-    for (const x of Object.values(v)) deepFreeze(x);
-  }
+/**
+ * Freezes an object fresh from JSON.parse and every object in it. Such a
+ * value is a tree of objects no one else holds (no cycles, nothing already
+ * frozen), so there is no Object.isFrozen check per node: it cost more than
+ * the freezing.
+ */
+function deepFreeze<T extends object>(v: T): T {
+  Object.freeze(v);
+  for (const x of Object.values(v)) if (typeof x === 'object' && x !== null) deepFreeze(x as object);
   return v;
 }
 

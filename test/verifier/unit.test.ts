@@ -352,6 +352,66 @@ describe('MayflyVerifier verified-token cache: every per-call check still runs',
     v.close();
   });
 
+  it('a token differing from a cached one by one character is verified afresh, and the cached one still answers', async () => {
+    const { clock, k1, v } = await synced();
+    const t = mint(k1, clock.now());
+    v.verifySync(t);
+    const [h, p, sig] = t.split('.') as [string, string, string];
+    const flip = (s: string, i: number) => s.slice(0, i) + (s[i] === 'A' ? 'B' : 'A') + s.slice(i + 1);
+    const variants = [
+      `${flip(h, 5)}.${p}.${sig}`, // header
+      `${h}.${flip(p, 20)}.${sig}`, // payload, same signature segment (the cache key)
+      `${h}.${p}.${flip(sig, 10)}`, // signature
+      `${h}.${p}.${sig}.`, // an extra part
+    ];
+    for (const bad of variants) expect(await codeOf(() => v.verifySync(bad))).toMatch(/^ERR_JWT_(SIGNATURE|INVALID)$/);
+    // Another payload under the cached token's signature is another token: refused, whatever its claims say.
+    const other = JSON.parse(Buffer.from(p, 'base64url').toString()) as Record<string, unknown>;
+    const forged = `${h}.${Buffer.from(JSON.stringify({ ...other, scope: 'read admin' })).toString('base64url')}.${sig}`;
+    expect(await codeOf(() => v.verifySync(forged, { requiredScopes: ['admin'] }))).toBe('ERR_JWT_SIGNATURE');
+    const hits = v.stats().cacheHits;
+    expect(v.verifySync(t).scope).toBe('read');
+    expect(v.stats()).toMatchObject({ cachedTokens: 1, cacheHits: hits + 1 });
+    v.close();
+  });
+
+  it('a caller cannot change, through the claims it got, what a later verify checks or returns', async () => {
+    const cert = Buffer.from('bound cert');
+    const other = Buffer.from('another cert');
+    const { clock, k1, feed, v } = await synced();
+    const t = mint(k1, clock.now(), { cnf: certificateThumbprint(cert), parent: 'p0' });
+    const first = v.verifySync(t, { clientCertDer: cert });
+    expect(Reflect.set(first, 'scope', 'read admin')).toBe(false);
+    expect(Reflect.set(first.cnf!, 'x5t#S256', certificateThumbprint(other))).toBe(false);
+    expect(Reflect.set(first.mayfly!, 'parent_tid', 'elsewhere')).toBe(false);
+    expect(Reflect.deleteProperty(first, 'cnf')).toBe(false);
+    expect(Reflect.set(first, 'exp', first.exp + 3600)).toBe(false);
+    expect(await codeOf(() => v.verifySync(t, { clientCertDer: other }))).toBe('ERR_JWT_INVALID');
+    expect(await codeOf(() => v.verifySync(t, { clientCertDer: cert, requiredScopes: ['admin'] }))).toBe('ERR_SCOPE_DENIED');
+    const again = await v.verify(t, { clientCertDer: cert });
+    expect(again).toBe(first);
+    expect({ scope: again.scope, cnf: again.cnf, parent: again.mayfly?.parent_tid }).toEqual({ scope: 'read', cnf: { 'x5t#S256': certificateThumbprint(cert) }, parent: 'p0' });
+    clock.advance(300_000 + 60_000); // the exp the claims carry, not one a caller tried to write
+    feed.send(RevocationEvent_Kind.HEARTBEAT, { cursor: 1 });
+    expect(await codeOf(() => v.verifySync(t, { clientCertDer: cert }))).toBe('ERR_JWT_EXPIRED');
+    v.close();
+  });
+
+  it('a full cache evicts its oldest entries and keeps answering for the newest', async () => {
+    const { clock, k1, v } = await synced({ options: { verifiedTokenCacheSize: 16 } });
+    const tokens = Array.from({ length: 40 }, () => mint(k1, clock.now()));
+    for (const t of tokens) v.verifySync(t);
+    expect(v.stats().cachedTokens).toBeLessThanOrEqual(16);
+    expect(v.stats().cachedTokens).toBeGreaterThanOrEqual(14); // evicted an eighth at a time
+    const hits = v.stats().cacheHits;
+    v.verifySync(tokens[39]!);
+    expect(v.stats().cacheHits).toBe(hits + 1);
+    v.verifySync(tokens[0]!); // long evicted: verified afresh, and remembered again
+    expect(v.stats().cacheHits).toBe(hits + 1);
+    expect(v.stats().cachedTokens).toBeLessThanOrEqual(16);
+    v.close();
+  });
+
   it('is bounded, and can be turned off', async () => {
     const { clock, k1, v } = await synced({ options: { verifiedTokenCacheSize: 3 } });
     for (let i = 0; i < 10; i++) v.verifySync(mint(k1, clock.now()));

@@ -1000,7 +1000,7 @@ if (ran('exchange')) {
     // What the 1.5× target leaves per exchange, against what no exchange can go below: the HTTPS floor plus its crypto.
     const budget = peer.result.cpuPerCall / 1.5;
     const least = floor.cpuPerCall + cryptoCpuPerExchange;
-    md.push(`Exchange budget (not a target): 1.5× the peer leaves ${fmtUs(budget)} of broker CPU per exchange; the HTTPS transport floor (e′) is ${fmtUs(floor.cpuPerCall)} per request and one ES256 verify + sign ${fmtUs(cryptoCpuPerExchange)}, together ${fmtUs(least)} (${pct(least / budget)} of the budget) before any exchange work: policy, task and token records, audit. The exchange itself spends ${fmtUs(r.exchange.cpuPerCall - least)} above that floor.`, '');
+    md.push(`Exchange budget (not a target): 1.5× the peer leaves ${fmtUs(budget)} of broker CPU per exchange; the HTTPS transport floor (e′) is ${fmtUs(floor.cpuPerCall)} per request and one ES256 verify + sign ${fmtUs(cryptoCpuPerExchange)}, together ${fmtUs(least)} (${pct(least / budget)} of the budget) before any exchange work: policy, task and token records, audit (a subject token seen before is not verified again, so most exchanges here pay the sign alone, ${fmtUs(1 / signs.cpu)}: floor plus sign ${fmtUs(floor.cpuPerCall + 1 / signs.cpu)}). The exchange itself spends ${fmtUs(r.exchange.cpuPerCall - least)} above that floor.`, '');
   }
 }
 

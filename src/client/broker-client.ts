@@ -111,6 +111,13 @@ export function toPlain<T>(m: T): Plain<T> {
   return out as Plain<T>;
 }
 
+/** Waits for `p` until `deadline` at most (a resolver that hangs must not outlast the call's deadline; the call then fails as unreachable). */
+async function withinDeadline(p: Promise<void>, deadline: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([p, new Promise<void>((done) => (timer = setTimeout(done, Math.max(0, deadline - Date.now()))))]);
+  clearTimeout(timer);
+}
+
 /** The replica list of an `address` option: an array, or one string with comma-separated entries. */
 export function brokerAddresses(address: string | readonly string[]): string[] {
   const list = (typeof address === 'string' ? [address] : [...address]).flatMap((a) => a.split(',')).map((a) => a.trim()).filter(Boolean);
@@ -274,7 +281,7 @@ export class BrokerClient {
   private async unary<I extends DescMessage, O extends DescMessage>(method: string, input: I, output: O, req: MessageInitShape<I>): Promise<Plain<MessageShape<O>>> {
     const deadline = Date.now() + this.timeoutMs;
     const resolving = this.fresh();
-    if (resolving) await resolving;
+    if (resolving) await withinDeadline(resolving, deadline);
     const msg = create(input, req);
     // With one address, one more attempt: a name with several records routes it to another one.
     const attempts = RETRY_AFTER_UNAVAILABLE[method] ? Math.max(2, this.replicas.length) : 1;
@@ -337,7 +344,7 @@ export class BrokerClient {
         failed.add(r);
       }
       if (!this.named || Date.now() >= deadline) break;
-      await this.resolve();
+      await withinDeadline(this.resolve(), deadline);
     }
     throw mayflyError('ERR_UNAVAILABLE', `broker unavailable: no connection to ${this.replicas.map((r) => r.address).join(', ')}`);
   }

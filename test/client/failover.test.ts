@@ -236,6 +236,14 @@ describe('BrokerClient given one DNS name with several records', () => {
     expect(client.stats().addresses).toEqual([moved.address]);
   });
 
+  it('a resolver that never answers does not outlast the call deadline', async () => {
+    const client = new BrokerClient({ address: 'brokers.test:1', ca: devPki().example.certPem, timeoutMs: 800, connectTimeoutMs: 500, lookup: () => new Promise<string[]>(() => undefined) });
+    open.push(client);
+    const t0 = Date.now();
+    expect(await codeOf(client.ping())).toBe('ERR_UNAVAILABLE');
+    expect(Date.now() - t0).toBeLessThan(3_000);
+  });
+
   it('a name that does not resolve fails with ERR_UNAVAILABLE naming it, not a hang', async () => {
     const client = named(1, resolver({ ips: [] }).lookup);
     const t0 = Date.now();

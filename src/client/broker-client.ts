@@ -241,7 +241,11 @@ export class BrokerClient {
           if (t.literal) return [this.replica(t.address, t.host)];
           try {
             const ips = [...new Set(await this.lookup(t.host))].filter((ip) => isIP(ip) !== 0);
-            return ips.length > 0 ? ips.map((ip) => this.replica(isIP(ip) === 6 ? `[${ip}]:${t.port}` : `${ip}:${t.port}`, t.host)) : null;
+            const at = (ip: string) => {
+              const h = isIP(ip) === 6 ? `[${ip}]` : ip;
+              return t.port ? `${h}:${t.port}` : h;
+            };
+            return ips.length > 0 ? ips.map((ip) => this.replica(at(ip), t.host)) : null;
           } catch {
             return null;
           }
@@ -283,7 +287,7 @@ export class BrokerClient {
     const resolving = this.fresh();
     if (resolving) await withinDeadline(resolving, deadline);
     const msg = create(input, req);
-    // With one address, one more attempt: a name with several records routes it to another one.
+    // With one replica, one more attempt: its connection may be back, or (a name gRPC resolves) lead to another address.
     const attempts = RETRY_AFTER_UNAVAILABLE[method] ? Math.max(2, this.replicas.length) : 1;
     const tried = new Set<Replica>();
     for (let attempt = 1; ; attempt++) {

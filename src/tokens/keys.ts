@@ -308,7 +308,8 @@ export class KeyManager {
       if (!verdict.ready && this.blockedSince === null) {
         // In a cluster another replica may have been waiting already (or have taken the rotation request
         // and died): count from when promotion became due, a fact of the shared key set.
-        const dueSince = requested ? request.at : active ? active.stateSince + this.options.rotationPeriodMs : now;
+        const periodDue = active ? active.stateSince + this.options.rotationPeriodMs : now;
+        const dueSince = requested ? Math.min(request.at, periodDue) : periodDue;
         this.blockedSince = this.options.cluster ? Math.min(now, Math.max(next.stateSince + this.options.prePublishMs, dueSince)) : now;
       }
       const waited = this.blockedSince === null ? 0 : now - this.blockedSince;

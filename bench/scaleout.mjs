@@ -72,9 +72,10 @@ export async function runScaleOut(ctx) {
     return u.toString();
   };
   const pgPid = pgc.pid();
+  const profileDir = process.env.MAYFLY_BENCH_PROFILE_DIR;
   try {
     /** Starts `mayfly serve` with the base config patched; returns the child and its ports. */
-    const serve = async (tag, patch, extraArgs = []) => {
+    const serve = async (tag, patch, extraArgs = [], profiled = false) => {
       const doc = YAML.parseDocument(ctx.baseConfigText);
       patch(doc);
       const config = join(tmpDir, `scale-${tag}.yaml`);
@@ -82,9 +83,35 @@ export async function runScaleOut(ctx) {
       const grpcPort = await ctx.freePort();
       const httpPort = await ctx.freePort();
       const logFile = join(tmpDir, `broker-scale-${tag}.log`);
-      const child = ctx.startChild(`broker (scale-out ${tag})`, [join(ROOT, 'bin', 'mayfly.js'), 'serve', '--config', config, '--grpc-listen', `127.0.0.1:${grpcPort}`, '--http-listen', `127.0.0.1:${httpPort}`, ...extraArgs], logFile);
+      // With BENCH_PROFILE, a one-process broker is CPU-profiled per scenario by bench/broker-probe.mjs,
+      // through a probe file of its own (the probe reads the variable at start-up).
+      const probeFile = profileDir && profiled ? join(tmpDir, `probe-scale-${tag}.json`) : null;
+      const savedProbe = process.env.MAYFLY_BENCH_PROBE;
+      if (probeFile) process.env.MAYFLY_BENCH_PROBE = probeFile;
+      const preload = probeFile ? ['--import', pathToFileURL(join(ROOT, 'bench', 'broker-probe.mjs')).href] : [];
+      const child = ctx.startChild(`broker (scale-out ${tag})`, [...preload, join(ROOT, 'bin', 'mayfly.js'), 'serve', '--config', config, '--grpc-listen', `127.0.0.1:${grpcPort}`, '--http-listen', `127.0.0.1:${httpPort}`, ...extraArgs], logFile);
+      process.env.MAYFLY_BENCH_PROBE = savedProbe;
       await ctx.waitForPorts(child, [grpcPort, httpPort], logFile, `broker (scale-out ${tag})`, 60_000);
-      return { child, grpcPort, httpPort, logFile, config };
+      return { child, grpcPort, httpPort, logFile, config, probeFile, probeSeq: 0 };
+    };
+    /** Ends the running profile of `b` (if any) and starts one named `next` (if given); waits until the probe has answered. */
+    const profile = async (b, next = '') => {
+      if (!b.probeFile) return;
+      writeFileSync(`${b.probeFile}.next`, next);
+      b.child.kill('SIGUSR2');
+      const deadline = Date.now() + 10_000;
+      while (Date.now() < deadline) {
+        try {
+          const seq = JSON.parse(readFileSync(b.probeFile, 'utf8')).seq;
+          if (seq > b.probeSeq) {
+            b.probeSeq = seq;
+            return;
+          }
+        } catch {
+          /* not written yet */
+        }
+        await new Promise((r) => setTimeout(r, 20));
+      }
     };
     const grpcInit = (port) => ({ grpc: { address: `127.0.0.1:${port}`, ca: join(tmpDir, 'ca.pem'), cert: join(tmpDir, 'workload.pem'), key: join(tmpDir, 'workload.key'), channels: ctx.CHANNELS }, subjectTokensFile: ctx.subjectTokensFile });
 
@@ -129,12 +156,16 @@ export async function runScaleOut(ctx) {
         };
       }
       mkdirSync(join(tmpDir, `scale-${v.key}`), { recursive: true, mode: 0o700 });
-      const b = await serve(v.key, patch, v.args);
+      // Profiles only of one-process brokers: SIGUSR2 reaches the primary, not the workers.
+      const b = await serve(v.key, patch, v.args, v.key !== 'pg2');
       await lg.call('init', grpcInit(b.grpcPort));
       await lg.call('prepareTasks', { count: ctx.OPEN_TASKS });
       await lg.call('run', { ...ctx.base, scenario: 'pair', warmupMs: 0, durationMs: ctx.base.warmupMs });
+      await profile(b, `scale-${v.key}-issue`);
       const issue = await measure(`IssueToken, ${v.label}`, { scenario: 'issue' }, b.child.pid, v.pg);
+      await profile(b, `scale-${v.key}-pair`);
       const pair = await measure(`BeginTask+IssueToken, ${v.label}`, { scenario: 'pair' }, b.child.pid, v.pg);
+      await profile(b);
       out.rows[v.key] = { label: v.label, issue, pair };
       await ctx.stopChild(b.child);
     }

@@ -289,19 +289,25 @@ const SQL = {
       $11::text[], $12::text[], $13::text[], $14::int4[], $15::text[], $16::text[], $17::int4[], $18::text[])
       AS i(id, owner, owner_kind, purpose, labels, created_at, expires_at, lease_expires_at, status, ended_at, end_reason,
         parent_id, root_id, depth, scope_ceiling, actors, tokens_issued, owner_identity)`,
-  // recordToken for a batch. The tasks' row locks are taken first, in id order, so two batches (of
-  // this broker or another) never deadlock; an ender locks its seed before the rest of the closure, so
-  // a batch holding a lower-id descendant can deadlock with it: PostgreSQL detects that and one of
-  // them is retried. Locks are taken only on tasks still active once the lock is ours: READ COMMITTED re-checks status = 'active' on
-  // the newest row version after waiting. Each counter is bumped by that task's number of tokens and
-  // only those tokens are inserted; the jtis returned are the ones recorded.
+  // recordToken for a batch. The tasks' rows are locked first, one at a time in id order, so two
+  // batches (of this broker or another) never deadlock; an ender locks its seed before the rest of
+  // its subtree, so a batch holding a lower-id descendant can deadlock with it: PostgreSQL detects
+  // that and the loser is retried. A row whose lock had to wait is re-read at its newest version
+  // (READ COMMITTED), so `status = 'active'` is judged after the lock is ours. Each active task's
+  // counter is bumped by its number of tokens and only those tokens are inserted; the jtis
+  // returned are the ones recorded.
+  // The shape pins the plan to primary-key lookups (every statement is planned per execution, so
+  // against the table's live size; no plan is cached): the LATERAL subquery (OFFSET 0 keeps the
+  // status test out of it) and `id = ANY (ARRAY(...))` keep the planner from scanning the partial
+  // indexes on status or the whole table, which it did on a table not yet analyzed.
   recordTokens: `WITH i AS (
       SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::int8[], $9::text[],
         $10::bool[], $11::text[], $12::text[], $13::int8[])
         AS i(jti, task_id, kid, sub, audience, scopes, issued_at, expires_at, cert_thumbprint, single_use, tool, args_digest, revoked_at)),
-    n AS (SELECT task_id, count(*)::int AS n FROM i GROUP BY task_id),
-    l AS (SELECT t.id, n.n FROM tasks t JOIN n ON n.task_id = t.id WHERE t.status = 'active' ORDER BY t.id FOR NO KEY UPDATE OF t),
-    u AS (UPDATE tasks t SET tokens_issued = t.tokens_issued + l.n FROM l WHERE t.id = l.id RETURNING t.id)
+    n AS (SELECT task_id, count(*)::int AS n FROM i GROUP BY task_id ORDER BY task_id),
+    l AS (SELECT t.id, n.n FROM n CROSS JOIN LATERAL (
+      SELECT id, status FROM tasks WHERE id = n.task_id OFFSET 0 FOR NO KEY UPDATE) t WHERE t.status = 'active'),
+    u AS (UPDATE tasks t SET tokens_issued = t.tokens_issued + l.n FROM l WHERE t.id = l.id AND t.id = ANY (ARRAY(SELECT id FROM l)) RETURNING t.id)
     INSERT INTO tokens (jti, task_id, kid, sub, audience, scopes, issued_at, expires_at, cert_thumbprint, single_use, tool, args_digest, revoked_at)
     SELECT i.jti, i.task_id, i.kid, i.sub, i.audience, i.scopes::jsonb, i.issued_at, i.expires_at, i.cert_thumbprint, i.single_use, i.tool, i.args_digest, i.revoked_at
     FROM i JOIN u ON u.id = i.task_id
@@ -344,22 +350,6 @@ const SQL = {
     ON CONFLICT (broker_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, at = excluded.at`,
   getAuditHead: 'SELECT seq, hash, at FROM audit_heads WHERE broker_id = $1',
 } as const;
-
-/**
- * Hot-path statements sent as named prepared statements: each pooled
- * connection parses and plans them once, not at every call. Only statements
- * with explicit column lists: a prepared `SELECT *` would fail on every
- * broker still running when another one migrates a column in.
- */
-const PREPARED = new Map<string, string>([
-  [SQL.getTasks, 'mayfly_get_tasks'],
-  [SQL.insertTasks, 'mayfly_insert_tasks'],
-  [SQL.insertTask, 'mayfly_insert_task'],
-  [SQL.insertChildTask, 'mayfly_insert_child_task'],
-  [SQL.recordTokens, 'mayfly_record_tokens'],
-  [SQL.recordToken, 'mayfly_record_token'],
-  [SQL.renewLease, 'mayfly_renew_lease'],
-]);
 
 function taskValues(task: TaskRecord): unknown[] {
   return [
@@ -591,7 +581,7 @@ export class PostgresStore implements Store {
   private async q<R extends pg.QueryResultRow>(what: string, text: string, values: unknown[], on: Q = this.pool): Promise<pg.QueryResult<R>> {
     this.check(what);
     try {
-      const res = await on.query<R>({ text, values, name: PREPARED.get(text) });
+      const res = await on.query<R>(text, values);
       this.noteOutcome();
       return res;
     } catch (err) {

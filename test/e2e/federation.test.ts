@@ -105,6 +105,27 @@ describe('RFC 8693 token exchange over HTTPS', () => {
     expect(unauthenticated.recs.map((x) => [x['event'], x['code']])).toEqual([['auth.failure', 'ERR_JWT_EXPIRED']]);
   });
 
+  it('the same subject token exchanged again (verified before): each request still gets its own policy decision, task, token and audit record', async () => {
+    const subject = mint();
+    const results = [];
+    for (let i = 0; i < 3; i++) {
+      const mark = tb.auditMark();
+      const r = await exchange(exchangeForm(subject));
+      expect(r.status, r.text).toBe(200);
+      const recs = tb.auditSince(mark).filter((x) => x['request_id'] !== undefined);
+      expect(recs.map((x) => [x['event'], x['outcome']])).toEqual([['token.exchange', 'success']]);
+      expect(recs[0]!['decision']).toMatchObject({ allow: true });
+      results.push(r.json!);
+    }
+    expect(new Set(results.map((j) => j['mayfly_task_id'])).size).toBe(3);
+    expect(new Set(results.map((j) => j['access_token'])).size).toBe(3);
+    // Policy still decides per request: the same token asking for an audience no rule allows is denied and audited.
+    const mark = tb.auditMark();
+    const denied = await exchange(exchangeForm(subject, { audience: 'demo-api' }));
+    expect(denied.status).toBe(400);
+    expect(tb.auditSince(mark).filter((x) => x['request_id'] !== undefined).map((x) => [x['event'], x['code']])).toEqual([['token.exchange', 'ERR_POLICY_DENIED']]);
+  });
+
   it('a rule that allows only `exchange` allows the whole exchange: the task it begins and its token', async () => {
     const r = await exchange(exchangeForm(mint({ repository: 'acme/web' }), { mayfly_task_ttl: '3600' }));
     expect(r.status, r.text).toBe(200);

@@ -77,6 +77,9 @@ export function buildServices({ config: c }: LoadedConfig, p: ServiceParts): Ser
     },
     observer,
   });
+  const keyAdmin = new KeyAdministration({ keys, store, events, access, audit, clock, observer });
+  // A `keys revoke` whose broker died between the key and its tokens is finished by the next lifecycle run, on any broker.
+  keys.setRevocationFinisher((kid) => keyAdmin.finishRevocation(kid));
   const auth = new Authenticator(p.trust, p.oidc, service, { issuer: c.issuer, jwtSvidAudiences: c.jwt_svid.audiences, clockSkewSeconds: c.jwt_svid.clock_skew_seconds, clock });
   return {
     service,
@@ -90,6 +93,6 @@ export function buildServices({ config: c }: LoadedConfig, p: ServiceParts): Ser
       // Several replicas: subscriber names and acknowledgements are shared (docs/clustering.md, promotion gate).
       ...(store instanceof PostgresStore ? { shared: { registry: new PgSubscriberRegistry(store.pool), clock } } : {}),
     }),
-    keyAdmin: new KeyAdministration({ keys, store, events, access, audit, clock, observer }),
+    keyAdmin,
   };
 }

@@ -105,6 +105,17 @@ export interface Store {
   revokeToken(jti: string, reason: string, now: EpochMs): Promise<RevocationEvent | null>;
   /** Revokes every unexpired token signed by `kid` and appends a kind-key event. */
   revokeTokensByKid(kid: string, reason: string, now: EpochMs): Promise<RevocationEvent>;
+  /**
+   * Finishes the emergency revocation of `kid` if it is unfinished, so that
+   * it can be retried on every lifecycle tick without announcing anything
+   * twice: does what revokeTokensByKid does and returns its event when an
+   * unexpired token signed by `kid` is not revoked yet, or when unexpired
+   * tokens of `kid` exist and no kind-key event for `kid` is in the log (the
+   * revocation's own event is the durable mark that it was finished). Else
+   * changes nothing and returns null. Atomic with respect to itself and
+   * revokeTokensByKid for the same kid, on every broker sharing the store.
+   */
+  finishKeyRevocation(kid: string, reason: string, now: EpochMs): Promise<RevocationEvent | null>;
   /** Appends a free-standing event (kind keyset) and returns it with its cursor. */
   appendEvent(event: Omit<RevocationEvent, 'cursor'>): Promise<RevocationEvent>;
   /** Events with cursor > `cursor`, oldest first, at most `limit`. */

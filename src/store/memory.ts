@@ -179,6 +179,21 @@ export class MemoryStore implements Store {
     return copyEvent(this.push({ kind: 'key', at: now, taskIds: [], jtis, kid, reason, coversUntil }));
   }
 
+  /** See Store.finishKeyRevocation. */
+  async finishKeyRevocation(kid: string, reason: string, now: EpochMs): Promise<RevocationEvent | null> {
+    this.check();
+    let live = false;
+    let unrevoked = false;
+    for (const tok of this.tokens.values()) {
+      if (tok.kid !== kid || tok.expiresAt <= now) continue;
+      live = true;
+      if (tok.revokedAt === null) unrevoked = true;
+    }
+    const told = this.events.some((e) => e.kind === 'key' && e.kid === kid);
+    if (!unrevoked && (!live || told)) return null;
+    return this.revokeTokensByKid(kid, reason, now);
+  }
+
   /** Appends a free-standing event and returns it with its cursor. */
   async appendEvent(event: Omit<RevocationEvent, 'cursor'>): Promise<RevocationEvent> {
     this.check();

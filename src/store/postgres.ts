@@ -909,6 +909,29 @@ export class PostgresStore implements Store {
     return this.tx(
       'revokeTokensByKid',
       async (c) => {
+        await c.query(KEY_REVOCATION_SQL.lock, [KEY_REVOCATION_LOCK, kid]);
+        const m = (await c.query<{ m: number | null }>(SQL.kidCoverage, [kid, now])).rows[0]?.m ?? null;
+        const jtis = (await c.query<{ jti: string }>(SQL.revokeKidTokens, [now, kid, now])).rows.map((r) => r.jti).sort();
+        return this.insertEvent(c, { kind: 'key', at: now, taskIds: [], jtis, kid, reason, coversUntil: Math.max(now, m ?? now) });
+      },
+      { durable: true },
+    );
+  }
+
+  /**
+   * See Store.finishKeyRevocation. One statement decides whether anything is
+   * left to do (the common case on every lifecycle tick: nothing, no
+   * transaction); the decision is taken again under a transaction-level
+   * advisory lock on the kid, which revokeTokensByKid takes too, so two
+   * brokers never both announce the same revocation.
+   */
+  async finishKeyRevocation(kid: string, reason: string, now: EpochMs): Promise<RevocationEvent | null> {
+    if (!(await this.q<{ unfinished: boolean }>('finishKeyRevocation', KEY_REVOCATION_SQL.unfinished, [kid, now])).rows[0]!.unfinished) return null;
+    return this.tx(
+      'finishKeyRevocation',
+      async (c) => {
+        await c.query(KEY_REVOCATION_SQL.lock, [KEY_REVOCATION_LOCK, kid]);
+        if (!(await c.query<{ unfinished: boolean }>(KEY_REVOCATION_SQL.unfinished, [kid, now])).rows[0]!.unfinished) return null;
         const m = (await c.query<{ m: number | null }>(SQL.kidCoverage, [kid, now])).rows[0]?.m ?? null;
         const jtis = (await c.query<{ jti: string }>(SQL.revokeKidTokens, [now, kid, now])).rows.map((r) => r.jti).sort();
         return this.insertEvent(c, { kind: 'key', at: now, taskIds: [], jtis, kid, reason, coversUntil: Math.max(now, m ?? now) });
@@ -1011,3 +1034,15 @@ function rangeOf(r: { latest: number; pruned: boolean; oldest: number | null } |
   if (!r?.pruned) return { oldest: 0, latest };
   return { oldest: r.oldest ?? latest + 1, latest };
 }
+
+/** First key of the two-int advisory lock space for key revocations (the second is the kid's hash). */
+const KEY_REVOCATION_LOCK = 0x6d66796b; // "mfyk"
+
+/** Statements of finishKeyRevocation (and the lock revokeTokensByKid shares with it). */
+const KEY_REVOCATION_SQL = {
+  lock: 'SELECT pg_advisory_xact_lock($1, hashtext($2))',
+  // Unrevoked live tokens of the kid, or live tokens and no kind-key event for it yet.
+  unfinished: `SELECT EXISTS (SELECT 1 FROM tokens WHERE kid = $1 AND expires_at > $2 AND revoked_at IS NULL)
+      OR (EXISTS (SELECT 1 FROM tokens WHERE kid = $1 AND expires_at > $2)
+        AND NOT EXISTS (SELECT 1 FROM events WHERE kind = 'key' AND kid = $1)) AS unfinished`,
+} as const;

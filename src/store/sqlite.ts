@@ -271,6 +271,8 @@ export class SqliteStore implements Store {
     revokeToken: Stmt;
     revokeKidTokens: Stmt;
     kidCoverage: Stmt;
+    kidTokenState: Stmt;
+    keyEventOf: Stmt;
     insertEvent: Stmt;
     eventsSince: Stmt;
     latestCursor: Stmt;
@@ -336,6 +338,8 @@ export class SqliteStore implements Store {
       revokeToken: p('UPDATE tokens SET revoked_at = ? WHERE jti = ? AND revoked_at IS NULL RETURNING expires_at'),
       revokeKidTokens: p('UPDATE tokens SET revoked_at = ? WHERE kid = ? AND expires_at > ? AND revoked_at IS NULL RETURNING jti'),
       kidCoverage: p('SELECT MAX(expires_at) AS m FROM tokens WHERE kid = ? AND expires_at > ?'),
+      kidTokenState: p('SELECT COUNT(*) AS live, COALESCE(SUM(revoked_at IS NULL), 0) AS unrevoked FROM tokens WHERE kid = ? AND expires_at > ?'),
+      keyEventOf: p(`SELECT 1 AS told FROM events WHERE kind = 'key' AND kid = ? LIMIT 1`),
       insertEvent: p('INSERT INTO events (kind, at, task_ids, jtis, kid, reason, covers_until) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING cursor'),
       eventsSince: p('SELECT * FROM events WHERE cursor > ? ORDER BY cursor LIMIT ?'),
       latestCursor: p(`SELECT seq FROM sqlite_sequence WHERE name = 'events'`),
@@ -672,6 +676,21 @@ export class SqliteStore implements Store {
   /** Revokes every unexpired, unrevoked token signed by `kid`, fsynced; always appends one kind-key event. */
   async revokeTokensByKid(kid: string, reason: string, now: EpochMs): Promise<RevocationEvent> {
     return this.durably('revokeTokensByKid', () => {
+      const m = (this.s.kidCoverage.get(kid, now) as { m: number | null }).m;
+      const jtis = (this.s.revokeKidTokens.all(now, kid, now) as { jti: string }[]).map((r) => r.jti).sort();
+      return this.insertEvent({ kind: 'key', at: now, taskIds: [], jtis, kid, reason, coversUntil: Math.max(now, m ?? now) });
+    });
+  }
+
+  /** See Store.finishKeyRevocation; reads without a write transaction (or fsync) when there is nothing to finish. */
+  async finishKeyRevocation(kid: string, reason: string, now: EpochMs): Promise<RevocationEvent | null> {
+    const unfinished = () => {
+      const t = this.s.kidTokenState.get(kid, now) as { live: number; unrevoked: number };
+      return t.unrevoked > 0 || (t.live > 0 && !this.s.keyEventOf.get(kid));
+    };
+    if (!this.run('finishKeyRevocation', unfinished)) return null;
+    return this.durably('finishKeyRevocation', () => {
+      if (!unfinished()) return null;
       const m = (this.s.kidCoverage.get(kid, now) as { m: number | null }).m;
       const jtis = (this.s.revokeKidTokens.all(now, kid, now) as { jti: string }[]).map((r) => r.jti).sort();
       return this.insertEvent({ kind: 'key', at: now, taskIds: [], jtis, kid, reason, coversUntil: Math.max(now, m ?? now) });

@@ -114,11 +114,16 @@ export interface ValidateOptions {
  * required claims present and well-typed, required scopes granted.
  */
 export function validateClaims(payload: Record<string, unknown>, o: ValidateOptions): MayflyClaims {
-  for (const c of ['iss', 'sub', 'aud', 'jti', 'tid', 'scope'] as const) {
-    if (typeof payload[c] !== 'string') throw mayflyError('ERR_JWT_INVALID', `token claim ${c} is missing or not a string`);
+  // One static read per claim (each with its own inline cache); a loop over the names made every read a
+  // keyed lookup by a changing name. The loops below only name the claim that failed.
+  const q = payload as { [K in keyof MayflyClaims]?: unknown };
+  if (typeof q.iss !== 'string' || typeof q.sub !== 'string' || typeof q.aud !== 'string' || typeof q.jti !== 'string' || typeof q.tid !== 'string' || typeof q.scope !== 'string') {
+    const c = STRING_CLAIMS.find((k) => typeof payload[k] !== 'string');
+    throw mayflyError('ERR_JWT_INVALID', `token claim ${c} is missing or not a string`);
   }
-  for (const c of ['exp', 'iat', 'nbf'] as const) {
-    if (typeof payload[c] !== 'number' || !Number.isFinite(payload[c])) throw mayflyError('ERR_JWT_INVALID', `token claim ${c} is missing or not a number`);
+  if (!isFiniteNumber(q.exp) || !isFiniteNumber(q.iat) || !isFiniteNumber(q.nbf)) {
+    const c = NUMBER_CLAIMS.find((k) => !isFiniteNumber(payload[k]));
+    throw mayflyError('ERR_JWT_INVALID', `token claim ${c} is missing or not a number`);
   }
   const p = payload as unknown as MayflyClaims;
   if (p.iss !== o.issuer) throw mayflyError('ERR_JWT_INVALID', `token issuer ${JSON.stringify(p.iss)} is not ${JSON.stringify(o.issuer)}`, { reason: 'wrong_issuer' });
@@ -127,6 +132,10 @@ export function validateClaims(payload: Record<string, unknown>, o: ValidateOpti
   if (o.requiredScopes) checkScopes(p.scope, o.requiredScopes);
   return p;
 }
+
+const STRING_CLAIMS = ['iss', 'sub', 'aud', 'jti', 'tid', 'scope'] as const;
+const NUMBER_CLAIMS = ['exp', 'iat', 'nbf'] as const;
+const isFiniteNumber = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
 
 /** The claims that change verdict with time or configuration; verifiers re-run these on every use of an already verified token. */
 export type TimedClaims = Pick<MayflyClaims, 'aud' | 'exp' | 'nbf'>;

@@ -44,11 +44,15 @@ const COMPACT_RE = /^[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*$/;
  */
 const PART_SCRATCH = Buffer.allocUnsafe(MAX_JWS_BYTES);
 
-/** JSON value of `token[start, end)`, a base64url part already known to be base64url. */
-function jsonPart(token: string, start: number, end: number, what: string): unknown {
+/** The text of `token[start, end)`, a base64url part already known to be base64url. */
+function partText(token: string, start: number, end: number): string {
   const n = PART_SCRATCH.write(token.slice(start, end), 0, 'base64url');
+  return PART_SCRATCH.toString('utf8', 0, n);
+}
+
+function parseJson(text: string, what: string): unknown {
   try {
-    return JSON.parse(PART_SCRATCH.toString('utf8', 0, n));
+    return JSON.parse(text);
   } catch {
     throw mayflyError('ERR_JWT_INVALID', `malformed token: ${what} is not JSON`);
   }
@@ -66,6 +70,8 @@ export interface JwsHeader {
 export interface DecodedJws {
   header: JwsHeader;
   payload: Record<string, unknown>;
+  /** The payload's JSON text, as decoded (what `payload` was parsed from). */
+  payloadJson: string;
   signingInput: Buffer;
   signature: Buffer;
 }
@@ -142,7 +148,7 @@ const TAIL_RE = /[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*$/y;
 function checkedHeader(h: string, understoodCrit: readonly string[] | undefined): JwsHeader {
   const cached = understoodCrit === undefined ? HEADER_CACHE.get(h) : undefined;
   if (cached !== undefined) return cached;
-  const header = jsonPart(h, 0, h.length, 'header');
+  const header = parseJson(partText(h, 0, h.length), 'header');
   if (!isPlainObject(header)) throw mayflyError('ERR_JWT_INVALID', 'malformed token: header is not a JSON object');
   const alg = header['alg'];
   if (typeof alg !== 'string') throw mayflyError('ERR_JWT_INVALID', 'malformed token: header has no alg');
@@ -198,10 +204,11 @@ export function decodeJws(token: string, options: { understoodCrit?: readonly st
     throw mayflyError('ERR_JWT_INVALID', `malformed token: ${bad} is not base64url`);
   }
   const header = known ? last.header : options.understoodCrit === undefined ? checkedHeaderText(token.slice(0, a)) : checkedHeader(token.slice(0, a), options.understoodCrit);
-  const payload = jsonPart(token, a + 1, b, 'payload');
+  const payloadJson = partText(token, a + 1, b);
+  const payload = parseJson(payloadJson, 'payload');
   if (!isPlainObject(payload)) throw mayflyError('ERR_JWT_INVALID', 'malformed token: payload is not a JSON object');
   // The signing input is ASCII (base64url and a dot), so latin1 encodes it byte for byte, faster than utf8.
-  return { header, payload, signingInput: Buffer.from(token.slice(0, b), 'latin1'), signature: Buffer.from(token.slice(b + 1), 'base64url') };
+  return { header, payload, payloadJson, signingInput: Buffer.from(token.slice(0, b), 'latin1'), signature: Buffer.from(token.slice(b + 1), 'base64url') };
 }
 
 /**

@@ -46,6 +46,13 @@ export interface PromotionGate {
   (kid: string): { ready: boolean; laggards: string[] } | Promise<{ ready: boolean; laggards: string[] }>;
 }
 
+/**
+ * Finishes the emergency revocation of a revoked key beyond the key set: its
+ * tokens and the feed (KeyAdministration.finishRevocation). Must be
+ * idempotent: the lifecycle calls it for every revoked key on every tick.
+ */
+export type RevocationFinisher = (kid: string) => Promise<void>;
+
 /** Where a key change came from: this broker, or another replica seen by `sync()`. */
 export type ChangeOrigin = 'local' | 'cluster';
 
@@ -86,6 +93,9 @@ export class KeyManager {
   private jwksDoc: JwksDocument = { json: '{"keys":[]}', version: '', kids: [] };
   private blockedSince: number | null = null;
   private gate: PromotionGate | null = null;
+  private finisher: RevocationFinisher | null = null;
+  /** Exclusive sections of this process run one after another (the cluster lock keeps other replicas out). */
+  private exclusiveTail: Promise<unknown> = Promise.resolve();
   private ticking: Promise<void> | null = null;
   private syncing: Promise<void> | null = null;
 
@@ -100,7 +110,7 @@ export class KeyManager {
   async init(): Promise<void> {
     await this.exclusive(() => this.initLocked(), true);
     await this.refresh('local');
-    await this.tick();
+    await this.advance(false);
   }
 
   private async initLocked(): Promise<void> {
@@ -125,8 +135,16 @@ export class KeyManager {
    * Runs `fn` alone in the cluster (under the lifecycle lock, after re-reading
    * the shared key set), or just runs it on a single broker. Without `wait`,
    * returns false when another replica holds the lock (after syncing with it).
+   * Within this process, exclusive sections never overlap either: a
+   * lifecycle run never interleaves with a revocation taking place here.
    */
-  private async exclusive(fn: () => Promise<void>, wait: boolean): Promise<boolean> {
+  private exclusive(fn: () => Promise<void>, wait: boolean): Promise<boolean> {
+    const run = this.exclusiveTail.then(() => this.exclusiveNow(fn, wait));
+    this.exclusiveTail = run.catch(() => undefined);
+    return run;
+  }
+
+  private async exclusiveNow(fn: () => Promise<void>, wait: boolean): Promise<boolean> {
     const cluster = this.options.cluster;
     if (!cluster) {
       await fn();
@@ -176,6 +194,17 @@ export class KeyManager {
   /** Installs the gate that promotion waits on (the revocation feed's acknowledgements). */
   setPromotionGate(gate: PromotionGate | null): void {
     this.gate = gate;
+  }
+
+  /**
+   * Installs what finishes a key revocation after the key set changed (see
+   * revoke()). Every tick() that runs the lifecycle (under the lifecycle
+   * lock in a cluster) calls it, last, for every revoked key, so a revocation whose broker died
+   * between the key's state and its tokens is finished by whichever broker
+   * runs the lifecycle next, with no operator action.
+   */
+  setRevocationFinisher(finisher: RevocationFinisher | null): void {
+    this.finisher = finisher;
   }
 
   /** The key that signs now. Synchronous: on the issuance hot path. */
@@ -235,17 +264,24 @@ export class KeyManager {
     // In a cluster, wait for the lifecycle lock rather than skip the run when another replica holds it:
     // the answer then says whether promotion happened or is held back (promotionBlockedSince).
     if (this.options.cluster) await this.exclusive(() => this.doTick(), true);
-    else await this.tick();
+    else await this.advance(false);
   }
 
   /**
    * Emergency: removes `kid` from the JWKS at once and, if it was signing,
    * promotes a replacement immediately (skipping pre-publication: verifiers
    * learn the new set from the feed, JWKS pollers on the unknown kid).
+   * `then` (the revocation of the key's tokens) runs right after, still
+   * under the lifecycle lock, so a lifecycle run elsewhere never finishes
+   * the same revocation concurrently; it runs also when the key was revoked
+   * already (a re-run).
    */
-  async revoke(kid: string): Promise<KeyInfo> {
-    await this.exclusive(() => this.revokeLocked(kid), true);
-    await this.tick();
+  async revoke(kid: string, then?: () => Promise<void>): Promise<KeyInfo> {
+    await this.exclusive(async () => {
+      await this.revokeLocked(kid);
+      await then?.();
+    }, true);
+    await this.advance(false);
     return this.keys.get(kid)!;
   }
 
@@ -269,13 +305,26 @@ export class KeyManager {
   }
 
   /**
-   * Advances the lifecycle. Safe to call often; concurrent calls share one
+   * Advances the lifecycle, then finishes unfinished revocations (see
+   * setRevocationFinisher). Safe to call often; concurrent calls share one
    * run. In a cluster, only the replica that gets the lifecycle lock acts;
    * the others sync.
    */
   async tick(): Promise<void> {
+    return this.advance(true);
+  }
+
+  /**
+   * tick(), for the lifecycle's own callers (start, rotate, revoke) with
+   * `finish` false: they do not depend on the token store, so a store that
+   * is down fails only the periodic run, which retries.
+   */
+  private advance(finish: boolean): Promise<void> {
     if (this.ticking) return this.ticking;
-    this.ticking = this.exclusive(() => this.doTick(), false).then(() => undefined).finally(() => {
+    this.ticking = this.exclusive(async () => {
+      await this.doTick();
+      if (finish && this.finisher) for (const k of this.byState('revoked')) await this.finisher(k.kid);
+    }, false).then(() => undefined).finally(() => {
       this.ticking = null;
     });
     return this.ticking;

@@ -131,10 +131,12 @@ export interface MayflyVerifierOptions {
   acceptRevokedTokensUntilExpiry?: boolean;
   /**
    * How many verified tokens to remember (default 10 000; 0 turns the cache
-   * off). A remembered token skips the signature check and JSON parsing on
-   * its next use, and nothing else: expiry, not-before, audience,
-   * revocation (task, token, key), the signing key still being current, the
-   * certificate binding, scopes and single use are checked on every call.
+   * off). A remembered token skips the signature check on its later uses,
+   * and nothing else: expiry, not-before, audience, revocation (task, token,
+   * key), the signing key still being current, the certificate binding,
+   * scopes and single use are checked on every call. Its claims are parsed
+   * once more on its second use (the cache keeps a first-time token's
+   * payload text, not the caller's object), then kept.
    */
   verifiedTokenCacheSize?: number;
   /** Report detected misuse to the broker (default true; needs `feed.client`). */
@@ -438,7 +440,7 @@ export class MayflyVerifier {
     }
     if (this.reported.size > 10_000) this.reported.clear();
     const sec = Math.floor(now / 1000);
-    for (const [k, e] of this.verified) if (e.claims.exp + this.skew <= sec) this.verified.delete(k);
+    for (const [k, e] of this.verified) if (e.exp + this.skew <= sec) this.verified.delete(k);
   }
 
   // ---- verification ----
@@ -466,8 +468,9 @@ export class MayflyVerifier {
   private check(token: string, options: VerifyOptions, deferReplay: boolean): MayflyClaims {
     const now = this.clock.now();
     const cacheKey = cacheKeyOf(token);
-    const v = this.remembered(token, cacheKey, now) ?? this.verifyFresh(token, cacheKey, now);
-    const { claims } = v;
+    const hit = this.remembered(token, cacheKey, now);
+    const v = hit ?? this.verifyFresh(token, cacheKey, now);
+    const claims = v.claims as MayflyClaims; // set by both: remembered() re-parses an entry's JSON text if needed
     // Revocation before scopes, so a revoked token is always recognized (and reported) as such.
     if (this.revokedKids.has(v.kid)) throw mayflyError('ERR_TOKEN_REVOKED', 'token was signed by a revoked key', { kid: v.kid });
     if (this.isRevoked(claims.jti, claims.tid, v.parent)) {
@@ -487,6 +490,11 @@ export class MayflyVerifier {
     }
     if (options.requiredScopes) checkScopes(claims.scope, options.requiredScopes);
     if (!deferReplay) this.finish(claims, options);
+    // A first-time token's entry keeps the payload's JSON text rather than this object graph, which is the
+    // caller's and usually dies young: one flat string is far cheaper for the garbage collector to carry
+    // (copied once or twice on its way to the old generation) than the dozen objects JSON.parse made. The
+    // token's next use parses that text once more (the bytes that were verified) and keeps the result.
+    if (hit === undefined) v.claims = null;
     return claims;
   }
 
@@ -504,9 +512,10 @@ export class MayflyVerifier {
       this.verified.delete(cacheKey);
       return undefined;
     }
-    checkAudience(e.claims, this.o.audience);
+    const claims = (e.claims ??= deepFreeze(JSON.parse(e.payloadJson) as MayflyClaims));
+    checkAudience(claims, this.o.audience);
     try {
-      checkTimeWindow(e.claims, now, this.skew);
+      checkTimeWindow(claims, now, this.skew);
     } catch (err) {
       this.verified.delete(cacheKey);
       throw err;
@@ -530,7 +539,7 @@ export class MayflyVerifier {
     const { header, claims, key } = verifyDecodedMayflyToken(jws, this.resolveKeyFn, { issuer: this.o.issuer, audience: this.o.audience, now, clockSkewSeconds: this.skew });
     const parent = typeof claims.mayfly?.parent_tid === 'string' ? claims.mayfly.parent_tid : null;
     // Frozen: the same object answers every later use of this token, so no caller can change what the next one sees.
-    const entry: VerifiedEntry = { token, claims: deepFreeze(claims), kid: header.kid as string, key, parent, certDer: null };
+    const entry: VerifiedEntry = { token, payloadJson: jws.payloadJson, claims: deepFreeze(claims), exp: claims.exp, kid: header.kid as string, key, parent, certDer: null };
     if (this.cacheSize > 0 && token.length <= MAX_CACHED_TOKEN_CHARS && cacheKey !== '') {
       if (this.verified.size >= this.cacheSize) this.evictOldest();
       this.verified.set(cacheKey, entry);
@@ -845,7 +854,11 @@ function cacheKeyOf(token: string): string {
 interface VerifiedEntry {
   /** The exact token string that was verified. */
   token: string;
-  claims: MayflyClaims;
+  /** Its payload's JSON text: the claims are re-parsed from it when `claims` is null. */
+  payloadJson: string;
+  /** The claims, frozen; null between a first-time verify and the token's next use (see `check`). */
+  claims: MayflyClaims | null;
+  exp: number;
   kid: string;
   /** The key that verified it: a cached entry counts only while the kid still resolves to this key. */
   key: KeyObject;

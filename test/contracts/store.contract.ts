@@ -267,6 +267,64 @@ export function runStoreContract(name: string, factory: () => Store | Promise<St
         expect(empty.cursor).toBeGreaterThan(ev.cursor);
       });
 
+      it('finishes an unfinished key revocation once: revokes and announces, then does nothing', async () => {
+        await store.createTask(task('t'));
+        await store.recordToken(token('a1', 't', { kid: 'A', expiresAt: T0 + 5 * MIN }));
+        await store.recordToken(token('a2', 't', { kid: 'A', expiresAt: T0 + 9 * MIN }));
+        await store.recordToken(token('a-old', 't', { kid: 'A', expiresAt: T0 + MIN }));
+        await store.recordToken(token('b1', 't', { kid: 'B', expiresAt: T0 + 5 * MIN }));
+        const now = T0 + 2 * MIN;
+        const ev = await store.finishKeyRevocation('A', 'signing key revoked', now);
+        expect(ev).toMatchObject({ kind: 'key', kid: 'A', at: now, taskIds: [], jtis: ['a1', 'a2'], reason: 'signing key revoked', coversUntil: T0 + 9 * MIN });
+        expect(ev!.cursor).toBeGreaterThan(0);
+        expect((await store.getToken('a1'))!.revokedAt).toBe(now);
+        expect((await store.getToken('a2'))!.revokedAt).toBe(now);
+        expect((await store.getToken('a-old'))!.revokedAt).toBeNull();
+        expect((await store.getToken('b1'))!.revokedAt).toBeNull();
+        // Finished: later calls (every lifecycle tick) change nothing and announce nothing.
+        expect(await store.finishKeyRevocation('A', 'signing key revoked', now + 1)).toBeNull();
+        expect(await store.finishKeyRevocation('A', 'signing key revoked', T0 + 6 * MIN)).toBeNull();
+        expect(await store.eventsSince(0, 10)).toEqual([ev]);
+        // An explicit revokeTokensByKid (the command run again) still revokes and announces.
+        const again = await store.revokeTokensByKid('A', 'signing key revoked', now + 2);
+        expect(again).toMatchObject({ kind: 'key', kid: 'A', jtis: [] });
+        expect(again.cursor).toBeGreaterThan(ev!.cursor);
+      });
+
+      it('finishes a key revocation whose tokens are revoked but never announced, and one with a token recorded after its event', async () => {
+        await store.createTask(task('t'));
+        await store.recordToken(token('a1', 't', { kid: 'A', expiresAt: T0 + 5 * MIN }));
+        await store.revokeToken('a1', 'leaked', T0);
+        const tokenEv = (await store.eventsSince(0, 10))[0]!;
+        // A revoked live token and no kind-key event: verifiers holding the key were never told of the key.
+        const ev = await store.finishKeyRevocation('A', 'signing key revoked', T0 + MIN);
+        expect(ev).toMatchObject({ kind: 'key', kid: 'A', jtis: [], coversUntil: T0 + 5 * MIN });
+        expect(await store.finishKeyRevocation('A', 'signing key revoked', T0 + MIN)).toBeNull();
+        // A token recorded after the event (signed by a replica that had not seen the revocation yet).
+        await store.recordToken(token('a-late', 't', { kid: 'A', expiresAt: T0 + 8 * MIN }));
+        const late = await store.finishKeyRevocation('A', 'signing key revoked', T0 + 2 * MIN);
+        expect(late).toMatchObject({ kind: 'key', kid: 'A', jtis: ['a-late'], coversUntil: T0 + 8 * MIN });
+        expect((await store.getToken('a-late'))!.revokedAt).toBe(T0 + 2 * MIN);
+        expect(await store.finishKeyRevocation('A', 'signing key revoked', T0 + 2 * MIN)).toBeNull();
+        expect((await store.eventsSince(0, 10)).map((e) => e.cursor)).toEqual([tokenEv.cursor, ev!.cursor, late!.cursor]);
+      });
+
+      it('announces nothing for a kid without live tokens, also after gc removed its event', async () => {
+        await store.createTask(task('t', { expiresAt: T0 + 10 * MIN }));
+        expect(await store.finishKeyRevocation('none', 'signing key revoked', T0)).toBeNull();
+        await store.recordToken(token('a-old', 't', { kid: 'A', expiresAt: T0 + MIN }));
+        expect(await store.finishKeyRevocation('A', 'signing key revoked', T0 + MIN)).toBeNull();
+        await store.recordToken(token('a1', 't', { kid: 'A', expiresAt: T0 + 5 * MIN }));
+        const ev = await store.revokeTokensByKid('A', 'signing key revoked', T0 + 2 * MIN);
+        expect(ev.jtis).toEqual(['a1']);
+        expect(await store.finishKeyRevocation('A', 'signing key revoked', T0 + 3 * MIN)).toBeNull();
+        // The event's coverage ends with a1; gc drops it (the task and its tokens outlive it). Nothing is live, so nothing is announced again.
+        expect(await store.gc(T0 + 6 * MIN, 0)).toBe(1);
+        expect(await store.eventsSince(0, 10)).toEqual([]);
+        expect(await store.finishKeyRevocation('A', 'signing key revoked', T0 + 6 * MIN)).toBeNull();
+        expect((await store.cursorRange()).latest).toBe(ev.cursor);
+      });
+
       it('counts unexpired tokens per kid', async () => {
         await store.createTask(task('t'));
         await store.recordToken(token('a1', 't', { kid: 'A', expiresAt: T0 + 5 * MIN }));
@@ -534,6 +592,26 @@ export function runStoreContract(name: string, factory: () => Store | Promise<St
         expect(b.event).toBeNull();
         expect(c.event).toBeNull();
         expect((await store.eventsSince(0, 10)).length).toBe(1);
+      });
+
+      it('finishes a key revocation once under concurrent calls, also racing revokeTokensByKid', async () => {
+        await store.createTask(task('t'));
+        for (let i = 0; i < 20; i++) await store.recordToken(token(`k${i}`, 't', { kid: 'K', expiresAt: T0 + 10 * MIN }));
+        const now = T0 + MIN;
+        const finished = await Promise.all(Array.from({ length: 6 }, () => store.finishKeyRevocation('K', 'signing key revoked', now)));
+        const done = finished.filter((e) => e !== null);
+        expect(done).toHaveLength(1);
+        expect(done[0]!.jtis).toHaveLength(20);
+        expect(await store.eventsSince(0, 100)).toHaveLength(1);
+        // A fresh key: the command's own revocation and a lifecycle run at the same moment announce it once between them.
+        for (let i = 0; i < 5; i++) await store.recordToken(token(`l${i}`, 't', { kid: 'L', expiresAt: T0 + 10 * MIN }));
+        const [cmd, ...runs] = await Promise.all([store.revokeTokensByKid('L', 'signing key revoked', now), ...Array.from({ length: 4 }, () => store.finishKeyRevocation('L', 'signing key revoked', now))]);
+        const lEvents = (await store.eventsSince(0, 100)).filter((e) => e.kid === 'L');
+        const byRuns = runs.filter((e) => e !== null);
+        // The command always announces; a run announces only if it came first, and then the command revoked nothing more.
+        expect(lEvents).toHaveLength(1 + byRuns.length);
+        expect(byRuns.length).toBeLessThanOrEqual(1);
+        expect([...cmd.jtis, ...byRuns.flatMap((e) => e!.jtis)].sort()).toEqual(['l0', 'l1', 'l2', 'l3', 'l4']);
       });
 
       it('counts every token under concurrent recordToken calls', async () => {

@@ -389,7 +389,10 @@ describe('MayflyVerifier verified-token cache: every per-call check still runs',
     expect(await codeOf(() => v.verifySync(t, { clientCertDer: other }))).toBe('ERR_JWT_INVALID');
     expect(await codeOf(() => v.verifySync(t, { clientCertDer: cert, requiredScopes: ['admin'] }))).toBe('ERR_SCOPE_DENIED');
     const again = await v.verify(t, { clientCertDer: cert });
-    expect(again).toBe(first);
+    // Re-parsed once from the verified payload text (the cache keeps the text, not the first caller's object).
+    expect(again).toEqual(first);
+    expect(Object.isFrozen(again) && Object.isFrozen(again.cnf) && Object.isFrozen(again.mayfly)).toBe(true);
+    expect(v.verifySync(t, { clientCertDer: cert })).toBe(again);
     expect({ scope: again.scope, cnf: again.cnf, parent: again.mayfly?.parent_tid }).toEqual({ scope: 'read', cnf: { 'x5t#S256': certificateThumbprint(cert) }, parent: 'p0' });
     clock.advance(300_000 + 60_000); // the exp the claims carry, not one a caller tried to write
     feed.send(RevocationEvent_Kind.HEARTBEAT, { cursor: 1 });

@@ -23,6 +23,7 @@ export type BatchOutcome<O> = { ok: true; value: O } | { ok: false; error: unkno
 
 interface Pending<I, O> {
   item: I;
+  queuedAt: number;
   resolve: (value: O) => void;
   reject: (err: unknown) => void;
 }
@@ -33,8 +34,16 @@ export class Batcher<I, O> {
   private inFlight = 0;
   private scheduled = false;
 
+  /**
+   * @param refuse Asked for each call before its batch is sent, with the time
+   *   it was queued: an error fails that call at once instead (the store
+   *   refuses calls that waited while the server was found unreachable, so
+   *   they do not wait out another connect timeout behind the batch that
+   *   found it).
+   */
   constructor(
     private readonly run: (items: I[]) => Promise<BatchOutcome<O>[]>,
+    private readonly refuse: (queuedAt: number) => unknown = () => undefined,
     private readonly maxInFlight = 1,
     private readonly maxBatch = 500,
   ) {}
@@ -42,7 +51,7 @@ export class Batcher<I, O> {
   /** Queues one call; resolves or rejects with that call's outcome once its batch ran. */
   submit(item: I): Promise<O> {
     return new Promise<O>((resolve, reject) => {
-      this.queue.push({ item, resolve, reject });
+      this.queue.push({ item, queuedAt: Date.now(), resolve, reject });
       this.schedule();
     });
   }
@@ -58,6 +67,12 @@ export class Batcher<I, O> {
   }
 
   private flush(): void {
+    this.queue = this.queue.filter((p) => {
+      const err = this.refuse(p.queuedAt);
+      if (err === undefined) return true;
+      p.reject(err);
+      return false;
+    });
     while (this.inFlight < this.maxInFlight && this.queue.length > 0) {
       const batch = this.queue.length <= this.maxBatch ? this.queue : this.queue.slice(0, this.maxBatch);
       this.queue = this.queue.length <= this.maxBatch ? [] : this.queue.slice(this.maxBatch);

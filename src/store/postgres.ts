@@ -537,9 +537,9 @@ export class PostgresStore implements Store {
   private outage: { since: number; reason: string } | null = null;
   private probe: NodeJS.Timeout | undefined;
   /** The hot path in batches (postgres-batch.ts): one statement per batch instead of one per call. */
-  private readonly taskReads = new Batcher<string, TaskRecord | null>((ids) => this.getTaskBatch(ids));
-  private readonly taskWrites = new Batcher<TaskRecord, void>((tasks) => this.createTaskBatch(tasks));
-  private readonly tokenWrites = new Batcher<TokenRecord, void>((tokens) => this.recordTokenBatch(tokens));
+  private readonly taskReads = new Batcher<string, TaskRecord | null>((ids) => this.getTaskBatch(ids), (at) => this.refusedSince(at, 'getTask'));
+  private readonly taskWrites = new Batcher<TaskRecord, void>((tasks) => this.createTaskBatch(tasks), (at) => this.refusedSince(at, 'createTask'));
+  private readonly tokenWrites = new Batcher<TokenRecord, void>((tokens) => this.recordTokenBatch(tokens), (at) => this.refusedSince(at, 'recordToken'));
 
   private constructor(
     /** The pool; exposed for adapters that share the database (e.g. the coordinator). */
@@ -558,6 +558,13 @@ export class PostgresStore implements Store {
     if (this.closed) return { ok: false, detail: 'store is closed' };
     if (this.outage) return { ok: false, detail: `PostgreSQL at ${target(this.url)} unavailable for ${Math.round((Date.now() - this.outage.since) / 1000)}s: ${this.outage.reason}` };
     return { ok: true, detail: `postgres ${target(this.url)}` };
+  }
+
+  /** ERR_UNAVAILABLE for a call queued at `queuedAt` if the server was found unreachable since (see tx). */
+  private refusedSince(queuedAt: number, what: string): MayflyError | undefined {
+    const o = this.outage;
+    if (!o || o.since < queuedAt) return undefined;
+    return mayflyError('ERR_UNAVAILABLE', `store unavailable (${what}); the broker refuses to proceed without recording it`, { target: target(this.url), reason: o.reason });
   }
 
   private noteOutcome(err?: unknown): void {

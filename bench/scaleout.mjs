@@ -141,6 +141,20 @@ export async function runScaleOut(ctx) {
       return r;
     };
 
+    /** Broker and PostgreSQL CPU (share of a core) over a few seconds without calls. */
+    const measureIdle = async (brokerPid, withPg) => {
+      await new Promise((r) => setTimeout(r, 1000));
+      const sum = (pids) => pids.reduce((s, p) => s + (Number.isFinite(ctx.cpuSeconds(p)) ? ctx.cpuSeconds(p) : 0), 0);
+      const brokerPids = tree(brokerPid);
+      const dbPids = withPg ? tree(pgPid) : [];
+      const b0 = sum(brokerPids);
+      const d0 = sum(dbPids);
+      const w0 = performance.now();
+      await new Promise((r) => setTimeout(r, 4000));
+      const wall = (performance.now() - w0) / 1000;
+      return { brokerCpu: (sum(brokerPids) - b0) / wall, dbCpu: withPg ? (sum(withPg ? tree(pgPid) : []) - d0) / wall : 0 };
+    };
+
     const variants = [
       { key: 'sqlite', label: 'SQLite, 1 process', patch: (doc) => doc.set('data_dir', 'scale-sqlite'), args: [], pg: false },
       { key: 'pg1', label: 'PostgreSQL, --workers 1', args: ['--workers', '1'], pg: true },
@@ -161,12 +175,16 @@ export async function runScaleOut(ctx) {
       await lg.call('init', grpcInit(b.grpcPort));
       await lg.call('prepareTasks', { count: ctx.OPEN_TASKS });
       await lg.call('run', { ...ctx.base, scenario: 'pair', warmupMs: 0, durationMs: ctx.base.warmupMs });
+      // CPU with no calls at all (timers, the sweeper, cluster sync, PostgreSQL's background processes): a
+      // fixed cost per second that the per-call figures below include, spread over the calls of the window.
+      const idle = await measureIdle(b.child.pid, v.pg);
+      log(`(j) idle, ${v.label}: broker CPU ${(idle.brokerCpu * 100).toFixed(1)}%${v.pg ? ` PostgreSQL CPU ${(idle.dbCpu * 100).toFixed(1)}%` : ''}`);
       await profile(b, `scale-${v.key}-issue`);
       const issue = await measure(`IssueToken, ${v.label}`, { scenario: 'issue' }, b.child.pid, v.pg);
       await profile(b, `scale-${v.key}-pair`);
       const pair = await measure(`BeginTask+IssueToken, ${v.label}`, { scenario: 'pair' }, b.child.pid, v.pg);
       await profile(b);
-      out.rows[v.key] = { label: v.label, issue, pair };
+      out.rows[v.key] = { label: v.label, issue, pair, idle };
       await ctx.stopChild(b.child);
     }
 
@@ -235,6 +253,9 @@ export function scaleOutMarkdown(s, fmt) {
     }
   }
   md.push('');
+  const pct1 = (x) => `${(x * 100).toFixed(1)}%`;
+  const idle = ['sqlite', 'pg1', 'pg2'].filter((k) => s.rows[k]?.idle).map((k) => `${s.rows[k].label}: broker ${pct1(s.rows[k].idle.brokerCpu)}${k === 'sqlite' ? '' : `, PostgreSQL ${pct1(s.rows[k].idle.dbCpu)}`}`);
+  if (idle.length > 0) md.push(`CPU with no calls (share of one core over 4 s, before the scenarios; included in the per-call figures, spread over the calls): ${idle.join('; ')}.`, '');
   if (sq && s.rows.pg1) {
     const ratio = s.rows.pg1.issue.serverCpuPerCall / sq.issue.serverCpuPerCall;
     const bratio = s.rows.pg1.issue.brokerCpuPerCall / sq.issue.brokerCpuPerCall;

@@ -96,6 +96,15 @@ describe('PostgreSQL store batches', () => {
     expect(y!.actors).toEqual(['spiffe://example.org/x']);
   });
 
+  it('plans every execution of its prepared statements (no generic plan cached on a small table)', async () => {
+    const clients = await Promise.all([a.pool.connect(), a.pool.connect()]);
+    try {
+      for (const c of clients) expect((await c.query<{ plan_cache_mode: string }>('SHOW plan_cache_mode')).rows[0]!.plan_cache_mode).toBe('force_custom_plan');
+    } finally {
+      for (const c of clients) c.release();
+    }
+  });
+
   it('two brokers batching tokens on a parent and its lower-id child while the parent ends: every token refused or revoked', async () => {
     let recorded = 0;
     let refused = 0;

@@ -63,9 +63,10 @@ export class KeyAdministration {
       let ev: RevocationEvent | undefined;
       await this.d.keys.revoke(kid, async () => {
         ev = await this.d.store.revokeTokensByKid(kid, REASON, this.d.clock.now());
+        // At once, before the lifecycle run that follows appends later events (a single broker's feed delivers in cursor order).
+        this.d.events.publish(ev);
       });
       if (!ev) throw mayflyError('ERR_INTERNAL', 'key revocation ended without revoking its tokens');
-      this.d.events.publish(ev);
       this.d.observer?.revocation?.('key');
       const activeKid = this.d.keys.active().info.kid;
       Object.assign(rec, { revoked_tokens: ev.jtis.length, active_kid: activeKid });

@@ -70,8 +70,6 @@ export interface JwsHeader {
 export interface DecodedJws {
   header: JwsHeader;
   payload: Record<string, unknown>;
-  /** The payload's JSON text, as decoded (what `payload` was parsed from). */
-  payloadJson: string;
   signingInput: Buffer;
   signature: Buffer;
 }
@@ -183,6 +181,15 @@ function checkedHeaderText(h: string): JwsHeader {
 }
 
 /**
+ * The payload of a compact JWS already decoded (and verified) once, parsed
+ * again: for a verifier that keeps the token string rather than the parse.
+ */
+export function payloadOf(token: string): Record<string, unknown> {
+  const a = token.indexOf('.');
+  return parseJson(partText(token, a + 1, token.indexOf('.', a + 1)), 'payload') as Record<string, unknown>;
+}
+
+/**
  * Parses a compact JWS and checks the header's shape: size bound, three
  * parts, JSON objects, an asymmetric `alg`, no unknown `crit` (RFC 7515
  * §4.1.11), and no nested JWT (`cty: JWT`, RFC 7519 §5.2).
@@ -204,11 +211,10 @@ export function decodeJws(token: string, options: { understoodCrit?: readonly st
     throw mayflyError('ERR_JWT_INVALID', `malformed token: ${bad} is not base64url`);
   }
   const header = known ? last.header : options.understoodCrit === undefined ? checkedHeaderText(token.slice(0, a)) : checkedHeader(token.slice(0, a), options.understoodCrit);
-  const payloadJson = partText(token, a + 1, b);
-  const payload = parseJson(payloadJson, 'payload');
+  const payload = parseJson(partText(token, a + 1, b), 'payload');
   if (!isPlainObject(payload)) throw mayflyError('ERR_JWT_INVALID', 'malformed token: payload is not a JSON object');
   // The signing input is ASCII (base64url and a dot), so latin1 encodes it byte for byte, faster than utf8.
-  return { header, payload, payloadJson, signingInput: Buffer.from(token.slice(0, b), 'latin1'), signature: Buffer.from(token.slice(b + 1), 'base64url') };
+  return { header, payload, signingInput: Buffer.from(token.slice(0, b), 'latin1'), signature: Buffer.from(token.slice(b + 1), 'base64url') };
 }
 
 /**

@@ -27,7 +27,7 @@ import { REPLAY_END_REASON } from '../core/types.js';
 import { httpsFetch, parseJsonDocument, RemoteDocument, type CaOption, type FetchLike } from '../net/remote-document.js';
 import { checkAudience, checkScopes, checkTimeWindow, type MayflyClaims } from '../tokens/claims.js';
 import { certificateThumbprint } from '../tokens/hashes.js';
-import { decodeJws, MAX_JWS_BYTES } from '../tokens/jws.js';
+import { decodeJws, MAX_JWS_BYTES, payloadOf } from '../tokens/jws.js';
 import { parseJwks } from '../tokens/jwks.js';
 import { verifyDecodedMayflyToken, verifyMayflyToken } from '../tokens/verify.js';
 import { RevocationEvent_Kind, type IntrospectResponse, type RevocationEvent } from '../gen/mayfly/v1/broker_pb.js';
@@ -135,8 +135,8 @@ export interface MayflyVerifierOptions {
    * and nothing else: expiry, not-before, audience, revocation (task, token,
    * key), the signing key still being current, the certificate binding,
    * scopes and single use are checked on every call. Its claims are parsed
-   * once more on its second use (the cache keeps a first-time token's
-   * payload text, not the caller's object), then kept.
+   * once more on its second use (the cache keeps a first-time token, not
+   * the caller's claims object), then kept.
    */
   verifiedTokenCacheSize?: number;
   /** Report detected misuse to the broker (default true; needs `feed.client`). */
@@ -490,10 +490,10 @@ export class MayflyVerifier {
     }
     if (options.requiredScopes) checkScopes(claims.scope, options.requiredScopes);
     if (!deferReplay) this.finish(claims, options);
-    // A first-time token's entry keeps the payload's JSON text rather than this object graph, which is the
-    // caller's and usually dies young: one flat string is far cheaper for the garbage collector to carry
-    // (copied once or twice on its way to the old generation) than the dozen objects JSON.parse made. The
-    // token's next use parses that text once more (the bytes that were verified) and keeps the result.
+    // A first-time token's entry keeps the token string (which it holds anyway) rather than this object
+    // graph, which is the caller's and usually dies young: carrying the dozen objects JSON.parse made to the
+    // old generation cost the garbage collector more than the rest of the cache. The token's next use parses
+    // its payload once more (the bytes that were verified) and keeps the result.
     if (hit === undefined) v.claims = null;
     return claims;
   }
@@ -512,7 +512,7 @@ export class MayflyVerifier {
       this.verified.delete(cacheKey);
       return undefined;
     }
-    const claims = (e.claims ??= deepFreeze(JSON.parse(e.payloadJson) as MayflyClaims));
+    const claims = (e.claims ??= deepFreeze(payloadOf(token) as unknown as MayflyClaims));
     checkAudience(claims, this.o.audience);
     try {
       checkTimeWindow(claims, now, this.skew);
@@ -539,7 +539,7 @@ export class MayflyVerifier {
     const { header, claims, key } = verifyDecodedMayflyToken(jws, this.resolveKeyFn, { issuer: this.o.issuer, audience: this.o.audience, now, clockSkewSeconds: this.skew });
     const parent = typeof claims.mayfly?.parent_tid === 'string' ? claims.mayfly.parent_tid : null;
     // Frozen: the same object answers every later use of this token, so no caller can change what the next one sees.
-    const entry: VerifiedEntry = { token, payloadJson: jws.payloadJson, claims: deepFreeze(claims), exp: claims.exp, kid: header.kid as string, key, parent, certDer: null };
+    const entry: VerifiedEntry = { token, claims: deepFreeze(claims), exp: claims.exp, kid: header.kid as string, key, parent, certDer: null };
     if (this.cacheSize > 0 && token.length <= MAX_CACHED_TOKEN_CHARS && cacheKey !== '') {
       if (this.verified.size >= this.cacheSize) this.evictOldest();
       this.verified.set(cacheKey, entry);
@@ -854,9 +854,7 @@ function cacheKeyOf(token: string): string {
 interface VerifiedEntry {
   /** The exact token string that was verified. */
   token: string;
-  /** Its payload's JSON text: the claims are re-parsed from it when `claims` is null. */
-  payloadJson: string;
-  /** The claims, frozen; null between a first-time verify and the token's next use (see `check`). */
+  /** The claims, frozen; null between a first-time verify and the token's next use (see `check`): then re-parsed from `token`. */
   claims: MayflyClaims | null;
   exp: number;
   kid: string;

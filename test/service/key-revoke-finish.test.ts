@@ -12,13 +12,27 @@ import { KeyAdministration } from '../../src/service/keys.js';
 import { MemoryStore } from '../../src/store/memory.js';
 import { KeyManager } from '../../src/tokens/keys.js';
 import { MemoryKeyStore } from '../../src/tokens/keystore-memory.js';
+import { mayflyError } from '../../src/core/errors.js';
+import type { EpochMs } from '../../src/core/types.js';
 import { task, token } from '../contracts/store.contract.js';
 
 const ADMIN = { identity: { kind: 'spiffe' as const, id: 'spiffe://example.org/ops', method: 'x509-svid' as const, claims: {} }, requestId: 'r' };
 
+/** A store whose next revokeTokensByKid fails, as a PostgreSQL that went away between the two commits would. */
+class FlakyStore extends MemoryStore {
+  failNext = false;
+  override async revokeTokensByKid(kid: string, reason: string, now: EpochMs): Promise<RevocationEvent> {
+    if (this.failNext) {
+      this.failNext = false;
+      throw mayflyError('ERR_UNAVAILABLE', 'store unavailable (revokeTokensByKid)');
+    }
+    return super.revokeTokensByKid(kid, reason, now);
+  }
+}
+
 async function broker() {
   const clock = new ManualClock(Date.UTC(2026, 0, 1));
-  const store = new MemoryStore();
+  const store = new FlakyStore();
   const keys = new KeyManager(new MemoryKeyStore(), clock, { alg: 'ES256', rotationPeriodMs: 86_400_000, prePublishMs: 600_000, skewMs: 60_000, maxPromotionWaitMs: 3_600_000 });
   await keys.init();
   const events: RevocationEvent[] = [];
@@ -74,5 +88,24 @@ describe('an interrupted keys revoke', () => {
     expect(r).toMatchObject({ kid, revokedTokens: 2 });
     expect(events).toHaveLength(1);
     expect(await store.eventsSince(0, 10)).toHaveLength(1);
+  });
+
+  it('a command whose second commit fails answers with the error, and the lifecycle finishes it', async () => {
+    const { clock, store, keys, events, audit, admin, kid } = await broker();
+    keys.setRevocationFinisher((k) => admin.finishRevocation(k));
+    store.failNext = true;
+    await expect(admin.revoke(ADMIN, { kid })).rejects.toMatchObject({ code: 'ERR_UNAVAILABLE' });
+    expect(keys.stateOf(kid)).toBe('revoked');
+    expect(keys.jwks().kids).not.toContain(kid);
+    expect((await store.getToken('j1'))!.revokedAt).toBeNull();
+    expect(events).toHaveLength(0);
+    expect(audit.records.filter((r) => r.event === 'key.revoke')).toEqual([expect.objectContaining({ outcome: 'error', code: 'ERR_UNAVAILABLE', kid })]);
+
+    clock.advance(1000);
+    await keys.tick();
+    expect((await store.getToken('j1'))!.revokedAt).toBe(clock.now());
+    expect(events).toEqual([expect.objectContaining({ kind: 'key', kid, jtis: ['j1', 'j2'] })]);
+    await keys.tick();
+    expect(events).toHaveLength(1);
   });
 });

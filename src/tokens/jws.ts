@@ -210,11 +210,28 @@ export function decodeJws(token: string, options: { understoodCrit?: readonly st
     const bad = !B64U_RE.test(token.slice(0, a)) ? 'header' : !B64U_RE.test(token.slice(a + 1, b)) ? 'payload' : 'signature';
     throw mayflyError('ERR_JWT_INVALID', `malformed token: ${bad} is not base64url`);
   }
+  // The signature is the one part its own signature does not cover: with unused low bits in its last character it
+  // could be respelled (16 ways for ES256) and still verify, one token with several strings. Only the canonical
+  // spelling (RFC 4648 section 3.5, unused bits zero) is accepted.
+  if (!canonicalTail(token, b + 1)) throw mayflyError('ERR_JWT_INVALID', 'malformed token: signature is not canonical base64url');
   const header = known ? last.header : options.understoodCrit === undefined ? checkedHeaderText(token.slice(0, a)) : checkedHeader(token.slice(0, a), options.understoodCrit);
   const payload = parseJson(partText(token, a + 1, b), 'payload');
   if (!isPlainObject(payload)) throw mayflyError('ERR_JWT_INVALID', 'malformed token: payload is not a JSON object');
   // The signing input is ASCII (base64url and a dot), so latin1 encodes it byte for byte, faster than utf8.
   return { header, payload, signingInput: Buffer.from(token.slice(0, b), 'latin1'), signature: Buffer.from(token.slice(b + 1), 'base64url') };
+}
+
+const B64U_ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+
+/** Whether the base64url text from `start` to the end of `s` (already checked to be base64url) has its unused bits zero. */
+function canonicalTail(s: string, start: number): boolean {
+  const n = s.length - start;
+  if (n === 0) return true;
+  const rem = n % 4;
+  if (rem === 0) return true;
+  if (rem === 1) return false; // 6 bits cannot end a byte
+  const v = B64U_ALPHABET.indexOf(s[s.length - 1]!);
+  return v % (rem === 2 ? 16 : 4) === 0;
 }
 
 /**

@@ -51,6 +51,23 @@ describe('decodeJws', () => {
     for (const [bad, message] of cases) expect(failure(() => decodeJws(bad))).toBe(`ERR_JWT_INVALID: malformed token: ${message}`);
   });
 
+  it('accepts only the canonical spelling of the signature (its unused low bits zero)', () => {
+    const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+    const good = token();
+    const [h, p, sig] = good.split('.') as [string, string, string];
+    expect(sig.length % 4).toBe(2); // 64 bytes: the last character carries 2 bits and 4 unused ones
+    const last = ALPHABET.indexOf(sig.at(-1)!);
+    expect(() => verifyJwsSignature(decodeJws(good), p256.publicKey)).not.toThrow();
+    for (let unused = 1; unused < 16; unused++) {
+      const respelled = `${h}.${p}.${sig.slice(0, -1)}${ALPHABET[last + unused]}`;
+      // Same bytes once decoded: without the check this token would verify.
+      expect(Buffer.from(respelled.split('.')[2]!, 'base64url').equals(Buffer.from(sig, 'base64url'))).toBe(true);
+      expect(failure(() => decodeJws(respelled))).toBe('ERR_JWT_INVALID: malformed token: signature is not canonical base64url');
+    }
+    // A signature of a length no byte string has (4n + 1 characters) is refused too.
+    expect(failure(() => decodeJws(`${h}.${p}.${sig}AAA`))).toMatch(/^ERR_JWT_INVALID/);
+  });
+
   it('parses and checks any other header in full, right after a remembered one', () => {
     const good = token();
     decodeJws(good);

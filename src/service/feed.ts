@@ -57,8 +57,12 @@ export class RevocationFeed implements EventPublisher {
   private readonly subs = new Set<Subscriber>();
   private readonly acks = new Map<string, string>();
   private readonly versionKids = new Map<string, Set<string>>();
+  /** Highest cursor delivered to subscribers (events go out in cursor order, see publish). */
   private latest = 0;
   private timer: NodeJS.Timeout | null = null;
+  /** A read of the log below an early event, and the events published meanwhile. */
+  private filling: Promise<void> | null = null;
+  private early: RevocationEvent[] = [];
 
   constructor(
     private readonly store: Store,
@@ -83,9 +87,55 @@ export class RevocationFeed implements EventPublisher {
     this.subs.clear();
   }
 
-  /** Called with each durable event. Fans out at once (the propagation path). */
+  /**
+   * Called with each durable event. Fans out at once (the propagation path),
+   * in cursor order: subscribers, and verifiers resuming from a cursor, take
+   * a cursor as "everything up to here", so an event must never reach them
+   * after one with a higher cursor. Use-cases publish when their own write is
+   * durable, and two of them can finish in either order (a CompleteTask and a
+   * key-set change, say). An event that arrives ahead of the next cursor is
+   * therefore preceded by what the log holds below it: its durability covers
+   * those too (one store: cursors follow commit order, and the WAL fsync or
+   * commit that made it durable covered every earlier commit). Their own
+   * publish calls, when they come, find them delivered and do nothing.
+   */
   publish(event: RevocationEvent): void {
-    if (event.cursor > this.latest) this.latest = event.cursor;
+    if (this.filling) {
+      this.early.push(event);
+      return;
+    }
+    if (event.cursor <= this.latest) return;
+    if (event.cursor === this.latest + 1) {
+      this.send(event);
+      return;
+    }
+    this.filling = this.fillBelow(event).finally(() => {
+      this.filling = null;
+      const early = this.early.sort((a, b) => a.cursor - b.cursor);
+      this.early = [];
+      for (const e of early) this.publish(e);
+    });
+  }
+
+  /** Delivers the logged events between the last delivered cursor and `event`, then `event`. */
+  private async fillBelow(event: RevocationEvent): Promise<void> {
+    try {
+      while (this.latest < event.cursor - 1) {
+        const page = await this.store.eventsSince(this.latest, this.options.batch);
+        const below = page.filter((e) => e.cursor < event.cursor);
+        for (const e of below) this.send(e);
+        if (below.length < page.length || page.length < this.options.batch) break;
+      }
+    } catch {
+      // The log could not be read: deliver the event itself. Subscribers missing the earlier ones find them on
+      // their next resume (a store that cannot be read also fails the writes that would publish more).
+    }
+    this.send(event);
+  }
+
+  private send(event: RevocationEvent): void {
+    if (event.cursor <= this.latest) return;
+    this.latest = event.cursor;
     const msg = this.toMessage(event);
     for (const s of this.subs) this.deliver(s, msg);
   }

@@ -470,7 +470,7 @@ export class MayflyVerifier {
     const cacheKey = cacheKeyOf(token);
     const hit = this.remembered(token, cacheKey, now);
     const v = hit ?? this.verifyFresh(token, cacheKey, now);
-    const claims = v.claims as MayflyClaims; // set by both: remembered() re-parses an entry's JSON text if needed
+    const claims = v.claims as MayflyClaims; // set by both: remembered() re-parses the token's payload if needed
     // Revocation before scopes, so a revoked token is always recognized (and reported) as such.
     if (this.revokedKids.has(v.kid)) throw mayflyError('ERR_TOKEN_REVOKED', 'token was signed by a revoked key', { kid: v.kid });
     if (this.isRevoked(claims.jti, claims.tid, v.parent)) {
@@ -538,7 +538,8 @@ export class MayflyVerifier {
     }
     const { header, claims, key } = verifyDecodedMayflyToken(jws, this.resolveKeyFn, { issuer: this.o.issuer, audience: this.o.audience, now, clockSkewSeconds: this.skew });
     const parent = typeof claims.mayfly?.parent_tid === 'string' ? claims.mayfly.parent_tid : null;
-    // Frozen: the same object answers every later use of this token, so no caller can change what the next one sees.
+    // Frozen, as every answer is (from its second use on, one object answers every use of a token). The entry
+    // drops this object once the call is done (see check) and keeps the token to re-parse.
     const entry: VerifiedEntry = { token, claims: deepFreeze(claims), exp: claims.exp, kid: header.kid as string, key, parent, certDer: null };
     if (this.cacheSize > 0 && token.length <= MAX_CACHED_TOKEN_CHARS && cacheKey !== '') {
       if (this.verified.size >= this.cacheSize) this.evictOldest();

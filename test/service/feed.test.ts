@@ -119,4 +119,51 @@ describe('RevocationFeed', () => {
     expect(ended).toBe(2);
     expect(feed.subscriberCount()).toBe(0);
   });
+
+  it('delivers in cursor order when use-cases publish out of order, each event once', async () => {
+    const { clock, store, feed } = await setup();
+    const got: FeedMessage[] = [];
+    const sub = await feed.subscribe('rp', (await store.cursorRange()).latest, (m) => got.push(m));
+    got.length = 0;
+    // Three revocations durable in cursor order; their use-cases finish (and publish) in another order.
+    const events = [];
+    for (const id of ['a', 'b', 'c']) {
+      await store.createTask(task(id, clock.now()));
+      events.push((await store.endTask(id, 'completed', 'done', clock.now())).event!);
+    }
+    const [a, b, c] = events as [typeof events[0], typeof events[0], typeof events[0]];
+    feed.publish(c);
+    feed.publish(a);
+    await new Promise((r) => setImmediate(r));
+    feed.publish(b);
+    await new Promise((r) => setImmediate(r));
+    expect(got.map((m) => m.cursor)).toEqual([a.cursor, b.cursor, c.cursor]);
+    expect(got.flatMap((m) => m.taskIds)).toEqual(['a', 'b', 'c']);
+    // Later events still go out at once, and a subscriber resuming from the last cursor misses nothing.
+    await store.createTask(task('d', clock.now()));
+    const d = (await store.endTask('d', 'completed', 'done', clock.now())).event!;
+    feed.publish(d);
+    expect(got.at(-1)).toMatchObject({ cursor: d.cursor, taskIds: ['d'] });
+    expect(got).toHaveLength(4);
+    sub.close();
+    feed.stop();
+  });
+
+  it('never delivers an event above the one published: what is logged but not yet durable waits for its own publish', async () => {
+    const { clock, store, feed } = await setup();
+    const got: FeedMessage[] = [];
+    await feed.subscribe('rp', (await store.cursorRange()).latest, (m) => got.push(m));
+    got.length = 0;
+    const events = [];
+    for (const id of ['a', 'b', 'c']) {
+      await store.createTask(task(id, clock.now()));
+      events.push((await store.endTask(id, 'completed', 'done', clock.now())).event!);
+    }
+    feed.publish(events[1]!);
+    await new Promise((r) => setImmediate(r));
+    expect(got.map((m) => m.taskIds[0])).toEqual(['a', 'b']);
+    feed.publish(events[2]!);
+    expect(got.map((m) => m.taskIds[0])).toEqual(['a', 'b', 'c']);
+    feed.stop();
+  });
 });

@@ -6,6 +6,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { request } from 'node:https';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -15,6 +16,19 @@ import { BrokerClient } from '../../src/client/broker-client.js';
 import { MayflyVerifier } from '../../src/verifier/index.js';
 
 const BIN = resolve('bin/mayfly.js');
+
+/** POST with no body to a replica's HTTPS API, as the dev identity `who` (its certificate in `dir`). */
+export function post(url: string, ca: Buffer, dir: string, who: string): Promise<{ status: number; body: string }> {
+  return new Promise((done, fail) => {
+    const req = request(url, { method: 'POST', ca, cert: readFileSync(join(dir, `${who}.pem`)), key: readFileSync(join(dir, `${who}.key`)), servername: 'localhost' }, (res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c.toString()));
+      res.on('end', () => done({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('error', fail);
+    req.end();
+  });
+}
 
 export function freePort(): Promise<number> {
   return new Promise((done, fail) => {

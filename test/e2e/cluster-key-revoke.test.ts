@@ -11,7 +11,6 @@
  */
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { request } from 'node:https';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -20,19 +19,7 @@ import { loadKek } from '../../src/tokens/keystore-file.js';
 import { PostgresKeyStore } from '../../src/tokens/keystore-postgres.js';
 import { KeyManager } from '../../src/tokens/keys.js';
 import { freshDatabase } from '../helpers/postgres.js';
-import { startCluster, type Cluster } from './cluster-harness.js';
-
-function post(url: string, ca: Buffer, dir: string, who: string): Promise<{ status: number; body: string }> {
-  return new Promise((done, fail) => {
-    const req = request(url, { method: 'POST', ca, cert: readFileSync(join(dir, `${who}.pem`)), key: readFileSync(join(dir, `${who}.key`)), servername: 'localhost' }, (res) => {
-      let body = '';
-      res.on('data', (c: Buffer) => (body += c.toString()));
-      res.on('end', () => done({ status: res.statusCode ?? 0, body }));
-    });
-    req.on('error', fail);
-    req.end();
-  });
-}
+import { post, startCluster, type Cluster } from './cluster-harness.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -5,24 +5,9 @@
  * kill -9'd, and the survivor must complete the rotation (issue 9: keys rotate
  * acts on the whole cluster; key promotion survives the death of whoever ran it).
  */
-import { readFileSync } from 'node:fs';
-import { request } from 'node:https';
-import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { freshDatabase } from '../helpers/postgres.js';
-import { startCluster, type Cluster } from './cluster-harness.js';
-
-function post(url: string, ca: Buffer, dir: string, who: string): Promise<{ status: number; body: string }> {
-  return new Promise((done, fail) => {
-    const req = request(url, { method: 'POST', ca, cert: readFileSync(join(dir, `${who}.pem`)), key: readFileSync(join(dir, `${who}.key`)), servername: 'localhost' }, (res) => {
-      let body = '';
-      res.on('data', (c: Buffer) => (body += c.toString()));
-      res.on('end', () => done({ status: res.statusCode ?? 0, body }));
-    });
-    req.on('error', fail);
-    req.end();
-  });
-}
+import { post, startCluster, type Cluster } from './cluster-harness.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

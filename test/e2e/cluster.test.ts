@@ -19,7 +19,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MayflyVerifier } from '../../src/verifier/index.js';
 import { freshDatabase } from '../helpers/postgres.js';
-import { startCluster, type Cluster } from './cluster-harness.js';
+import { post, startCluster, type Cluster } from './cluster-harness.js';
 
 const LOAD_SECONDS = Number(process.env['MAYFLY_CLUSTER_LOAD_SECONDS'] ?? 20);
 const LEASE_SECONDS = 2;
@@ -55,18 +55,6 @@ function runCli(args: string[], cwd: string): Promise<{ code: number; stdout: st
     execFile(process.execPath, [resolve('bin/mayfly.js'), ...args], { cwd, timeout: 30_000, maxBuffer: 256 * 1024 * 1024 }, (err, stdout, stderr) => {
       done({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout: stdout.trim(), stderr: stderr.trim() });
     });
-  });
-}
-
-function post(url: string, ca: Buffer, dir: string, who: string): Promise<{ status: number; body: string }> {
-  return new Promise((done, fail) => {
-    const req = request(url, { method: 'POST', ca, cert: readFileSync(join(dir, `${who}.pem`)), key: readFileSync(join(dir, `${who}.key`)), servername: 'localhost' }, (res) => {
-      let body = '';
-      res.on('data', (c: Buffer) => (body += c.toString()));
-      res.on('end', () => done({ status: res.statusCode ?? 0, body }));
-    });
-    req.on('error', fail);
-    req.end();
   });
 }
 

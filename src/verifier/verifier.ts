@@ -20,7 +20,7 @@
  * Once synchronized, verification is CPU-only: `verifySync` never waits.
  */
 import type { KeyObject } from 'node:crypto';
-import { isMayflyError, MayflyError, mayflyError, type ErrorCode } from '../core/errors.js';
+import { isMayflyError, MayflyError, mayflyError, verdictError, type ErrorCode } from '../core/errors.js';
 import { systemClock } from '../core/clock.js';
 import type { Clock } from '../core/ports.js';
 import { REPLAY_END_REASON } from '../core/types.js';
@@ -472,10 +472,10 @@ export class MayflyVerifier {
     const v = hit ?? this.verifyFresh(token, cacheKey, now);
     const claims = v.claims as MayflyClaims; // set by both: remembered() re-parses the token's payload if needed
     // Revocation before scopes, so a revoked token is always recognized (and reported) as such.
-    if (this.revokedKids.has(v.kid)) throw mayflyError('ERR_TOKEN_REVOKED', 'token was signed by a revoked key', { kid: v.kid });
+    if (this.revokedKids.has(v.kid)) throw verdictError('ERR_TOKEN_REVOKED', 'token was signed by a revoked key', { kid: v.kid });
     if (this.isRevoked(claims.jti, claims.tid, v.parent)) {
       this.misuse('revoked_use', claims.jti, `task ${claims.tid}`);
-      throw mayflyError('ERR_TOKEN_REVOKED', 'token has been revoked (its task ended or the token was revoked)', { jti: claims.jti });
+      throw verdictError('ERR_TOKEN_REVOKED', 'token has been revoked (its task ended or the token was revoked)', { jti: claims.jti });
     }
     const bound = claims.cnf?.['x5t#S256'];
     if (bound !== undefined) {
@@ -534,7 +534,7 @@ export class MayflyVerifier {
     const peek = revocationIdsOf(jws.payload);
     if (peek && this.isRevoked(peek.jti, peek.tid, peek.parent)) {
       this.reportRevokedUse(token, peek.jti, peek.tid, now);
-      throw mayflyError('ERR_TOKEN_REVOKED', 'token has been revoked (its task ended or the token was revoked)', { jti: peek.jti });
+      throw verdictError('ERR_TOKEN_REVOKED', 'token has been revoked (its task ended or the token was revoked)', { jti: peek.jti });
     }
     const { header, claims, key } = verifyDecodedMayflyToken(jws, this.resolveKeyFn, { issuer: this.o.issuer, audience: this.o.audience, now, clockSkewSeconds: this.skew });
     const parent = typeof claims.mayfly?.parent_tid === 'string' ? claims.mayfly.parent_tid : null;
@@ -610,7 +610,7 @@ export class MayflyVerifier {
   private readonly resolveKeyFn = (kid: string): KeyObject | undefined => this.resolveKey(kid);
 
   private resolveKey(kid: string): KeyObject | undefined {
-    if (this.revokedKids.has(kid)) throw mayflyError('ERR_TOKEN_REVOKED', 'token was signed by a revoked key', { kid });
+    if (this.revokedKids.has(kid)) throw verdictError('ERR_TOKEN_REVOKED', 'token was signed by a revoked key', { kid });
     return this.feedKeys.get(kid) ?? this.jwks.value?.get(kid);
   }
 

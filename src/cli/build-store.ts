@@ -76,6 +76,7 @@ export async function buildStore(c: MayflyConfig, dataDir: string, opts: BuildSt
         migrate: opts.migrate ?? c.store.migrate,
         applicationName: `mayfly ${c.broker_id}`.slice(0, 63),
         healthIntervalMs: opts.healthIntervalMs ?? 2000,
+        flushTokenRecords: c.store.flush_token_records,
         onIdleError: (e) => opts.onStoreError?.(e.message),
       });
       const coordinator = new PgCoordinator({ url, connectTimeoutMs: c.store.connect_timeout_ms, applicationName: `mayfly ${c.broker_id} jobs`.slice(0, 63) });

@@ -34,7 +34,14 @@
  * Durability. Ending and revoking run with synchronous_commit = on
  * (SET LOCAL), whatever the server default: the promise resolves after the
  * commit is flushed, so CompleteTask answers only once the revocation is
- * durable. Issuance uses the server's setting.
+ * durable. Token records and lease renewals go over connections of their
+ * own with synchronous_commit = off (unless flushTokenRecords): committed
+ * and visible to every replica before the reply, flushed by PostgreSQL's
+ * WAL writer a moment later, which is the promise SQLite gives them. A
+ * token whose record a database crash loses is still revoked by its task
+ * (docs/durability.md). Every other write, tasks included, uses the
+ * server's setting (on by default): a lost task record would leave its
+ * tokens revocable by nobody.
  *
  * Failure. When PostgreSQL cannot be reached (refused, reset, timed out,
  * shutting down), calls fail with ERR_UNAVAILABLE; nothing is ever assumed
@@ -73,6 +80,8 @@ export interface PostgresStoreOptions {
   onIdleError?: (err: MayflyError) => void;
   /** Ping the server this often (ms) so health() notices an outage and a recovery without traffic (default 0: only calls tell). */
   healthIntervalMs?: number;
+  /** Wait for token records and lease renewals to be flushed, as every other write is (default false: see Durability above). */
+  flushTokenRecords?: boolean;
 }
 
 /** What PostgresStore.health() reports. */
@@ -422,8 +431,15 @@ function settle<T>(p: Promise<T>): Promise<BatchOutcome<T>> {
   );
 }
 
-/** Creates the pool for a URL with the store's settings (also used by `mayfly db migrate`). */
-export function createPgPool(options: PostgresStoreOptions): pg.Pool {
+/** Connections of the pool for token records and lease renewals (see Durability above): the batches keep at most a couple busy. */
+const TOKEN_POOL_MAX = 4;
+
+/**
+ * Creates the pool for a URL with the store's settings (also used by `mayfly
+ * db migrate`). `asyncCommit`: its sessions commit with synchronous_commit =
+ * off, for writes whose loss in a database crash is safe (token records).
+ */
+export function createPgPool(options: PostgresStoreOptions, asyncCommit = false): pg.Pool {
   const timeout = options.statementTimeoutMs ?? 10_000;
   const pool = new pg.Pool({
     connectionString: options.url,
@@ -438,7 +454,8 @@ export function createPgPool(options: PostgresStoreOptions): pg.Pool {
   });
   // Queued ahead of the first query of every new connection (see PREPARED). A failure here is the
   // connection's failure, which that first query reports.
-  pool.on('connect', (client) => void client.query('SET plan_cache_mode = force_custom_plan').catch(() => undefined));
+  const session = asyncCommit ? 'SET plan_cache_mode = force_custom_plan; SET synchronous_commit = off' : 'SET plan_cache_mode = force_custom_plan';
+  pool.on('connect', (client) => void client.query(session).catch(() => undefined));
   return pool;
 }
 
@@ -544,6 +561,8 @@ export class PostgresStore implements Store {
   private constructor(
     /** The pool; exposed for adapters that share the database (e.g. the coordinator). */
     readonly pool: pg.Pool,
+    /** Token records and lease renewals: `pool` itself, or sessions with synchronous_commit = off. */
+    private readonly tokenPool: pg.Pool,
     private readonly url: string,
     healthIntervalMs: number,
   ) {
@@ -580,9 +599,10 @@ export class PostgresStore implements Store {
    */
   static async open(options: PostgresStoreOptions): Promise<PostgresStore> {
     const pool = createPgPool(options);
+    const tokenPool = options.flushTokenRecords ? pool : createPgPool({ ...options, poolMax: Math.min(TOKEN_POOL_MAX, options.poolMax ?? TOKEN_POOL_MAX), applicationName: `${options.applicationName ?? 'mayfly'} tokens`.slice(0, 63) }, true);
     // An idle pooled connection that the server drops (restart, failover)
     // emits 'error' on the pool; unhandled, it would crash the process.
-    pool.on('error', (err) => options.onIdleError?.(storeError(options.url, 'idle connection', err)));
+    for (const p of new Set([pool, tokenPool])) p.on('error', (err) => options.onIdleError?.(storeError(options.url, 'idle connection', err)));
     try {
       if (options.migrate === false) {
         const v = await pgSchemaVersion(pool, options.url);
@@ -592,9 +612,10 @@ export class PostgresStore implements Store {
       } else {
         await migratePg(pool, options.url);
       }
-      return new PostgresStore(pool, options.url, options.healthIntervalMs ?? 0);
+      return new PostgresStore(pool, tokenPool, options.url, options.healthIntervalMs ?? 0);
     } catch (err) {
       await pool.end().catch(() => undefined);
+      if (tokenPool !== pool) await tokenPool.end().catch(() => undefined);
       throw storeError(options.url, 'open', err);
     }
   }
@@ -746,7 +767,7 @@ export class PostgresStore implements Store {
 
   /** Sets the lease of an active task; false if unknown or not active. */
   async renewLease(id: string, leaseExpiresAt: EpochMs): Promise<boolean> {
-    return (await this.q('renewLease', SQL.renewLease, [id, leaseExpiresAt])).rowCount === 1;
+    return (await this.q('renewLease', SQL.renewLease, [id, leaseExpiresAt], this.tokenPool)).rowCount === 1;
   }
 
   /**
@@ -765,7 +786,7 @@ export class PostgresStore implements Store {
     let recorded: Set<string>;
     for (let attempt = 1; ; attempt++) {
       try {
-        const { rows } = await this.q<{ jti: string }>('recordToken', SQL.recordTokens, tokenColumns(tokens));
+        const { rows } = await this.q<{ jti: string }>('recordToken', SQL.recordTokens, tokenColumns(tokens), this.tokenPool);
         recorded = new Set(rows.map((r) => r.jti));
         break;
       } catch (err) {
@@ -814,7 +835,7 @@ export class PostgresStore implements Store {
       t.tool,
       t.argsDigest,
       t.revokedAt,
-    ]);
+    ], this.tokenPool);
     if (res.rowCount === 1) return;
     const { rows } = await this.q<{ status: string }>('recordToken', SQL.taskStatus, [t.taskId]);
     if (!rows[0]) throw mayflyError('ERR_TASK_NOT_FOUND', `task ${t.taskId} not found`, { taskId: t.taskId });
@@ -1033,6 +1054,7 @@ export class PostgresStore implements Store {
     this.closed = true;
     clearInterval(this.probe);
     await this.pool.end().catch(() => undefined);
+    if (this.tokenPool !== this.pool) await this.tokenPool.end().catch(() => undefined);
   }
 }
 

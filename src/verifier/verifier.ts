@@ -20,7 +20,7 @@
  * Once synchronized, verification is CPU-only: `verifySync` never waits.
  */
 import type { KeyObject } from 'node:crypto';
-import { isMayflyError, MayflyError, mayflyError, type ErrorCode } from '../core/errors.js';
+import { isMayflyError, MayflyError, mayflyError, verdictError, type ErrorCode } from '../core/errors.js';
 import { systemClock } from '../core/clock.js';
 import type { Clock } from '../core/ports.js';
 import { REPLAY_END_REASON } from '../core/types.js';
@@ -475,10 +475,10 @@ export class MayflyVerifier {
     // token has just passed both checks in verifyFresh (the key when it was resolved, the ids before the
     // signature), in this same synchronous call: nothing can have been revoked since.
     if (hit !== undefined) {
-      if (this.revokedKids.has(v.kid)) throw mayflyError('ERR_TOKEN_REVOKED', 'token was signed by a revoked key', { kid: v.kid });
+      if (this.revokedKids.has(v.kid)) throw verdictError('ERR_TOKEN_REVOKED', 'token was signed by a revoked key', { kid: v.kid });
       if (this.isRevoked(claims.jti, claims.tid, v.parent)) {
         this.misuse('revoked_use', claims.jti, `task ${claims.tid}`);
-        throw mayflyError('ERR_TOKEN_REVOKED', 'token has been revoked (its task ended or the token was revoked)', { jti: claims.jti });
+        throw verdictError('ERR_TOKEN_REVOKED', 'token has been revoked (its task ended or the token was revoked)', { jti: claims.jti });
       }
     }
     const bound = claims.cnf?.['x5t#S256'];
@@ -541,7 +541,7 @@ export class MayflyVerifier {
     const parent = parentTaskOf(p);
     if (typeof jti === 'string' && typeof tid === 'string' && this.isRevoked(jti, tid, parent)) {
       this.reportRevokedUse(token, jti, tid, now);
-      throw mayflyError('ERR_TOKEN_REVOKED', 'token has been revoked (its task ended or the token was revoked)', { jti });
+      throw verdictError('ERR_TOKEN_REVOKED', 'token has been revoked (its task ended or the token was revoked)', { jti });
     }
     // The claims validated are the payload read above (validateClaims returns it), so `parent` is theirs.
     const { header, claims, key } = verifyDecodedMayflyToken(jws, this.resolveKeyFn, { issuer: this.o.issuer, audience: this.o.audience, now, clockSkewSeconds: this.skew });
@@ -617,7 +617,7 @@ export class MayflyVerifier {
   private readonly resolveKeyFn = (kid: string): KeyObject | undefined => this.resolveKey(kid);
 
   private resolveKey(kid: string): KeyObject | undefined {
-    if (this.revokedKids.has(kid)) throw mayflyError('ERR_TOKEN_REVOKED', 'token was signed by a revoked key', { kid });
+    if (this.revokedKids.has(kid)) throw verdictError('ERR_TOKEN_REVOKED', 'token was signed by a revoked key', { kid });
     return this.feedKeys.get(kid) ?? this.jwks.value?.get(kid);
   }
 

@@ -144,3 +144,42 @@ describe('PostgreSQL store batches', () => {
     expect(recorded + refused).toBe(6 * 8);
   });
 });
+
+describe('PostgreSQL store commit durability per write', () => {
+  /** What each session of the store's token connections and of its main pool reports. */
+  async function settingOf(store: PostgresStore, which: 'pool' | 'tokenPool'): Promise<string> {
+    const p = (store as unknown as Record<typeof which, pg.Pool>)[which];
+    return (await p.query<{ synchronous_commit: string }>('SHOW synchronous_commit')).rows[0]!.synchronous_commit;
+  }
+
+  it('records tokens on sessions with synchronous_commit off, and flushes everything else', async () => {
+    const s = await PostgresStore.open({ url, applicationName: 'mayfly durability-a' });
+    try {
+      await s.createTask(task('dur-a'));
+      await s.recordToken(token('dur-a-1', 'dur-a'));
+      // The token's INSERT ran on a token connection (its last statement, per pg_stat_activity), the task's did not.
+      const { rows } = await raw.query<{ query: string }>(`SELECT query FROM pg_stat_activity WHERE application_name = 'mayfly durability-a tokens'`);
+      expect(rows.some((r) => r.query.includes('INSERT INTO tokens'))).toBe(true);
+      expect(rows.some((r) => r.query.includes('INSERT INTO tasks'))).toBe(false);
+      expect(await settingOf(s, 'tokenPool')).toBe('off');
+      expect(await settingOf(s, 'pool')).toBe('on');
+      // Recorded and visible to another broker at once.
+      expect((await b.getToken('dur-a-1'))?.taskId).toBe('dur-a');
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('flushes token records too with flushTokenRecords', async () => {
+    const s = await PostgresStore.open({ url, applicationName: 'mayfly durability-b', flushTokenRecords: true });
+    try {
+      await s.createTask(task('dur-b'));
+      await s.recordToken(token('dur-b-1', 'dur-b'));
+      expect(await settingOf(s, 'tokenPool')).toBe('on');
+      const { rows } = await raw.query<{ n: string }>(`SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'mayfly durability-b tokens'`);
+      expect(Number(rows[0]!.n)).toBe(0);
+    } finally {
+      await s.close();
+    }
+  });
+});

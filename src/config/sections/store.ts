@@ -41,6 +41,13 @@ export const storeSectionSchema = z
     connect_timeout_ms: z.number().int().min(100).max(60_000).default(5000),
     /** postgres: statement_timeout, and the client-side limit on one query. */
     statement_timeout_ms: z.number().int().min(100).max(600_000).default(10_000),
+    /**
+     * postgres: wait for PostgreSQL to flush token records and lease renewals before answering, as it does for
+     * tasks and every revocation. Default false: they are committed (every replica sees them) but flushed by the
+     * WAL writer a moment later, as SQLite does; a database crash can lose the last of them, and ending a token's
+     * task still revokes it (docs/durability.md).
+     */
+    flush_token_records: z.boolean().default(false),
     /** postgres: apply pending schema migrations at startup (false: refuse to start unless `mayfly db migrate` ran). */
     migrate: z.boolean().default(true),
     gc_interval_seconds: z.number().int().positive().max(86_400).default(60),

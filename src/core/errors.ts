@@ -103,6 +103,23 @@ export function mayflyError(code: ErrorCode, message: string, details?: ErrorDet
   return new MayflyError(code, message, { details, cause });
 }
 
+/**
+ * A refusal that is a verdict on its input (a revoked token), not a fault,
+ * built without a stack trace: capturing one costs about 10 µs, several times
+ * the check that reached the verdict, and a verifier reaches it for every
+ * caller still holding a token right after its revocation. The message and
+ * details say everything the stack would not.
+ */
+export function verdictError(code: ErrorCode, message: string, details?: ErrorDetails): MayflyError {
+  const limit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 0;
+  try {
+    return new MayflyError(code, message, { details });
+  } finally {
+    Error.stackTraceLimit = limit;
+  }
+}
+
 /** True if `v` is a MayflyError with the given code. */
 export function isMayflyError(v: unknown, code?: ErrorCode): v is MayflyError {
   return v instanceof MayflyError && (code === undefined || v.code === code);

@@ -93,6 +93,10 @@ async function listenTls(tls: TlsMaterial, host: string, port: number, onConnect
     rejectUnauthorized: false,
     ALPNProtocols: ['h2'],
     minVersion: 'TLSv1.2',
+    // No Nagle: a feed stream's client only reads, so the ACK of its previous message can sit in the
+    // client's delayed-ACK timer (40 ms and more), and Nagle would hold the next small write (a
+    // revocation) until it fires. Node's own HTTP(S) servers (the SSE feed) default to no-delay already.
+    noDelay: true,
   });
   server.on('secureConnection', onConnection);
   server.on('tlsClientError', () => {

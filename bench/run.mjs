@@ -484,6 +484,10 @@ let httpPort = 0;
 let brokerLog = join(tmpDir, 'broker.log');
 const probeFile = join(tmpDir, 'probe.json');
 process.env.MAYFLY_BENCH_PROBE = probeFile; // inherited by the broker; read by bench/broker-probe.mjs
+if (process.env.BENCH_HEAP) {
+  mkdirSync(resolve(process.env.BENCH_HEAP), { recursive: true });
+  process.env.MAYFLY_BENCH_HEAP_DIR = resolve(process.env.BENCH_HEAP);
+}
 if (process.env.BENCH_PROFILE) {
   mkdirSync(resolve(process.env.BENCH_PROFILE), { recursive: true });
   process.env.MAYFLY_BENCH_PROFILE_DIR = resolve(process.env.BENCH_PROFILE);
@@ -501,7 +505,9 @@ async function startBroker(tag, patch = () => undefined) {
   log(`starting broker${tag ? ` (${tag})` : ''} (gRPC ${grpcPort}, HTTPS ${httpPort})`);
   rmSync(probeFile, { force: true });
   probeSeq = 0;
-  broker = startChild(`broker${tag ? ` (${tag})` : ''}`, ['--import', pathToFileURL(join(ROOT, 'bench', 'broker-probe.mjs')).href, join(ROOT, 'bin', 'mayfly.js'), 'serve', '--config', configFile, '--grpc-listen', `127.0.0.1:${grpcPort}`, '--http-listen', `127.0.0.1:${httpPort}`], brokerLog);
+  // BENCH_BROKER_NODE_ARGS: extra node options for the broker only (experiments, e.g. --trace-gc; never in a committed run).
+  const nodeArgs = (process.env.BENCH_BROKER_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  broker = startChild(`broker${tag ? ` (${tag})` : ''}`, [...nodeArgs, '--import', pathToFileURL(join(ROOT, 'bench', 'broker-probe.mjs')).href, join(ROOT, 'bin', 'mayfly.js'), 'serve', '--config', configFile, '--grpc-listen', `127.0.0.1:${grpcPort}`, '--http-listen', `127.0.0.1:${httpPort}`], brokerLog);
   await waitForPorts(broker, [grpcPort, httpPort], brokerLog, `broker${tag ? ` (${tag})` : ''}`);
   await probe();
 }
@@ -965,14 +971,15 @@ md.push(...jwsCompareTable(jwsCompared), '');
 md.push('## Broker event loop and machine contention per scenario', '');
 md.push('Measured inside the broker process by bench/broker-probe.mjs (preloaded with `node --import`; a 5 ms timer, the delay is how late it fired), over the whole scenario including warm-up. A large max/p99 here means the broker\'s event loop stalled (synchronous work: SQLite commits and checkpoints, audit writes, signing) and every in-flight call waited.', '');
 md.push('"other CPU" = machine-wide busy CPU (/proc/stat) minus broker and load generator, in cores; "CPU stall" = share of wall time in which some runnable task waited for a CPU (/proc/pressure/cpu). Both should be ~0 on a quiet machine.', '');
-md.push('| scenario | loop delay p50 | loop delay p99 | loop delay max | GC pauses total | GC max pause | other CPU | CPU stall |', '|---|---|---|---|---|---|---|---|');
+md.push('"GC pauses" are every collection\'s pause on the broker\'s main thread (count in brackets); "of which full" are the mark-compact ones, which stop every call in flight at once.', '');
+md.push('| scenario | loop delay p50 | loop delay p99 | loop delay max | GC pauses total | GC max pause | of which full: total (count), max | other CPU | CPU stall |', '|---|---|---|---|---|---|---|---|---|');
 for (const [name, label] of [['ping', '(a) Ping'], ['issue', '(b) IssueToken'], ['pair', '(b) BeginTask+IssueToken'], ['issue-open', '(d) IssueToken at 50%'], ['http-get', '(e′) HTTPS transport floor'], ['exchange', '(e) token exchange'], ['revocation', `(g) revocation propagation (${rv?.verifiers} verifiers subscribed)`], ['ping2', '(a) Ping again'], ['issue-ctl', '(b′) IssueToken, restarted (control)'], ['issue-opa', '(f) IssueToken with OPA'], ['issue-rot', '(i) IssueToken during rotation'], ['peer', '(e) peer oidc-provider (its own process; loop probe n/a)']]) {
   if (!ran(name)) continue;
   const p = r[name].probe;
   const x = r[name];
   const contention = `${Number.isFinite(x.otherCpu) ? x.otherCpu.toFixed(2) : 'n/a'} | ${Number.isFinite(x.cpuStall) ? pct(x.cpuStall) : 'n/a'}`;
-  if (!p) md.push(`| ${label} | n/a | n/a | n/a | n/a | n/a | ${contention} |`);
-  else md.push(`| ${label} | ${fmtMs(p.loopP50)} | ${fmtMs(p.loopP99)} | ${fmtMs(p.loopMax)} | ${fmtMs(p.gcMs)} (${p.gcCount}) | ${fmtMs(p.gcMax)} | ${contention} |`);
+  if (!p) md.push(`| ${label} | n/a | n/a | n/a | n/a | n/a | n/a | ${contention} |`);
+  else md.push(`| ${label} | ${fmtMs(p.loopP50)} | ${fmtMs(p.loopP99)} | ${fmtMs(p.loopMax)} | ${fmtMs(p.gcMs)} (${p.gcCount}) | ${fmtMs(p.gcMax)} | ${p.majorCount === undefined ? 'n/a' : `${fmtMs(p.majorMs)} (${p.majorCount}), ${fmtMs(p.majorMax)}`} | ${contention} |`);
 }
 md.push('');
 

@@ -63,7 +63,7 @@ function canon(value: unknown): string | undefined {
     }
     return out + ']';
   }
-  const keys = Object.keys(value as object).sort();
+  const keys = canonicalKeys(value as object);
   let out = '{';
   let first = true;
   for (const k of keys) {
@@ -73,4 +73,17 @@ function canon(value: unknown): string | undefined {
     first = false;
   }
   return out + '}';
+}
+
+/**
+ * Own enumerable keys in canonical order. Objects the broker builds on its
+ * hot paths are already written in that order, and checking costs less than
+ * sorting (which also allocates a work array per object).
+ */
+function canonicalKeys(value: object): string[] {
+  const keys = Object.keys(value);
+  for (let i = 1; i < keys.length; i++) {
+    if (!(keys[i - 1]! < keys[i]!)) return keys.sort();
+  }
+  return keys;
 }

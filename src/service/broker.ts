@@ -544,25 +544,26 @@ export class BrokerService {
         ...(id.certThumbprint ? { cert_sha256: id.certThumbprint } : {}),
       },
       request,
+      // Members in canonical (sorted) order, so the input digest need not sort them.
       ...(task
         ? {
             task: {
-              id: task.id,
-              purpose: task.purpose,
-              owner: task.owner,
               age_seconds: Math.max(0, Math.floor((now - task.createdAt) / 1000)),
               deadline: Math.floor(task.expiresAt / 1000),
-              tokens_issued: task.tokensIssued,
-              parent_chain: task.parentId ? [task.rootId, ...(task.rootId !== task.parentId ? [task.parentId] : [])] : [],
               depth: task.depth,
+              id: task.id,
+              owner: task.owner,
+              parent_chain: task.parentId ? [task.rootId, ...(task.rootId !== task.parentId ? [task.parentId] : [])] : [],
+              purpose: task.purpose,
+              tokens_issued: task.tokensIssued,
             },
           }
         : {}),
       context: {
-        time: Math.floor(now / 1000),
-        ...(ctx.peer ? { peer: ctx.peer } : {}),
         broker_id: this.d.config.brokerId,
+        ...(ctx.peer ? { peer: ctx.peer } : {}),
         recent_issuance: this.issuance.counts(id.id, now),
+        time: Math.floor(now / 1000),
       },
     };
     const decision = await this.d.policy.decide(input);

@@ -19,11 +19,11 @@ export class IssuanceCounter {
   /** Issuances in the current minute and the last 60 minutes. */
   counts(id: string, now: number): { last_minute: number; last_hour: number } {
     const b = this.buckets.get(id);
-    if (!b) return { last_minute: 0, last_hour: 0 };
+    if (!b) return { last_hour: 0, last_minute: 0 };
     const minute = Math.floor(now / 60_000);
     let hour = 0;
     for (const [m, n] of b) if (m > minute - 60) hour += n;
-    return { last_minute: b.get(minute) ?? 0, last_hour: hour };
+    return { last_hour: hour, last_minute: b.get(minute) ?? 0 };
   }
 
   private prune(now: number): void {

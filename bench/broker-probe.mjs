@@ -10,9 +10,12 @@ import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
 import { join } from 'node:path';
 import http2 from 'node:http2';
-import { createHistogram, monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
+import v8 from 'node:v8';
+import { constants, createHistogram, monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
 
 const out = process.env.MAYFLY_BENCH_PROBE;
+// Experiments only: V8 flags that V8 reads at each collection, set in the running broker.
+if (process.env.MAYFLY_BENCH_V8_FLAGS) for (const f of process.env.MAYFLY_BENCH_V8_FLAGS.split(' ').filter(Boolean)) v8.setFlagsFromString(f);
 const profileDir = process.env.MAYFLY_BENCH_PROFILE_DIR;
 if (out) {
   // The histogram records the interval between timer wake-ups, which includes
@@ -25,11 +28,20 @@ if (out) {
   let gcMs = 0;
   let gcMax = 0;
   let gcCount = 0;
+  // Full (mark-compact) collections apart: one of them stalls every call in flight at once.
+  let majorMs = 0;
+  let majorMax = 0;
+  let majorCount = 0;
   new PerformanceObserver((list) => {
     for (const e of list.getEntries()) {
       gcMs += e.duration;
       gcMax = Math.max(gcMax, e.duration);
       gcCount++;
+      if (e.detail?.kind === constants.NODE_PERFORMANCE_GC_MAJOR) {
+        majorMs += e.duration;
+        majorMax = Math.max(majorMax, e.duration);
+        majorCount++;
+      }
     }
   }).observe({ entryTypes: ['gc'] });
 
@@ -64,12 +76,41 @@ if (out) {
 
   let session = null;
   let profiling = null;
+  let profilerEnabled = false;
   const post = (method, params = {}) => new Promise((res, rej) => session.post(method, params, (err, r) => (err ? rej(err) : res(r))));
-  async function switchProfile() {
-    if (!profileDir) return;
+  const heapDir = process.env.MAYFLY_BENCH_HEAP_DIR;
+  let heapSampling = null;
+  async function switchHeap() {
+    if (!heapDir) return;
     if (!session) {
       session = new Session();
       session.connect();
+    }
+    if (heapSampling) {
+      const { profile } = await post('HeapProfiler.stopSampling');
+      writeFileSync(join(heapDir, `${heapSampling}.heapprofile`), JSON.stringify(profile));
+      heapSampling = null;
+    }
+    let next = '';
+    try {
+      next = readFileSync(`${out}.next`, 'utf8').trim();
+    } catch {
+      /* none */
+    }
+    if (next) {
+      await post('HeapProfiler.startSampling', { samplingInterval: 4096, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: false });
+      heapSampling = next.replace(/[^a-z0-9_-]/gi, '_');
+    }
+  }
+  async function switchProfile() {
+    await switchHeap();
+    if (!profileDir) return;
+    if (!profilerEnabled) {
+      if (!session) {
+        session = new Session();
+        session.connect();
+      }
+      profilerEnabled = true;
       await post('Profiler.enable');
       await post('Profiler.setSamplingInterval', { interval: 200 });
     }
@@ -100,6 +141,9 @@ if (out) {
       gcMs,
       gcMax,
       gcCount,
+      majorMs,
+      majorMax,
+      majorCount,
       streams: handled.count,
       handledP50: handled.count > 0 ? handled.percentile(50) / 1000 : null,
       handledP99: handled.count > 0 ? handled.percentile(99) / 1000 : null,
@@ -111,6 +155,9 @@ if (out) {
     gcMs = 0;
     gcMax = 0;
     gcCount = 0;
+    majorMs = 0;
+    majorMax = 0;
+    majorCount = 0;
     try {
       await switchProfile();
     } catch (e) {

@@ -484,6 +484,10 @@ let httpPort = 0;
 let brokerLog = join(tmpDir, 'broker.log');
 const probeFile = join(tmpDir, 'probe.json');
 process.env.MAYFLY_BENCH_PROBE = probeFile; // inherited by the broker; read by bench/broker-probe.mjs
+if (process.env.BENCH_HEAP) {
+  mkdirSync(resolve(process.env.BENCH_HEAP), { recursive: true });
+  process.env.MAYFLY_BENCH_HEAP_DIR = resolve(process.env.BENCH_HEAP);
+}
 if (process.env.BENCH_PROFILE) {
   mkdirSync(resolve(process.env.BENCH_PROFILE), { recursive: true });
   process.env.MAYFLY_BENCH_PROFILE_DIR = resolve(process.env.BENCH_PROFILE);
@@ -501,7 +505,9 @@ async function startBroker(tag, patch = () => undefined) {
   log(`starting broker${tag ? ` (${tag})` : ''} (gRPC ${grpcPort}, HTTPS ${httpPort})`);
   rmSync(probeFile, { force: true });
   probeSeq = 0;
-  broker = startChild(`broker${tag ? ` (${tag})` : ''}`, ['--import', pathToFileURL(join(ROOT, 'bench', 'broker-probe.mjs')).href, join(ROOT, 'bin', 'mayfly.js'), 'serve', '--config', configFile, '--grpc-listen', `127.0.0.1:${grpcPort}`, '--http-listen', `127.0.0.1:${httpPort}`], brokerLog);
+  // BENCH_BROKER_NODE_ARGS: extra node options for the broker only (experiments, e.g. --trace-gc; never in a committed run).
+  const nodeArgs = (process.env.BENCH_BROKER_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  broker = startChild(`broker${tag ? ` (${tag})` : ''}`, [...nodeArgs, '--import', pathToFileURL(join(ROOT, 'bench', 'broker-probe.mjs')).href, join(ROOT, 'bin', 'mayfly.js'), 'serve', '--config', configFile, '--grpc-listen', `127.0.0.1:${grpcPort}`, '--http-listen', `127.0.0.1:${httpPort}`], brokerLog);
   await waitForPorts(broker, [grpcPort, httpPort], brokerLog, `broker${tag ? ` (${tag})` : ''}`);
   await probe();
 }
@@ -688,14 +694,29 @@ if (want('verifier')) {
     const input = t.slice(0, t.lastIndexOf('.'));
     return `${input}.${cryptoSign('sha256', Buffer.from(input, 'latin1'), { key: rawKey, dsaEncoding: 'ieee-p1363' }).toString('base64url')}`;
   })));
+  // No avoidable work, so it stays a lower bound: the verifier makes no Buffer per token and hands node:crypto a
+  // DER signature (tokens/jws.ts), so the floor does the same, into its own scratch memory (the same r || s to DER
+  // conversion, ecdsaDer, which the tests check against OpenSSL's own DER signatures).
+  const { ecdsaDer } = await import(join(ROOT, 'dist', 'tokens', 'jws.js'));
+  const floorText = Buffer.allocUnsafeSlow(16 * 1024);
+  const floorSig = Buffer.allocUnsafeSlow(16 * 1024);
+  const floorDer = Buffer.allocUnsafeSlow(256);
   const floorOnce = async (t) => {
     const a = t.indexOf('.');
-    const b = t.lastIndexOf('.');
-    const claims = JSON.parse(Buffer.from(t.slice(a + 1, b), 'base64url').toString('utf8'));
-    if (!cryptoVerify('sha256', Buffer.from(t.slice(0, b), 'latin1'), { key: rawPub, dsaEncoding: 'ieee-p1363' }, Buffer.from(t.slice(b + 1), 'base64url'))) throw new Error('floor verify failed');
+    const b = t.indexOf('.', a + 1);
+    const claims = JSON.parse(floorText.toString('utf8', 0, floorText.write(t.slice(a + 1, b), 0, 'base64url')));
+    const der = ecdsaDer(floorSig, floorSig.write(t.slice(b + 1), 0, 'base64url'), 32, floorDer);
+    floorText.write(t, 0, b, 'latin1');
+    if (!cryptoVerify('sha256', floorText.subarray(0, b), rawPub, floorDer.subarray(0, der))) throw new Error('floor verify failed');
     return claims;
   };
   for (let i = 0; i < 2000; i++) rawOnce();
+  // Diagnostic: raw ES256 verify over the real tokens (the floor's distinct tokens, longer signing inputs than
+  // sampleInput), decoded before the clock starts: the crypto alone, for distinct real tokens.
+  const preDecoded = floorTokens.map((t) => {
+    const b = t.lastIndexOf('.');
+    return { input: Buffer.from(t.slice(0, b), 'latin1'), sig: Buffer.from(t.slice(b + 1), 'base64url') };
+  });
   // Interleaved rounds (raw, first-time slice, floor slice, repeat), so machine-load drift hits all alike;
   // the first VERIFY_WARM_ROUNDS are the warm-up (the VERIFY_WARM_TOKENS tokens) and are not counted.
   const ROUNDS = 5;
@@ -706,6 +727,7 @@ if (want('verifier')) {
   const repeatA = acc();
   const warmA = acc();
   const warmRepeatA = acc();
+  const tokA = acc();
   const timed = async (a, body) => {
     const c0 = process.cpuUsage();
     const t0 = performance.now();
@@ -742,6 +764,13 @@ if (want('verifier')) {
       for (const t of slice) check(await floorOnce(t));
       return slice.length;
     });
+    await timed(warm ? warmA : tokA, () => {
+      for (let i = from; i < to; i++) {
+        const p = preDecoded[i];
+        if (!cryptoVerify('sha256', p.input, { key: rawPub, dsaEncoding: 'ieee-p1363' }, p.sig)) throw new Error('verify failed');
+      }
+      return to - from;
+    });
     await timed(warm ? warmRepeatA : repeatA, async () => {
       let n = 0;
       const end = performance.now() + 300;
@@ -757,13 +786,15 @@ if (want('verifier')) {
   const firstTime = rate(firstA);
   const floor = rate(floorA);
   const repeat = rate(repeatA);
+  const rawTokens = rate(tokA);
   const n = repeat.count + warmRepeatA.count;
   const st = v.stats();
   v.close();
   rpClient.close();
   if (bad > 0 || st.accepted !== VERIFY_WARM_TOKENS + first.length + n) failures.push(`(h) verifier: ${bad} wrong claim sets, ${st.accepted} accepted of ${VERIFY_WARM_TOKENS + first.length + n}; rejected ${JSON.stringify(st.rejected)}`);
-  results.verifier = { firstTime, repeat, raw, floor };
-  log(`(h) first-time ${fmtInt(firstTime.perSecond)}/s, floor ${fmtInt(floor.perSecond)}/s, repeat ${fmtInt(repeat.perSecond)}/s, raw ES256 verify ${fmtInt(raw.wall)}/s`);
+  results.verifier = { firstTime, repeat, raw, floor, rawTokens };
+  log(`(h) first-time ${fmtInt(firstTime.perSecond)}/s, floor ${fmtInt(floor.perSecond)}/s, repeat ${fmtInt(repeat.perSecond)}/s, raw ES256 verify ${fmtInt(raw.wall)}/s, over the real tokens ${fmtInt(rawTokens.wall)}/s`);
+  log(`(h) CPU per op: first-time ${(1e6 / firstTime.cpu).toFixed(1)} µs, floor ${(1e6 / floor.cpu).toFixed(1)} µs, raw ${(1e6 / raw.cpu).toFixed(1)} µs, raw over the real tokens ${(1e6 / rawTokens.cpu).toFixed(1)} µs`);
 }
 
 // Ping again at the end: the transport reference is the mean of both, so drift in machine load shows.
@@ -926,8 +957,9 @@ const vr = r.verifier;
 if (vr) {
   md.push(`| (h) MayflyVerifier.verify, first-time tokens (${fmtInt(vr.firstTime.count)} distinct, each once), 1 thread | ${fmtInt(vr.firstTime.perSecond)} verifies/s | | | ${fmtInt(vr.firstTime.count)} | 0 | 100% | | ${fmtUs(1 / vr.firstTime.cpu)} |`);
   md.push(`| (h) MayflyVerifier.verify, the same token repeatedly, 1 thread | ${fmtInt(vr.repeat.perSecond)} verifies/s | | | ${fmtInt(vr.repeat.count)} | 0 | 100% | | ${fmtUs(1 / vr.repeat.cpu)} |`);
-  md.push(`| (h) floor: payload base64url-decoded + JSON.parse, one ES256 verify of the token's signing input, awaited (no checks), 1 thread | ${fmtInt(vr.floor.perSecond)} per second | | | ${fmtInt(vr.floor.count)} | 0 | 100% | | ${fmtUs(1 / vr.floor.cpu)} |`);
+  md.push(`| (h) floor: payload base64url-decoded + JSON.parse, one ES256 verify of the token's signing input (reused buffers, DER signature), awaited (no checks), 1 thread | ${fmtInt(vr.floor.perSecond)} per second | | | ${fmtInt(vr.floor.count)} | 0 | 100% | | ${fmtUs(1 / vr.floor.cpu)} |`);
   md.push(`| (h) raw ES256 verify, node:crypto, 1 thread, interleaved with the rows above | ${fmtInt(vr.raw.wall)} verifies/s | | | | | 100% | | ${fmtUs(1 / vr.raw.cpu)} |`);
+  if (vr.rawTokens) md.push(`| (h) diagnostic: raw ES256 verify over the floor's ${fmtInt(vr.rawTokens.count)} distinct real tokens, decoded before timing (longer signing input than raw's sample), 1 thread | ${fmtInt(vr.rawTokens.wall)} verifies/s | | | ${fmtInt(vr.rawTokens.count)} | 0 | 100% | | ${fmtUs(1 / vr.rawTokens.cpu)} |`);
 }
 md.push(`| (c) raw ES256 sign, node:crypto, 1 thread | ${fmtInt(signsPerSec)} signs/s | | | | | 100% | | ${fmtUs(1 / signs.cpu)} |`);
 md.push(`| (c) raw ES256 verify, node:crypto, 1 thread | ${fmtInt(verifiesPerSec)} verifies/s | | | | | 100% | | ${fmtUs(1 / verifies.cpu)} |`);
@@ -939,14 +971,15 @@ md.push(...jwsCompareTable(jwsCompared), '');
 md.push('## Broker event loop and machine contention per scenario', '');
 md.push('Measured inside the broker process by bench/broker-probe.mjs (preloaded with `node --import`; a 5 ms timer, the delay is how late it fired), over the whole scenario including warm-up. A large max/p99 here means the broker\'s event loop stalled (synchronous work: SQLite commits and checkpoints, audit writes, signing) and every in-flight call waited.', '');
 md.push('"other CPU" = machine-wide busy CPU (/proc/stat) minus broker and load generator, in cores; "CPU stall" = share of wall time in which some runnable task waited for a CPU (/proc/pressure/cpu). Both should be ~0 on a quiet machine.', '');
-md.push('| scenario | loop delay p50 | loop delay p99 | loop delay max | GC pauses total | GC max pause | other CPU | CPU stall |', '|---|---|---|---|---|---|---|---|');
+md.push('"GC pauses" are every collection\'s pause on the broker\'s main thread (count in brackets); "of which full" are the mark-compact ones, which stop every call in flight at once.', '');
+md.push('| scenario | loop delay p50 | loop delay p99 | loop delay max | GC pauses total | GC max pause | of which full: total (count), max | other CPU | CPU stall |', '|---|---|---|---|---|---|---|---|---|');
 for (const [name, label] of [['ping', '(a) Ping'], ['issue', '(b) IssueToken'], ['pair', '(b) BeginTask+IssueToken'], ['issue-open', '(d) IssueToken at 50%'], ['http-get', '(e′) HTTPS transport floor'], ['exchange', '(e) token exchange'], ['revocation', `(g) revocation propagation (${rv?.verifiers} verifiers subscribed)`], ['ping2', '(a) Ping again'], ['issue-ctl', '(b′) IssueToken, restarted (control)'], ['issue-opa', '(f) IssueToken with OPA'], ['issue-rot', '(i) IssueToken during rotation'], ['peer', '(e) peer oidc-provider (its own process; loop probe n/a)']]) {
   if (!ran(name)) continue;
   const p = r[name].probe;
   const x = r[name];
   const contention = `${Number.isFinite(x.otherCpu) ? x.otherCpu.toFixed(2) : 'n/a'} | ${Number.isFinite(x.cpuStall) ? pct(x.cpuStall) : 'n/a'}`;
-  if (!p) md.push(`| ${label} | n/a | n/a | n/a | n/a | n/a | ${contention} |`);
-  else md.push(`| ${label} | ${fmtMs(p.loopP50)} | ${fmtMs(p.loopP99)} | ${fmtMs(p.loopMax)} | ${fmtMs(p.gcMs)} (${p.gcCount}) | ${fmtMs(p.gcMax)} | ${contention} |`);
+  if (!p) md.push(`| ${label} | n/a | n/a | n/a | n/a | n/a | n/a | ${contention} |`);
+  else md.push(`| ${label} | ${fmtMs(p.loopP50)} | ${fmtMs(p.loopP99)} | ${fmtMs(p.loopMax)} | ${fmtMs(p.gcMs)} (${p.gcCount}) | ${fmtMs(p.gcMax)} | ${p.majorCount === undefined ? 'n/a' : `${fmtMs(p.majorMs)} (${p.majorCount}), ${fmtMs(p.majorMax)}`} | ${contention} |`);
 }
 md.push('');
 
@@ -1048,7 +1081,7 @@ if (ran('exchange')) {
 }
 if (ran('issue-opa')) md.push(`- (f) The OPA module is built at bench time by bench/opa-module.mjs (the tests' OPA-ABI 1.2 runtime.wat, compiled with wabt; loaded and evaluated by the real @open-policy-agent/opa-wasm SDK): issue_token for demo-api → {allow: true, scopes: [read]}, begin_task → {allow: true}. Its decision cost is the SDK's JSON in/out plus a byte scan, a lower bound for compiled Rego. Decision latency is one awaited DecisionPoint.decide() (deadline timer, contract check included), ${fmtInt(OPA_EVALS)} calls after warm-up. The OPA and rotation brokers are restarts on the same data dir (same SQLite store, key store and audit log) with the same ${fmtInt(OPEN_TASKS)}-task IssueToken scenario after the same pre-warm; mayfly.yaml is rewritten for each.`);
 if (rv) md.push(`- (g) ${rv.verifiers} MayflyVerifier instances in bench/verifiers.mjs, each with its own BrokerClient (gRPC channel, relying-party SVID), default feed heartbeat; synchronized in ${fmtMs(rv.startMs)}; feed reconnects during the run: ${rv.reconnects}. Per iteration: BeginTask, IssueToken, all verifiers accept the token, then t0 and CompleteTask; each verifier checks verify(token) right after it processes each feed message, and the time the last one gets ERR_TOKEN_REVOKED is t_last (process.hrtime, CLOCK_MONOTONIC across processes). Misuse reports are disabled in these verifiers so ${rv.verifiers} ReportMisuse calls do not load the broker mid-measurement.${rv.stoppedEarly ? ` Stopped after ${REVOCATION_BUDGET_MS / 1000} s.` : ''}`);
-if (vr) md.push(`- (h) One feed-subscribed MayflyVerifier in the bench process; tokens minted by the broker. ${VERIFY_WARM_ROUNDS} unmeasured warm-up rounds (${fmtInt(VERIFY_WARM_TOKENS)} first-time tokens between them), then five measured ones, each: raw verify (300 ms), a fifth of the first-time tokens, the same number of floor tokens, and the repeated token (300 ms). The floor is what any first-time verify must do at least: the payload base64url-decoded and JSON-parsed, the signature decoded, one ES256 verify over the token's signing input (the minted tokens re-signed with the raw reference's key), awaited; it checks nothing else, so it bounds what the first-time row can reach. Each call is an awaited verify() (the async API), so the rate includes a promise per call, with the workload's client certificate (the tokens are bound to it). A repeated token is answered from the verifier's verified-token cache: no signature check (and, after its second use, no JSON parse), but expiry, audience, revocation (token, task, parent, key), the key still current, the certificate binding, scopes and single use on every call.`);
+if (vr) md.push(`- (h) One feed-subscribed MayflyVerifier in the bench process; tokens minted by the broker. ${VERIFY_WARM_ROUNDS} unmeasured warm-up rounds (${fmtInt(VERIFY_WARM_TOKENS)} first-time tokens between them), then five measured ones, each: raw verify (300 ms), a fifth of the first-time tokens, the same number of floor tokens, and the repeated token (300 ms). The floor is what any first-time verify must do at least: the payload base64url-decoded and JSON-parsed, the signature decoded, one ES256 verify over the token's signing input (the minted tokens re-signed with the raw reference's key), awaited; like the verifier, it makes no Buffer per token and passes the signature in DER; it checks nothing else, so it bounds what the first-time row can reach. Each call is an awaited verify() (the async API), so the rate includes a promise per call, with the workload's client certificate (the tokens are bound to it). A repeated token is answered from the verifier's verified-token cache: no signature check (and, after its second use, no JSON parse), but expiry, audience, revocation (token, task, parent, key), the key still current, the certificate binding, scopes and single use on every call. The diagnostic row is raw's call (same key, same options) over the floor's distinct tokens, decoded before the clock starts, in each round after the floor slice: the crypto alone for real tokens, whose signing input is longer than raw's sample. It costs what raw costs, so the first-time row's distance from raw is JavaScript work around the call (decoding, JSON.parse, checks, the cache) and its garbage.`);
 if (ran('issue-rot')) md.push(`- (i) keys: ${Object.entries(ROTATION_KEYS).map(([k, v]) => `${k}: ${v}`).join(', ')}. Promotions (audit key.state → active) during the scenario incl. warm-up: ${r['issue-rot'].rotations}; in the whole rotating run: ${r['issue-rot'].rotationsTotal}; \`mayfly keys list\` afterwards lists ${r['issue-rot'].keysListed} keys.`);
 if (failures.length) md.push('', '**FAILURES**', '', ...failures.map((f) => `- ${f}`));
 md.push('');

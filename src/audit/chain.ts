@@ -6,7 +6,7 @@
  */
 import { systemClock } from '../core/clock.js';
 import type { AuditEntry, AuditSink, Clock } from '../core/ports.js';
-import { chainRecord, GENESIS_HEAD, redact, serializeRecord, type AuditRecord, type ChainHead } from './record.js';
+import { chainRecordLine, GENESIS_HEAD, redact, type AuditRecord, type ChainHead } from './record.js';
 
 /** What `health()` reports for a sink; `ok` turns false once a write has failed and stays false until restart. */
 export interface AuditSinkHealth {
@@ -105,9 +105,9 @@ export abstract class ChainedAuditSink implements AuditSink {
     try {
       if (this.closed) throw new Error('audit sink is closed');
       for (const it of items) {
-        const record = chainRecord(it.entry, head, at);
+        const { record, line } = chainRecordLine(it.entry, head, at);
         records.push(record);
-        lines.push(serializeRecord(record));
+        lines.push(line);
         head = { seq: record.seq, hash: record.hash };
       }
       this.appendMany(records, lines);
@@ -142,8 +142,8 @@ export abstract class ChainedAuditSink implements AuditSink {
   /** Chains and appends an already-redacted entry; throws on failure (used at open for the resume record). */
   protected writeRecord(entry: Record<string, unknown>): AuditRecord {
     this.flushQueued();
-    const record = chainRecord(entry, this.head, { now: this.clock.now(), brokerId: this.brokerId });
-    this.append(record, serializeRecord(record));
+    const { record, line } = chainRecordLine(entry, this.head, { now: this.clock.now(), brokerId: this.brokerId });
+    this.append(record, line);
     // Advance only after the append succeeded, so a lost record never leaves a seq gap or dangling prev.
     this.head = { seq: record.seq, hash: record.hash };
     this.written++;

@@ -59,7 +59,7 @@ export const GENESIS_HEAD: Readonly<ChainHead> = Object.freeze({ seq: 0, hash: G
 export { sha256Hex } from '../tokens/hashes.js';
 
 export { canonicalJson } from '../core/canonical-json.js';
-import { canonicalJson } from '../core/canonical-json.js';
+import { canonicalJson, canonicalMember } from '../core/canonical-json.js';
 
 /** Hash of a record: SHA-256 hex over the canonical JSON of every field except `hash`. */
 export function hashRecord(record: Omit<AuditRecord, 'hash'> | Record<string, unknown>): string {
@@ -73,6 +73,42 @@ export function hashRecord(record: Omit<AuditRecord, 'hash'> | Record<string, un
  * only after the record is durably written, so a failed write leaves no gap.
  */
 export function chainRecord(entry: Record<string, unknown>, head: ChainHead, at: { now: number; brokerId: string }): AuditRecord {
+  const body = recordBody(entry, head, at);
+  body.hash = sha256Hex(canonicalJson(body));
+  return body as unknown as AuditRecord;
+}
+
+/**
+ * chainRecord together with the record's log line, both from one
+ * serialization of its values: the hash is over the members sorted by key
+ * (the canonical JSON), the line lists the same members in the record's own
+ * order (v, seq, ts first, hash last), so nested objects appear in the line
+ * with their keys sorted. Parsing the line gives the record (same values),
+ * and its hash checks (hashRecord) as it does for serializeRecord's line.
+ */
+export function chainRecordLine(entry: Record<string, unknown>, head: ChainHead, at: { now: number; brokerId: string }): { record: AuditRecord; line: string } {
+  const body = recordBody(entry, head, at);
+  const members = new Map<string, string>();
+  let line = '{';
+  for (const k of Object.keys(body)) {
+    const m = canonicalMember(k, body[k]);
+    if (m === undefined) continue;
+    line += members.size === 0 ? m : ',' + m;
+    members.set(k, m);
+  }
+  let canonical = '{';
+  let first = true;
+  for (const k of [...members.keys()].sort()) {
+    canonical += first ? members.get(k)! : ',' + members.get(k)!;
+    first = false;
+  }
+  const hash = sha256Hex(canonical + '}');
+  body.hash = hash;
+  return { record: body as unknown as AuditRecord, line: `${line},"hash":"${hash}"}` };
+}
+
+/** A record without its hash: chain fields first, the entry's fields (reserved names renamed), then prev. */
+function recordBody(entry: Record<string, unknown>, head: ChainHead, at: { now: number; brokerId: string }): Record<string, unknown> {
   const body: Record<string, unknown> = {};
   // Key order only matters for readability of the log line (v, seq, ts first, hash last); the hash is over sorted keys.
   body.v = AUDIT_RECORD_VERSION;
@@ -84,8 +120,7 @@ export function chainRecord(entry: Record<string, unknown>, head: ChainHead, at:
     defineField(body, name, v);
   }
   body.prev = head.hash;
-  body.hash = sha256Hex(canonicalJson(body));
-  return body as unknown as AuditRecord;
+  return body;
 }
 
 /** The log line for a record (no trailing newline). */

@@ -11,6 +11,19 @@ export function canonicalJson(value: unknown): string {
   return out === undefined ? 'null' : out;
 }
 
+/**
+ * One member of an object's canonical JSON, `"key":value`, or undefined for
+ * a member canonicalJson drops (an undefined or function value). The
+ * canonical JSON of an object is its members, sorted by key, joined by
+ * commas inside braces; a value's text is the same wherever it appears, so
+ * the same members in another order are a JSON text of the same value (the
+ * audit log writes its lines that way, see audit/record.ts).
+ */
+export function canonicalMember(key: string, value: unknown): string | undefined {
+  const v = canon(value);
+  return v === undefined ? undefined : quoteKey(key) + ':' + v;
+}
+
 // Keys repeat across records; bounded so hostile key names cannot grow it forever.
 const quotedKeys = new Map<string, string>();
 

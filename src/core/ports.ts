@@ -212,6 +212,12 @@ export interface EngineResult {
 /** A policy engine behind the decision contract. */
 export interface PolicyEngine {
   readonly name: string;
+  /**
+   * True if evaluate() does all its work before returning (its promise is
+   * already settled): no timer can pre-empt it, so the decision point
+   * judges its deadline by the measured latency alone instead of arming one.
+   */
+  readonly synchronous?: boolean;
   /** SHA-256 (hex) of the policy currently loaded. */
   revision(): string;
   evaluate(input: DecisionInput): Promise<EngineResult>;

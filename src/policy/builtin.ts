@@ -255,6 +255,7 @@ export function claimAt(claims: Record<string, unknown>, name: string): unknown 
 /** PolicyEngine over built-in rules. */
 export class BuiltinEngine implements PolicyEngine {
   readonly name = 'builtin';
+  readonly synchronous = true;
   private readonly rev: string;
 
   private constructor(

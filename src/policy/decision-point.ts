@@ -152,11 +152,17 @@ export class DecisionPoint {
     let failure: string | undefined;
     let timer: NodeJS.Timeout | undefined;
     try {
-      const deadline = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new PolicyTimeout()), this.timeoutMs);
-        timer.unref?.();
-      });
-      result = await Promise.race([this.engine.evaluate(input), deadline]);
+      if (this.engine.synchronous === true) {
+        // Nothing could fire before it returns; the latency check below still denies a late answer.
+        // No timer per decision: each one was about a tenth of what an IssueToken left for the old generation.
+        result = await this.engine.evaluate(input);
+      } else {
+        const deadline = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new PolicyTimeout()), this.timeoutMs);
+          timer.unref?.();
+        });
+        result = await Promise.race([this.engine.evaluate(input), deadline]);
+      }
     } catch (err) {
       failure = err instanceof PolicyTimeout ? `policy evaluation timed out after ${this.timeoutMs} ms` : `policy engine error: ${describeThrown(err)}`;
     } finally {

@@ -326,6 +326,8 @@ async function readSource(policyFile: string, dataFile: string | undefined): Pro
 /** PolicyEngine over an OPA wasm policy, with atomic hot reload. */
 export class OpaEngine implements PolicyEngine {
   readonly name = 'opa';
+  /** The wasm runs to completion inside evaluate(). */
+  readonly synchronous = true;
   private current: Generation;
   private lastError: string | null = null;
   private lastReloadAt: number | null;

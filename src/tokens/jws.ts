@@ -70,8 +70,38 @@ export interface JwsHeader {
 export interface DecodedJws {
   header: JwsHeader;
   payload: Record<string, unknown>;
-  signingInput: Buffer;
-  signature: Buffer;
+  /** The bytes the signature covers (`header.payload`, ASCII). */
+  readonly signingInput: Buffer;
+  /** The signature part, base64url-decoded. */
+  readonly signature: Buffer;
+}
+
+/**
+ * What `decodeJws` returns: the token string and where its signature part
+ * starts, so `verifyJwsSignature` can hand node:crypto the signing input and
+ * signature from reused scratch memory instead of two new Buffers per token.
+ * `signingInput` and `signature` are still there for any other reader, made
+ * when first asked for. The token string is immutable, so a decoded token
+ * stays valid across awaits (an OIDC subject token waits for its JWKS).
+ */
+class CompactJws implements DecodedJws {
+  private input: Buffer | null = null;
+  private sig: Buffer | null = null;
+  constructor(
+    readonly header: JwsHeader,
+    readonly payload: Record<string, unknown>,
+    /** The whole compact JWS. */
+    readonly token: string,
+    /** Index of the second dot: the signing input is `token[0, dot)`, the signature `token[dot + 1, end)`. */
+    readonly dot: number,
+  ) {}
+  get signingInput(): Buffer {
+    // The signing input is ASCII (base64url and a dot), so latin1 encodes it byte for byte, faster than utf8.
+    return (this.input ??= Buffer.from(this.token.slice(0, this.dot), 'latin1'));
+  }
+  get signature(): Buffer {
+    return (this.sig ??= Buffer.from(this.token.slice(this.dot + 1), 'base64url'));
+  }
 }
 
 interface AlgParams {
@@ -79,6 +109,8 @@ interface AlgParams {
   dsaEncoding?: 'ieee-p1363';
   padding?: number;
   saltLength?: number;
+  /** ECDSA: bytes of r (and of s) in the JWS signature, r || s (RFC 7518 §3.4). */
+  ecdsaHalf?: number;
 }
 
 const RSA_PKCS1_PSS_PADDING = 6;
@@ -86,11 +118,11 @@ const RSA_PKCS1_PSS_PADDING = 6;
 function algParams(alg: string): AlgParams {
   switch (alg) {
     case 'ES256':
-      return { hash: 'sha256', dsaEncoding: 'ieee-p1363' };
+      return { hash: 'sha256', dsaEncoding: 'ieee-p1363', ecdsaHalf: 32 };
     case 'ES384':
-      return { hash: 'sha384', dsaEncoding: 'ieee-p1363' };
+      return { hash: 'sha384', dsaEncoding: 'ieee-p1363', ecdsaHalf: 48 };
     case 'ES512':
-      return { hash: 'sha512', dsaEncoding: 'ieee-p1363' };
+      return { hash: 'sha512', dsaEncoding: 'ieee-p1363', ecdsaHalf: 66 };
     case 'RS256':
       return { hash: 'sha256' };
     case 'RS384':
@@ -217,8 +249,7 @@ export function decodeJws(token: string, options: { understoodCrit?: readonly st
   const header = known ? last.header : options.understoodCrit === undefined ? checkedHeaderText(token.slice(0, a)) : checkedHeader(token.slice(0, a), options.understoodCrit);
   const payload = parseJson(partText(token, a + 1, b), 'payload');
   if (!isPlainObject(payload)) throw mayflyError('ERR_JWT_INVALID', 'malformed token: payload is not a JSON object');
-  // The signing input is ASCII (base64url and a dot), so latin1 encodes it byte for byte, faster than utf8.
-  return { header, payload, signingInput: Buffer.from(token.slice(0, b), 'latin1'), signature: Buffer.from(token.slice(b + 1), 'base64url') };
+  return new CompactJws(header, payload as Record<string, unknown>, token, b);
 }
 
 const B64U_ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
@@ -248,12 +279,19 @@ export function verifyJwsSignature(jws: DecodedJws, key: KeyObject): void {
     assertKeyStrength(key, 'token signing key');
     if (!keyFitsAlg(key, alg)) throw mayflyError('ERR_JWT_SIGNATURE', 'signature verification failed');
     const p = algParams(alg);
-    fit = { alg, hash: p.hash, options: { key, dsaEncoding: p.dsaEncoding, padding: p.padding, saltLength: p.saltLength } };
+    fit = {
+      alg,
+      hash: p.hash,
+      ecdsaHalf: p.ecdsaHalf ?? 0,
+      // ECDSA signatures go to node:crypto in DER (see ecdsaDer), with the bare KeyObject; so do RSA PKCS#1 v1.5 and EdDSA.
+      options: p.padding === undefined ? key : { key, padding: p.padding, saltLength: p.saltLength },
+      p1363: { key, dsaEncoding: p.dsaEncoding, padding: p.padding, saltLength: p.saltLength },
+    };
     KEY_FITS.set(key, fit);
   }
   let ok = false;
   try {
-    ok = cryptoVerify(fit.hash, jws.signingInput, fit.options, jws.signature);
+    ok = jws instanceof CompactJws ? verifyCompact(jws.token, jws.dot, fit) : cryptoVerify(fit.hash, jws.signingInput, fit.p1363, jws.signature);
   } catch {
     ok = false;
   }
@@ -262,11 +300,109 @@ export function verifyJwsSignature(jws: DecodedJws, key: KeyObject): void {
 
 /**
  * Per public key: the algorithm it last passed the type, strength and fit
- * checks for, and its node:crypto verify options. A KeyObject is immutable,
+ * checks for, and its node:crypto verify arguments. A KeyObject is immutable,
  * so the verdict holds for as long as the key lives, and a key that signs
  * every token is not re-inspected for each one.
  */
-const KEY_FITS = new WeakMap<KeyObject, { alg: string; hash: string | null; options: { key: KeyObject; dsaEncoding?: 'ieee-p1363'; padding?: number; saltLength?: number } }>();
+interface KeyFit {
+  alg: string;
+  hash: string | null;
+  /** ECDSA: bytes of r and of s in the JWS signature; 0 for other algorithms. */
+  ecdsaHalf: number;
+  /** For a signature as verifyCompact passes it (DER for ECDSA). */
+  options: KeyObject | { key: KeyObject; padding?: number; saltLength?: number };
+  /** For a signature as the JWS carries it (r || s for ECDSA). */
+  p1363: { key: KeyObject; dsaEncoding?: 'ieee-p1363'; padding?: number; saltLength?: number };
+}
+const KEY_FITS = new WeakMap<KeyObject, KeyFit>();
+
+/**
+ * Reused memory for the verify call: the signing input (latin1, at most a
+ * whole token), the decoded signature (at most 3/4 of a token) and its DER
+ * form. node:crypto reads them synchronously and keeps no reference; each is
+ * overwritten by the next call.
+ */
+const INPUT_SCRATCH = Buffer.allocUnsafeSlow(MAX_JWS_BYTES);
+const SIG_SCRATCH = Buffer.allocUnsafeSlow((MAX_JWS_BYTES * 3) / 4 + 3);
+/** SEQUENCE { INTEGER r, INTEGER s } for the largest curve (P-521: 66-byte halves): 3 + 2 × (2 + 67) bytes. */
+const DER_SCRATCH = Buffer.allocUnsafeSlow(3 + 2 * (2 + 67));
+/**
+ * Views of the scratch buffers by length, made once: tokens of one issuer
+ * come in a handful of lengths, and a view costs an object per call
+ * otherwise. Bounded: cleared when it grows past VIEWS_MAX lengths.
+ */
+const INPUT_VIEWS = new Map<number, Buffer>();
+const SIG_VIEWS = new Map<number, Buffer>();
+const DER_VIEWS = new Map<number, Buffer>();
+const VIEWS_MAX = 256;
+
+function viewOf(scratch: Buffer, views: Map<number, Buffer>, n: number): Buffer {
+  let v = views.get(n);
+  if (v === undefined) {
+    if (views.size >= VIEWS_MAX) views.clear();
+    v = scratch.subarray(0, n);
+    views.set(n, v);
+  }
+  return v;
+}
+
+/**
+ * Verifies `token[0, dot)` against the signature `token[dot + 1, end)`, both
+ * already checked by decodeJws (base64url, canonical). Nothing is allocated
+ * per token: node:crypto gets views of the scratch buffers. An ECDSA
+ * signature is handed over in DER, converted here (a few byte copies): given
+ * r || s with `dsaEncoding: 'ieee-p1363'`, node:crypto converts it through
+ * OpenSSL's ASN.1 encoder on every call, about a microsecond of the ~70 of a
+ * P-256 verify (perf, bench (h)).
+ */
+function verifyCompact(token: string, dot: number, fit: KeyFit): boolean {
+  const sigLength = SIG_SCRATCH.write(token.slice(dot + 1), 0, 'base64url');
+  let signature: Buffer;
+  if (fit.ecdsaHalf > 0) {
+    const der = ecdsaDer(SIG_SCRATCH, sigLength, fit.ecdsaHalf);
+    if (der === 0) return false;
+    signature = viewOf(DER_SCRATCH, DER_VIEWS, der);
+  } else {
+    signature = viewOf(SIG_SCRATCH, SIG_VIEWS, sigLength);
+  }
+  INPUT_SCRATCH.write(token, 0, dot, 'latin1'); // the first `dot` characters: ASCII, one byte each
+  return cryptoVerify(fit.hash, viewOf(INPUT_SCRATCH, INPUT_VIEWS, dot), fit.options, signature);
+}
+
+/**
+ * Writes the DER form (RFC 3279 §2.2.3 Ecdsa-Sig-Value, X.690 DER) of the
+ * JWS ECDSA signature `sig[0, length)` = r || s, each `half` bytes (RFC 7518
+ * §3.4), into DER_SCRATCH and returns its length; 0 when `length` is not
+ * exactly 2 × half, which fails the verification (fail closed, as
+ * node:crypto's own conversion does). Each INTEGER is minimal: leading zero
+ * bytes dropped (one kept for zero), one zero byte put back when the high bit
+ * is set, since DER integers are signed. Exported for tests only.
+ */
+export function ecdsaDer(sig: Uint8Array, length: number, half: number, out: Uint8Array = DER_SCRATCH): number {
+  if (length !== 2 * half) return 0;
+  let r = 0;
+  while (r < half - 1 && sig[r] === 0) r++;
+  let s = half;
+  while (s < 2 * half - 1 && sig[s] === 0) s++;
+  const rPad = sig[r]! & 0x80 ? 1 : 0;
+  const sPad = sig[s]! & 0x80 ? 1 : 0;
+  const rLen = half - r + rPad;
+  const sLen = 2 * half - s + sPad;
+  const body = 4 + rLen + sLen;
+  let o = 0;
+  out[o++] = 0x30;
+  if (body > 0x7f) out[o++] = 0x81; // long form: one length byte (body ≤ 138 for P-521)
+  out[o++] = body;
+  out[o++] = 0x02;
+  out[o++] = rLen;
+  if (rPad) out[o++] = 0;
+  for (let i = r; i < half; i++) out[o++] = sig[i]!;
+  out[o++] = 0x02;
+  out[o++] = sLen;
+  if (sPad) out[o++] = 0;
+  for (let i = s; i < 2 * half; i++) out[o++] = sig[i]!;
+  return o;
+}
 
 /** True if the key type and curve match the JWS algorithm (RFC 7518 §3); strength is core/key-policy.ts's job. */
 export function keyFitsAlg(key: KeyObject, alg: string): boolean {

@@ -3,6 +3,7 @@ import type { AuditEntry } from '../../src/core/ports.js';
 import {
   canonicalJson,
   chainRecord,
+  chainRecordLine,
   GENESIS_HASH,
   GENESIS_HEAD,
   hashRecord,
@@ -42,6 +43,40 @@ describe('chainRecord', () => {
     const r = chainRecord(entry, GENESIS_HEAD, { now: 0, brokerId: 'b' });
     const parsed = parseRecord(serializeRecord(r));
     expect(parsed.ok).toBe(true);
+  });
+
+  it('chainRecordLine: the same record as chainRecord, and a line that parses back to it and verifies', () => {
+    const entries: Record<string, unknown>[] = [
+      { event: 'broker.start', outcome: 'success' },
+      redact({
+        event: 'token.exchange',
+        outcome: 'success',
+        request_id: 'r1',
+        identity: { kind: 'oidc', id: 'https://ci.example#repo:acme/api', method: 'oidc', source: 'gha' },
+        decision: { engine: 'builtin', revision: 'f'.repeat(64), source: 'rule', input_sha256: 'e'.repeat(64), allow: true, reasons: ['rule "x" allows exchange'], latency_us: 19 },
+        scopes: ['read', 'write'],
+        requested_scopes: [],
+        task_begun: true,
+        tool: undefined,
+        revoked_tokens: 0,
+        text: 'é\u2028"quoted" \\ ✓',
+        seq: 'an entry field named like a chain field',
+        nested: { z: [1, { b: null, a: -0 }], a: 1e21 },
+      } as AuditEntry),
+      redact(JSON.parse('{"event":"auth.failure","outcome":"denied","__proto__":{"x":1},"10":"numeric key","hash":"forged"}') as AuditEntry),
+    ];
+    let head = GENESIS_HEAD;
+    for (const entry of entries) {
+      const at = { now: Date.UTC(2026, 11, 3, 18, 0, 0, 1), brokerId: 'b' };
+      const { record, line } = chainRecordLine(entry, head, at);
+      expect(record).toEqual(chainRecord(entry, head, at));
+      expect(JSON.parse(line)).toEqual(JSON.parse(serializeRecord(record)));
+      // The record's own member order, hash last; nested members sorted (canonical).
+      expect(Object.keys(JSON.parse(line))).toEqual(Object.keys(JSON.parse(serializeRecord(record))));
+      expect(parseRecord(line)).toEqual({ ok: true, record: JSON.parse(serializeRecord(record)) });
+      expect(hashRecord(JSON.parse(line))).toBe(record.hash);
+      head = { seq: record.seq, hash: record.hash };
+    }
   });
 
   it('links to the head it is given', () => {

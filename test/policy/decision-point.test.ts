@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { DecisionInput } from '../../src/core/decision.js';
 import type { EngineResult, PolicyEngine } from '../../src/core/ports.js';
 import { canonicalJson, checkDecision, DecisionPoint, hashPolicy, inputDigest } from '../../src/policy/decision-point.js';
@@ -78,6 +78,31 @@ describe('DecisionPoint', () => {
     const dp = new DecisionPoint(engine(() => new Promise(() => {})), { timeoutMs: 20 });
     const d = await dp.decide(input);
     expect(d).toMatchObject({ allow: false, reasons: ['policy evaluation timed out after 20 ms'] });
+  });
+
+  it('arms a deadline timer for an engine that may wait, and none for a synchronous one', async () => {
+    vi.useFakeTimers();
+    try {
+      const waits = new DecisionPoint(engine(async () => ({ output: true, source: 's' })));
+      const pending = waits.decide(input);
+      expect(vi.getTimerCount()).toBe(1);
+      expect((await pending).allow).toBe(true);
+      expect(vi.getTimerCount()).toBe(0);
+      const sync = new DecisionPoint({ ...engine(async () => ({ output: true, source: 's' })), synchronous: true });
+      const answered = sync.decide(input);
+      expect(vi.getTimerCount()).toBe(0);
+      expect((await answered).allow).toBe(true);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('still denies a late answer of a synchronous engine, by its measured latency', async () => {
+    let t = 0;
+    const dp = new DecisionPoint({ ...engine(async () => ({ output: true, source: 's' })), synchronous: true }, { timeoutMs: 5, timer: () => (t += 6000) });
+    const d = await dp.decide(input);
+    expect(d.allow).toBe(false);
+    expect(d.reasons[0]).toMatch(/timed out after 5 ms \(took 6 ms\)/);
   });
 
   it('denies a late synchronous answer after the fact', async () => {

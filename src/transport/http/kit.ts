@@ -104,12 +104,21 @@ export function bodyField(body: unknown, k: string): string | undefined {
  * anyone. Synchronous, and only on those routes.
  */
 export function formBodyOnly(req: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
-  const header = req.headers['content-type'] ?? '';
-  const semi = header.indexOf(';');
-  const type = (semi === -1 ? header : header.slice(0, semi)).trim().toLowerCase();
-  if (type === 'application/x-www-form-urlencoded') {
+  if (isFormBody(req)) {
     done();
     return;
   }
-  void reply.code(400).header('cache-control', 'no-store').send({ error: 'invalid_request', error_description: 'OAuth endpoints take application/x-www-form-urlencoded bodies (RFC 6749 §3.2)', mayfly_code: 'ERR_INVALID_ARGUMENT' });
+  void refuseNonFormBody(reply);
+}
+
+/** True when the request's body is application/x-www-form-urlencoded (parameters such as charset allowed). */
+export function isFormBody(req: FastifyRequest): boolean {
+  const header = req.headers['content-type'] ?? '';
+  const semi = header.indexOf(';');
+  return (semi === -1 ? header : header.slice(0, semi)).trim().toLowerCase() === 'application/x-www-form-urlencoded';
+}
+
+/** The answer to an OAuth POST whose body is not a form: what formBodyOnly sends. */
+export function refuseNonFormBody(reply: FastifyReply): FastifyReply {
+  return reply.code(400).header('cache-control', 'no-store').send({ error: 'invalid_request', error_description: 'OAuth endpoints take application/x-www-form-urlencoded bodies (RFC 6749 §3.2)', mayfly_code: 'ERR_INVALID_ARGUMENT' });
 }

@@ -6,7 +6,8 @@
 import type { FastifyInstance } from 'fastify';
 import { mayflyError } from '../../../core/errors.js';
 import * as v from '../../../service/validate.js';
-import { formBodyOnly, type RouteKit } from '../kit.js';
+import type { ExchangedToken } from '../../../service/broker.js';
+import { isFormBody, refuseNonFormBody, type RouteKit } from '../kit.js';
 
 export const TOKEN_EXCHANGE_GRANT = 'urn:ietf:params:oauth:grant-type:token-exchange';
 const TOKEN_TYPE_JWT = 'urn:ietf:params:oauth:token-type:jwt';
@@ -16,6 +17,21 @@ const SUBJECT_TOKEN_TYPES = new Set([TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN, TOKEN_
 const ISSUED_TOKEN_TYPES = new Set([TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT]);
 
 type Form = Record<string, unknown>;
+
+/** What fastify sends for a JSON object, kept for the body this route writes itself. */
+const JSON_TYPE = 'application/json; charset=utf-8';
+
+/**
+ * The RFC 8693 §2.2.1 response, as JSON.stringify would write the object
+ * {access_token, issued_token_type, token_type, expires_in, scope,
+ * mayfly_task_id[, mayfly_task_expires_at]} (same members, same order, same
+ * bytes), without building that object and handing it to the serializer.
+ */
+export function tokenResponse(issued: ExchangedToken, expiresIn: number): string {
+  let out = `{"access_token":${JSON.stringify(issued.token)},"issued_token_type":"${TOKEN_TYPE_ACCESS}","token_type":"Bearer","expires_in":${expiresIn},"scope":${JSON.stringify(issued.scopes.join(' '))},"mayfly_task_id":${JSON.stringify(issued.taskId)}`;
+  if (issued.taskExpiresAt) out += `,"mayfly_task_expires_at":${Math.floor(issued.taskExpiresAt / 1000)}`;
+  return `${out}}`;
+}
 
 /** A form parameter that may appear at most once. */
 function one(form: Form, k: string): string | undefined {
@@ -54,7 +70,9 @@ export function registerTokenExchangeRoute(app: FastifyInstance, kit: RouteKit):
   app.get('/oauth2/token', async (_req, reply) =>
     reply.code(405).header('allow', 'POST').header('cache-control', 'no-store').send({ error: 'invalid_request', error_description: 'use POST with an application/x-www-form-urlencoded body', mayfly_code: 'ERR_INVALID_ARGUMENT' }),
   );
-  app.post('/oauth2/token', { preHandler: formBodyOnly }, async (req, reply) => {
+  // The body type is checked first thing in the handler (as formBodyOnly does for the other OAuth routes, without a hook round on the hot path).
+  app.post('/oauth2/token', async (req, reply) => {
+    if (!isFormBody(req)) return refuseNonFormBody(reply);
     const route = 'token';
     const form = (req.body ?? {}) as Form;
     try {
@@ -65,16 +83,11 @@ export function registerTokenExchangeRoute(app: FastifyInstance, kit: RouteKit):
       // A certificate-bound task token as subject comes with its certificate on this connection (RFC 8705).
       const ctx = await deps.authentication.subject(subjectToken, { requestId: req.id, peer: kit.peer(req), method: route }, kit.presented(req));
       const issued = await deps.broker.exchange(ctx, params);
-      reply.header('cache-control', 'no-store').header('pragma', 'no-cache');
-      return reply.send({
-        access_token: issued.token,
-        issued_token_type: TOKEN_TYPE_ACCESS,
-        token_type: 'Bearer',
-        expires_in: Math.max(0, Math.round((issued.expiresAt - deps.clock.now()) / 1000)),
-        scope: issued.scopes.join(' '),
-        mayfly_task_id: issued.taskId,
-        ...(issued.taskExpiresAt ? { mayfly_task_expires_at: Math.floor(issued.taskExpiresAt / 1000) } : {}),
-      });
+      return reply
+        .header('cache-control', 'no-store')
+        .header('pragma', 'no-cache')
+        .type(JSON_TYPE)
+        .send(tokenResponse(issued, Math.max(0, Math.round((issued.expiresAt - deps.clock.now()) / 1000))));
     } catch (e) {
       return kit.fail(reply, route, req, e, 'oauth');
     }

@@ -1,6 +1,21 @@
 /** The revocation feed as server-sent events (resume with Last-Event-ID or ?cursor=), key-set acknowledgements and misuse reports: what relying parties call. */
 import type { FastifyInstance } from 'fastify';
+import type { FeedMessage } from '../../../service/feed.js';
 import type { RouteKit } from '../kit.js';
+
+// The hub hands one message object to every subscriber: frame it once, not once per subscriber (as the gRPC feed does).
+const framed = new WeakMap<FeedMessage, Buffer>();
+
+/** One server-sent event: `id` (the cursor; none for heartbeats), `event` (the kind) and the message as JSON. */
+function sseFrame(m: FeedMessage): Buffer {
+  let b = framed.get(m);
+  if (!b) {
+    const id = m.kind === 'heartbeat' ? '' : `id: ${m.cursor}\n`;
+    b = Buffer.from(`${id}event: ${m.kind}\ndata: ${JSON.stringify(m)}\n\n`);
+    framed.set(m, b);
+  }
+  return b;
+}
 
 export function registerFeedRoutes(app: FastifyInstance, kit: RouteKit): void {
   const { deps } = kit;
@@ -19,10 +34,7 @@ export function registerFeedRoutes(app: FastifyInstance, kit: RouteKit): void {
           res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive' });
           res.write(': mayfly revocation feed\n\n');
         },
-        message: (m) => {
-          const id = m.kind === 'heartbeat' ? '' : `id: ${m.cursor}\n`;
-          res.write(`${id}event: ${m.kind}\ndata: ${JSON.stringify(m)}\n\n`);
-        },
+        message: (m) => res.write(sseFrame(m)),
         end: () => res.end(),
       });
       req.raw.on('close', () => sub.close());

@@ -119,8 +119,8 @@ export async function startGrpcServer(deps: GrpcServerDeps, host: string, port: 
     'grpc.max_receive_message_length': TRANSPORT_RECEIVE_CEILING,
     'grpc.max_send_message_length': 4 * 1024 * 1024,
     'grpc.keepalive_permit_without_calls': 1,
-    // No channelz service is served, and its per-call bookkeeping (closures and trackers on every stream) was
-    // most of what each call left for the old generation: about a fifth of the bytes a Ping promoted.
+    // No channelz service is served, so its per-call bookkeeping (closures, trackers and timestamps on every
+    // stream) is work nobody reads. An A/B run on a quiet machine showed no difference beyond noise.
     'grpc.enable_channelz': 0,
   });
   const peers = new PeerRegistry(deps.auth, deps.clock);

@@ -859,7 +859,7 @@ if (want('scaleout')) {
   scaleOut = await runScaleOut({
     ROOT, tmpDir, YAML, lg, log, failures, baseConfigText, base, OPEN_TASKS, CHANNELS, AUDIENCE, SCOPES, ISSUER, subjectTokensFile,
     cpuSeconds, freePort, startChild, stopChild, waitForPorts, startIpcChild, tail,
-    verifierCount: env('BENCH_SCALE_VERIFIERS', 20), revocations: env('BENCH_SCALE_REVOCATIONS', 100),
+    verifierCount: env('BENCH_SCALE_VERIFIERS', 20), revocations: env('BENCH_SCALE_REVOCATIONS', 100), revocationWarmup: REVOCATION_WARMUP,
   }).catch((e) => die(`(j) scale-out: ${e.stack ?? e.message}`));
 }
 const loadavgAfterBroker = os.loadavg();

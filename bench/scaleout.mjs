@@ -206,8 +206,10 @@ export async function runScaleOut(ctx) {
     const lat = [];
     let errors = 0;
     let firstError = null;
-    const began = performance.now();
-    for (let i = 0; i < ctx.revocations && performance.now() - began < 30_000; i++) {
+    // Unmeasured warm-up revocations first, as in (g).
+    let began = performance.now();
+    for (let i = -ctx.revocationWarmup; i < ctx.revocations && (i < 0 || performance.now() - began < 30_000); i++) {
+      if (i === 0) began = performance.now();
       try {
         const task = await client.beginTask({ purpose: `bench cross-replica revocation ${i}`, ttlSeconds: 600 });
         const { token } = await client.issueToken({ taskId: task.taskId, audience: ctx.AUDIENCE, scopes: ctx.SCOPES, ttlSeconds: 300 });
@@ -215,6 +217,7 @@ export async function runScaleOut(ctx) {
         const t0 = process.hrtime.bigint();
         await client.completeTask(task.taskId);
         const { tLast } = await vp.call('awaitRevoked', { timeoutMs: 5000 });
+        if (i < 0) continue;
         lat.push(Number(BigInt(tLast) - t0) / 1e6);
       } catch (e) {
         errors++;
@@ -228,7 +231,7 @@ export async function runScaleOut(ctx) {
     await ctx.stopChild(a.child);
     await ctx.stopChild(b.child);
     lat.sort((x, y) => x - y);
-    out.propagation = { count: lat.length, verifiers: ctx.verifierCount, p50: percentile(lat, 50), p99: percentile(lat, 99), max: lat[lat.length - 1], errors, firstError };
+    out.propagation = { count: lat.length, warmup: ctx.revocationWarmup, verifiers: ctx.verifierCount, p50: percentile(lat, 50), p99: percentile(lat, 99), max: lat[lat.length - 1], errors, firstError };
     if (errors > 0) failures.push(`(j) cross-replica propagation: ${errors} iteration(s) failed; first: ${firstError}`);
     log(`(j) cross-replica propagation: ${lat.length} revocations, p50 ${out.propagation.p50?.toFixed(2)} ms p99 ${out.propagation.p99?.toFixed(2)} ms`);
   } finally {
@@ -262,7 +265,7 @@ export function scaleOutMarkdown(s, fmt) {
     md.push('| target | value | met |', '|---|---|---|');
     md.push(`| server CPU per IssueToken on PostgreSQL (--workers 1) within 1.3× of SQLite | ${ratio.toFixed(2)}× (broker processes alone ${bratio.toFixed(2)}×) | ${mark(ratio <= 1.3)} |`);
     if (s.rows.pg2) md.push(`| IssueToken throughput, --workers 2 vs --workers 1 (wall-clock; not a target on 2 cores) | ${pct(s.rows.pg2.issue.perSecond / s.rows.pg1.issue.perSecond)} | — |`);
-    if (s.propagation) md.push(`| revocation propagation p99 ≤ 25 ms, verifiers on another replica than the completing one | p50 ${fmtMs(s.propagation.p50)}, p99 ${fmtMs(s.propagation.p99)} (${s.propagation.count} revocations, ${s.propagation.verifiers} verifiers) | ${mark(s.propagation.p99 <= 25)} |`);
+    if (s.propagation) md.push(`| revocation propagation p99 ≤ 25 ms, verifiers on another replica than the completing one | p50 ${fmtMs(s.propagation.p50)}, p99 ${fmtMs(s.propagation.p99)} (${s.propagation.count} revocations after ${s.propagation.warmup} unmeasured, ${s.propagation.verifiers} verifiers) | ${mark(s.propagation.p99 <= 25)} |`);
     md.push('');
   }
   md.push('On this machine the load generator, the brokers and PostgreSQL share 2 cores: `--workers 2` cannot show a second core\'s worth of throughput when the load generator already takes one; read its CPU per call, not its calls/s. Propagation: BeginTask and IssueToken on replica A, all verifiers accept the token, then t0 and CompleteTask on A; latency = when the last verifier (all subscribed to replica B) rejects it (B learns of the commit by NOTIFY and reads the shared event log by cursor).', '');

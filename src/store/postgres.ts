@@ -363,12 +363,18 @@ const SQL = {
 /**
  * Hot-path statements sent as named prepared statements, so a pooled
  * connection parses each once, not at every call (about a fifth of
- * PostgreSQL's CPU per IssueToken at batches of 16). They are still planned
- * at every execution: the pool's connections run with plan_cache_mode =
- * force_custom_plan (createPgPool), because a generic plan cached while the
- * tables were small (a fresh database, not yet analyzed) kept scanning whole
- * tables once they had grown. Only statements with explicit column lists: a
- * prepared `SELECT *` would fail once another broker migrates a column in.
+ * PostgreSQL's CPU per IssueToken at batches of 16), and plans each once:
+ * they run only on the hot connections (HOT_SESSION), which keep the generic
+ * plan. Planning them at every execution cost PostgreSQL about 0.3 ms per
+ * batch, most of its CPU per IssueToken once batches are small (store alone,
+ * 8 in flight: 112 µs per getTask + recordToken planned each time, 64 µs
+ * planned once). A generic plan made while the tables were small (a fresh
+ * database, not yet analyzed) used to scan whole tables once they had grown;
+ * on the hot connections sequential scans are off, and every statement they
+ * run finds its rows by primary key, so the plan is the index plan whatever
+ * the table's size (test/store/postgres-plans.test.ts). Only statements
+ * with explicit column lists: a prepared `SELECT *` would fail once another
+ * broker migrates a column in.
  */
 const PREPARED = new Map<string, string>([
   [SQL.getTasks, 'mayfly_get_tasks'],
@@ -378,6 +384,9 @@ const PREPARED = new Map<string, string>([
   [SQL.recordTokens, 'mayfly_record_tokens'],
   [SQL.recordToken, 'mayfly_record_token'],
 ]);
+
+/** The hot statements' text (for the plan test). */
+export const HOT_STATEMENTS: readonly string[] = [...PREPARED.keys()];
 
 function taskValues(task: TaskRecord): unknown[] {
   return [
@@ -431,15 +440,25 @@ function settle<T>(p: Promise<T>): Promise<BatchOutcome<T>> {
   );
 }
 
-/** Connections of the pool for token records and lease renewals (see Durability above): the batches keep at most a couple busy. */
-const TOKEN_POOL_MAX = 4;
+/** Connections of each hot pool (tasks; token records and lease renewals): the batches keep at most a couple busy. */
+const HOT_POOL_MAX = 4;
 
 /**
- * Creates the pool for a URL with the store's settings (also used by `mayfly
- * db migrate`). `asyncCommit`: its sessions commit with synchronous_commit =
- * off, for writes whose loss in a database crash is safe (token records).
+ * Session settings of the hot connections, which run only the PREPARED
+ * statements and other primary-key lookups: plans made once and kept, never
+ * a sequential scan (see PREPARED).
  */
-export function createPgPool(options: PostgresStoreOptions, asyncCommit = false): pg.Pool {
+export const HOT_SESSION = 'SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off';
+
+/** The token pool's: HOT_SESSION, and commits not waited for (see Durability above). */
+const TOKEN_SESSION = `${HOT_SESSION}; SET synchronous_commit = off`;
+
+/**
+ * Creates a pool for a URL with the store's settings (also used by `mayfly
+ * db migrate`). `session`: settings every new connection runs first (the
+ * hot pools'; by default none beyond the server's).
+ */
+export function createPgPool(options: PostgresStoreOptions, session?: string): pg.Pool {
   const timeout = options.statementTimeoutMs ?? 10_000;
   const pool = new pg.Pool({
     connectionString: options.url,
@@ -452,10 +471,9 @@ export function createPgPool(options: PostgresStoreOptions, asyncCommit = false)
     application_name: options.applicationName ?? 'mayfly',
     types: TYPES,
   });
-  // Queued ahead of the first query of every new connection (see PREPARED). A failure here is the
-  // connection's failure, which that first query reports.
-  const session = asyncCommit ? 'SET plan_cache_mode = force_custom_plan; SET synchronous_commit = off' : 'SET plan_cache_mode = force_custom_plan';
-  pool.on('connect', (client) => void client.query(session).catch(() => undefined));
+  // Queued ahead of the first query of every new connection. A failure here is the connection's
+  // failure, which that first query reports.
+  if (session !== undefined) pool.on('connect', (client) => void client.query(session).catch(() => undefined));
   return pool;
 }
 
@@ -561,7 +579,9 @@ export class PostgresStore implements Store {
   private constructor(
     /** The pool; exposed for adapters that share the database (e.g. the coordinator). */
     readonly pool: pg.Pool,
-    /** Token records and lease renewals: `pool` itself, or sessions with synchronous_commit = off. */
+    /** Task reads and writes of the hot path (HOT_SESSION). */
+    private readonly hotPool: pg.Pool,
+    /** Token records and lease renewals: `hotPool` itself, or hot sessions with synchronous_commit = off. */
     private readonly tokenPool: pg.Pool,
     private readonly url: string,
     healthIntervalMs: number,
@@ -599,10 +619,14 @@ export class PostgresStore implements Store {
    */
   static async open(options: PostgresStoreOptions): Promise<PostgresStore> {
     const pool = createPgPool(options);
-    const tokenPool = options.flushTokenRecords ? pool : createPgPool({ ...options, poolMax: Math.min(TOKEN_POOL_MAX, options.poolMax ?? TOKEN_POOL_MAX), applicationName: `${options.applicationName ?? 'mayfly'} tokens`.slice(0, 63) }, true);
+    const hot = (suffix: string, session: string) =>
+      createPgPool({ ...options, poolMax: Math.min(HOT_POOL_MAX, options.poolMax ?? HOT_POOL_MAX), applicationName: `${options.applicationName ?? 'mayfly'} ${suffix}`.slice(0, 63) }, session);
+    const hotPool = hot('hot', HOT_SESSION);
+    const tokenPool = options.flushTokenRecords ? hotPool : hot('tokens', TOKEN_SESSION);
+    const pools = [...new Set([pool, hotPool, tokenPool])];
     // An idle pooled connection that the server drops (restart, failover)
     // emits 'error' on the pool; unhandled, it would crash the process.
-    for (const p of new Set([pool, tokenPool])) p.on('error', (err) => options.onIdleError?.(storeError(options.url, 'idle connection', err)));
+    for (const p of pools) p.on('error', (err) => options.onIdleError?.(storeError(options.url, 'idle connection', err)));
     try {
       if (options.migrate === false) {
         const v = await pgSchemaVersion(pool, options.url);
@@ -612,10 +636,9 @@ export class PostgresStore implements Store {
       } else {
         await migratePg(pool, options.url);
       }
-      return new PostgresStore(pool, tokenPool, options.url, options.healthIntervalMs ?? 0);
+      return new PostgresStore(pool, hotPool, tokenPool, options.url, options.healthIntervalMs ?? 0);
     } catch (err) {
-      await pool.end().catch(() => undefined);
-      if (tokenPool !== pool) await tokenPool.end().catch(() => undefined);
+      for (const p of pools) await p.end().catch(() => undefined);
       throw storeError(options.url, 'open', err);
     }
   }
@@ -632,7 +655,8 @@ export class PostgresStore implements Store {
   private async q<R extends pg.QueryResultRow>(what: string, text: string, values: unknown[], on: Q = this.pool): Promise<pg.QueryResult<R>> {
     this.check(what);
     try {
-      const res = await on.query<R>({ text, values, name: PREPARED.get(text) });
+      // Named (planned once) only on the hot connections, whose settings make that plan safe.
+      const res = await on.query<R>({ text, values, name: on === this.pool ? undefined : PREPARED.get(text) });
       this.noteOutcome();
       return res;
     } catch (err) {
@@ -714,7 +738,7 @@ export class PostgresStore implements Store {
   private async createTaskBatch(tasks: TaskRecord[]): Promise<BatchOutcome<void>[]> {
     if (tasks.length === 1) return [await settle(this.insertTask(tasks[0]!))];
     try {
-      await this.q('createTask', SQL.insertTasks, taskColumns(tasks));
+      await this.q('createTask', SQL.insertTasks, taskColumns(tasks), this.hotPool);
       return tasks.map(() => ({ ok: true, value: undefined }));
     } catch (err) {
       // One bad row (a duplicate id) fails the whole statement and nothing was written: insert each
@@ -725,11 +749,11 @@ export class PostgresStore implements Store {
   }
 
   private async insertTask(task: TaskRecord): Promise<void> {
-    await this.q('createTask', SQL.insertTask, taskValues(task));
+    await this.q('createTask', SQL.insertTask, taskValues(task), this.hotPool);
   }
 
   private async insertChildTask(task: TaskRecord): Promise<void> {
-    const res = await this.q('createTask', SQL.insertChildTask, taskValues(task));
+    const res = await this.q('createTask', SQL.insertChildTask, taskValues(task), this.hotPool);
     if (res.rowCount === 0) {
       const parentId = task.parentId!;
       const { rows } = await this.q<{ status: string }>('createTask', SQL.taskStatus, [parentId]);
@@ -746,7 +770,7 @@ export class PostgresStore implements Store {
   }
 
   private async getTaskBatch(ids: string[]): Promise<BatchOutcome<TaskRecord | null>[]> {
-    const { rows } = await this.q<TaskRow>('getTask', SQL.getTasks, [[...new Set(ids)]]);
+    const { rows } = await this.q<TaskRow>('getTask', SQL.getTasks, [[...new Set(ids)]], this.hotPool);
     const byId = new Map(rows.map((r) => [r.id, r]));
     const given = new Set<string>();
     return ids.map((id) => {
@@ -1054,7 +1078,7 @@ export class PostgresStore implements Store {
     this.closed = true;
     clearInterval(this.probe);
     await this.pool.end().catch(() => undefined);
-    if (this.tokenPool !== this.pool) await this.tokenPool.end().catch(() => undefined);
+    for (const p of new Set([this.hotPool, this.tokenPool])) await p.end().catch(() => undefined);
   }
 }
 

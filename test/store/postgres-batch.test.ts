@@ -96,13 +96,28 @@ describe('PostgreSQL store batches', () => {
     expect(y!.actors).toEqual(['spiffe://example.org/x']);
   });
 
-  it('plans every execution of its prepared statements (no generic plan cached on a small table)', async () => {
-    const clients = await Promise.all([a.pool.connect(), a.pool.connect()]);
-    try {
-      for (const c of clients) expect((await c.query<{ plan_cache_mode: string }>('SHOW plan_cache_mode')).rows[0]!.plan_cache_mode).toBe('force_custom_plan');
-    } finally {
-      for (const c of clients) c.release();
-    }
+  it('prepares its hot statements only on hot connections, which keep one plan and never scan a whole table', async () => {
+    await a.createTask(task('hot-1'));
+    await a.getTask('hot-1');
+    await a.recordToken(token('hot-j1', 'hot-1'));
+    const pools = a as unknown as Record<'pool' | 'hotPool' | 'tokenPool', pg.Pool>;
+    const settings = async (p: pg.Pool) => {
+      const c = await p.connect();
+      try {
+        const { rows } = await c.query<{ mode: string; seqscan: string; prepared: string }>(
+          `SELECT current_setting('plan_cache_mode') AS mode, current_setting('enable_seqscan') AS seqscan, (SELECT count(*) FROM pg_prepared_statements) AS prepared`,
+        );
+        return rows[0]!;
+      } finally {
+        c.release();
+      }
+    };
+    // The plans' shape on empty and on analyzed tables: test/store/postgres-plans.test.ts.
+    for (const p of [pools.hotPool, pools.tokenPool]) expect(await settings(p)).toMatchObject({ mode: 'force_generic_plan', seqscan: 'off' });
+    expect(Number((await settings(pools.hotPool)).prepared)).toBeGreaterThan(0);
+    expect(Number((await settings(pools.tokenPool)).prepared)).toBeGreaterThan(0);
+    expect(await settings(pools.pool)).toMatchObject({ mode: 'auto', seqscan: 'on' });
+    expect(Number((await settings(pools.pool)).prepared)).toBe(0);
   });
 
   it('two brokers batching tokens on a parent and its lower-id child while the parent ends: every token refused or revoked', async () => {

@@ -13,7 +13,7 @@
 import { execFile } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { request } from 'node:https';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -251,8 +251,15 @@ describe('three brokers on one PostgreSQL', () => {
     expect(v.stdout.match(/head recorded in the store: seq \d+/g) ?? [], v.stdout).toHaveLength(3);
     console.log(`audit: ${summary}`);
 
-    // The incident responder's view: all three chains merged in time order.
-    const logs = cluster.replicas.map((r) => join(r.dataDir, 'audit.log'));
+    // The incident responder's view: all three chains merged in time order. The surviving replicas are still
+    // running (their sweepers and checkpoints keep appending), so the merge reads a snapshot of each log taken
+    // at one moment, cut after its last complete line, and must return exactly the records of that snapshot.
+    const logs = cluster.replicas.map((r, i) => {
+      const text = readFileSync(join(r.dataDir, 'audit.log'), 'utf8');
+      const snapshot = join(cluster.dir, `audit-snapshot-${i + 1}.log`);
+      writeFileSync(snapshot, text.slice(0, text.lastIndexOf('\n') + 1));
+      return snapshot;
+    });
     const merged = await runCli(['audit', 'merge', ...logs], cluster.dir);
     expect(merged.code).toBe(0);
     const recs = merged.stdout.split('\n').map((l) => JSON.parse(l) as { ts: string; broker_id: string; seq: number; task_id?: string; event: string });

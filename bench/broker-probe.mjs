@@ -3,9 +3,11 @@
 // SIGUSR2 it writes the stats since the previous SIGUSR2 to $MAYFLY_BENCH_PROBE
 // (atomically, with an increasing seq) and resets them.
 //
-// With $MAYFLY_BENCH_PROFILE_DIR set, it also CPU-profiles each scenario: on
-// SIGUSR2 it ends the running profile (written as <dir>/<name>.cpuprofile) and,
-// if $MAYFLY_BENCH_PROBE.next names a scenario, starts the next one.
+// With $MAYFLY_BENCH_PROFILE_DIR set, it also CPU-profiles each scenario, and
+// with $MAYFLY_BENCH_HEAP_DIR it samples the allocations that outlive a
+// scavenge: on SIGUSR2 it ends the running recording (written as
+// <dir>/<name>.cpuprofile or .heapprofile) and, if $MAYFLY_BENCH_PROBE.next
+// names a scenario, starts the next one.
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
 import { join } from 'node:path';
@@ -74,50 +76,42 @@ if (out) {
     };
   }
 
-  let session = null;
-  let profiling = null;
-  let profilerEnabled = false;
-  const post = (method, params = {}) => new Promise((res, rej) => session.post(method, params, (err, r) => (err ? rej(err) : res(r))));
+  // Per-scenario recorders (CPU profile, heap sampling): on each SIGUSR2 the running ones stop and
+  // write <dir>/<scenario>.<ext>, and start again for the scenario named in $MAYFLY_BENCH_PROBE.next.
   const heapDir = process.env.MAYFLY_BENCH_HEAP_DIR;
-  let heapSampling = null;
-  async function switchHeap() {
-    if (!heapDir) return;
+  let session = null;
+  let recording = null;
+  const post = (method, params = {}) => new Promise((res, rej) => session.post(method, params, (err, r) => (err ? rej(err) : res(r))));
+  const recorders = [
+    profileDir && {
+      dir: profileDir,
+      ext: 'cpuprofile',
+      enable: async () => {
+        await post('Profiler.enable');
+        await post('Profiler.setSamplingInterval', { interval: 200 });
+      },
+      start: () => post('Profiler.start'),
+      stop: () => post('Profiler.stop'),
+    },
+    // Only what outlives a scavenge: objects a young-generation collection promoted, or still live.
+    heapDir && {
+      dir: heapDir,
+      ext: 'heapprofile',
+      enable: async () => {},
+      start: () => post('HeapProfiler.startSampling', { samplingInterval: 4096, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: false }),
+      stop: () => post('HeapProfiler.stopSampling'),
+    },
+  ].filter(Boolean);
+  async function switchRecorders() {
+    if (recorders.length === 0) return;
     if (!session) {
       session = new Session();
       session.connect();
+      for (const r of recorders) await r.enable();
     }
-    if (heapSampling) {
-      const { profile } = await post('HeapProfiler.stopSampling');
-      writeFileSync(join(heapDir, `${heapSampling}.heapprofile`), JSON.stringify(profile));
-      heapSampling = null;
-    }
-    let next = '';
-    try {
-      next = readFileSync(`${out}.next`, 'utf8').trim();
-    } catch {
-      /* none */
-    }
-    if (next) {
-      await post('HeapProfiler.startSampling', { samplingInterval: 4096, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: false });
-      heapSampling = next.replace(/[^a-z0-9_-]/gi, '_');
-    }
-  }
-  async function switchProfile() {
-    await switchHeap();
-    if (!profileDir) return;
-    if (!profilerEnabled) {
-      if (!session) {
-        session = new Session();
-        session.connect();
-      }
-      profilerEnabled = true;
-      await post('Profiler.enable');
-      await post('Profiler.setSamplingInterval', { interval: 200 });
-    }
-    if (profiling) {
-      const { profile } = await post('Profiler.stop');
-      writeFileSync(join(profileDir, `${profiling}.cpuprofile`), JSON.stringify(profile));
-      profiling = null;
+    if (recording) {
+      for (const r of recorders) writeFileSync(join(r.dir, `${recording}.${r.ext}`), JSON.stringify((await r.stop()).profile));
+      recording = null;
     }
     let next = '';
     try {
@@ -126,8 +120,8 @@ if (out) {
       /* none */
     }
     if (next) {
-      await post('Profiler.start');
-      profiling = next.replace(/[^a-z0-9_-]/gi, '_');
+      for (const r of recorders) await r.start();
+      recording = next.replace(/[^a-z0-9_-]/gi, '_');
     }
   }
 
@@ -159,7 +153,7 @@ if (out) {
     majorMax = 0;
     majorCount = 0;
     try {
-      await switchProfile();
+      await switchRecorders();
     } catch (e) {
       s.profileError = String(e?.message ?? e);
     }

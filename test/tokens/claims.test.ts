@@ -1,20 +1,14 @@
 /** Claim validation: every required claim present and well-typed, each failure naming the claim. */
 import { describe, expect, it } from 'vitest';
 import { validateClaims } from '../../src/tokens/claims.js';
+import { failureOf } from '../helpers/codes.js';
 
 const NOW = Date.UTC(2026, 11, 3, 12, 0, 0);
 const sec = Math.floor(NOW / 1000);
 const good = () => ({ iss: 'https://mayfly.test', sub: 'spiffe://t/w', aud: 'api', iat: sec, nbf: sec, exp: sec + 60, jti: 'j1', scope: 'read', client_id: 'spiffe://t/w', tid: 't1' });
 const opts = { issuer: 'https://mayfly.test', audience: 'api', now: NOW, clockSkewSeconds: 0 };
 
-const failure = (payload: Record<string, unknown>): string => {
-  try {
-    validateClaims(payload, opts);
-  } catch (e) {
-    return `${(e as { code?: string }).code}: ${(e as Error).message}`;
-  }
-  return 'accepted';
-};
+const failure = (payload: Record<string, unknown>): string => failureOf(() => validateClaims(payload, opts));
 
 describe('validateClaims', () => {
   it('accepts a complete claim set and returns it', () => {

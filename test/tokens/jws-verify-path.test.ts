@@ -9,15 +9,9 @@
 import { generateKeyPairSync, sign as cryptoSign, verify as cryptoVerify, type KeyObject } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { decodeJws, ecdsaDer, signCompact, verifyJwsSignature, type JwsHeader } from '../../src/tokens/jws.js';
+import { failureOf } from '../helpers/codes.js';
 
-const failure = (fn: () => unknown): string => {
-  try {
-    fn();
-  } catch (e) {
-    return `${(e as { code?: string }).code}: ${(e as Error).message}`;
-  }
-  return 'accepted';
-};
+const failure = (fn: () => unknown): string => failureOf(fn);
 
 /** An independent DER encoder (BigInt, two's complement), to compare ecdsaDer with. */
 function referenceDer(sig: Uint8Array, half: number): Buffer {

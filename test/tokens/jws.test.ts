@@ -7,20 +7,14 @@
 import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { decodeJws, signCompact, verifyJwsSignature, type JwsHeader } from '../../src/tokens/jws.js';
+import { failureOf } from '../helpers/codes.js';
 
 const b64 = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('base64url');
 const p256 = generateKeyPairSync('ec', { namedCurve: 'P-256' });
 const HEADER: JwsHeader = { alg: 'ES256', typ: 'at+jwt', kid: 'k1' };
 const token = (payload: object = { jti: 'j1', n: 1 }, header: JwsHeader = HEADER, key: KeyObject = p256.privateKey) => signCompact(header, payload, key);
 
-const failure = (fn: () => unknown): string => {
-  try {
-    fn();
-  } catch (e) {
-    return `${(e as { code?: string }).code}: ${(e as Error).message}`;
-  }
-  return 'accepted';
-};
+const failure = (fn: () => unknown): string => failureOf(fn);
 
 describe('decodeJws', () => {
   it('decodes a run of tokens sharing a header, each with its own payload', () => {

@@ -6,6 +6,7 @@ import { buildClaims } from '../../src/tokens/claims.js';
 import { decodeJws, rawSign } from '../../src/tokens/jws.js';
 import { mintToken } from '../../src/tokens/mint.js';
 import { verifyMayflyToken } from '../../src/tokens/verify.js';
+import { failureOf } from '../helpers/codes.js';
 
 const NOW = Date.UTC(2026, 11, 3, 12, 0, 0);
 const ISSUER = 'https://mayfly.test';
@@ -29,14 +30,7 @@ function signer(kid: string, key: KeyObject): Signer & { mode: 'ok' | 'garbage' 
   return s;
 }
 
-const codeOf = (fn: () => unknown): string => {
-  try {
-    fn();
-  } catch (e) {
-    return `${(e as { code?: string }).code}: ${(e as Error).message}`;
-  }
-  return 'returned';
-};
+const codeOf = (fn: () => unknown): string => failureOf(fn, 'returned');
 
 describe('mintToken', () => {
   it('returns a token that verifies with the public key', () => {

@@ -44,6 +44,20 @@ function verifiesAt(km: KeyManager, token: string): boolean {
   }
 }
 
+/** Two replicas' key stores and key managers on one fresh database, one KEK and one manual clock, initialised. */
+async function twoReplicas(opts: KeyManagerOptions) {
+  const pool = await freshPool();
+  const kek = randomBytes(32);
+  const clock = new ManualClock();
+  const a = await PostgresKeyStore.open({ pool, kek });
+  const b = await PostgresKeyStore.open({ pool, kek });
+  const ka = new KeyManager(a, clock, { ...opts, cluster: a });
+  const kb = new KeyManager(b, clock, { ...opts, cluster: b });
+  await ka.init();
+  await kb.init();
+  return { pool, clock, a, b, ka, kb };
+}
+
 describe('KeyManager across replicas (shared PostgreSQL key set)', () => {
   it('three replicas start with one active key, rotate once together, and every token verifies everywhere at every step', async () => {
     const pool = await freshPool();
@@ -103,16 +117,7 @@ describe('KeyManager across replicas (shared PostgreSQL key set)', () => {
   });
 
   it('an emergency revoke on one replica removes the key from every replica and stops their signers', async () => {
-    const pool = await freshPool();
-    const kek = randomBytes(32);
-    const clock = new ManualClock();
-    const opts: KeyManagerOptions = { alg: 'EdDSA', rotationPeriodMs: 60 * MIN, prePublishMs: 10 * MIN, skewMs: MIN, maxPromotionWaitMs: 30 * MIN };
-    const a = await PostgresKeyStore.open({ pool, kek });
-    const b = await PostgresKeyStore.open({ pool, kek });
-    const ka = new KeyManager(a, clock, { ...opts, cluster: a });
-    const kb = new KeyManager(b, clock, { ...opts, cluster: b });
-    await ka.init();
-    await kb.init();
+    const { pool, clock, a, b, ka, kb } = await twoReplicas({ alg: 'EdDSA', rotationPeriodMs: 60 * MIN, prePublishMs: 10 * MIN, skewMs: MIN, maxPromotionWaitMs: 30 * MIN });
     const victim = kb.active().info.kid;
     const oldSignerB = kb.active().signer;
     await ka.revoke(victim);
@@ -152,16 +157,7 @@ describe('KeyManager across replicas (shared PostgreSQL key set)', () => {
   });
 
   it('keys rotate taken by a replica that stops before promotion is completed by another, once the gate allows', async () => {
-    const pool = await freshPool();
-    const kek = randomBytes(32);
-    const clock = new ManualClock();
-    const opts: KeyManagerOptions = { alg: 'ES256', rotationPeriodMs: 24 * 60 * MIN, prePublishMs: 10 * MIN, skewMs: MIN, maxPromotionWaitMs: 30 * MIN };
-    const a = await PostgresKeyStore.open({ pool, kek });
-    const b = await PostgresKeyStore.open({ pool, kek });
-    const ka = new KeyManager(a, clock, { ...opts, cluster: a });
-    const kb = new KeyManager(b, clock, { ...opts, cluster: b });
-    await ka.init();
-    await kb.init();
+    const { pool, clock, a, b, ka, kb } = await twoReplicas({ alg: 'ES256', rotationPeriodMs: 24 * 60 * MIN, prePublishMs: 10 * MIN, skewMs: MIN, maxPromotionWaitMs: 30 * MIN });
     // A relying party has not acknowledged the next key yet: the gate (shared, as on PostgreSQL) holds promotion.
     let acked = false;
     const gate = async () => ({ ready: acked, laggards: acked ? [] : ['rp'] });
@@ -193,16 +189,7 @@ describe('KeyManager across replicas (shared PostgreSQL key set)', () => {
   });
 
   it('a rotation whose replica died is forced after the maximum wait counted from the request, not from the survivor\'s first look', async () => {
-    const pool = await freshPool();
-    const kek = randomBytes(32);
-    const clock = new ManualClock();
-    const opts: KeyManagerOptions = { alg: 'ES256', rotationPeriodMs: 24 * 60 * MIN, prePublishMs: 10 * MIN, skewMs: MIN, maxPromotionWaitMs: 30 * MIN };
-    const a = await PostgresKeyStore.open({ pool, kek });
-    const b = await PostgresKeyStore.open({ pool, kek });
-    const ka = new KeyManager(a, clock, { ...opts, cluster: a });
-    const kb = new KeyManager(b, clock, { ...opts, cluster: b });
-    await ka.init();
-    await kb.init();
+    const { pool, clock, a, b, ka, kb } = await twoReplicas({ alg: 'ES256', rotationPeriodMs: 24 * 60 * MIN, prePublishMs: 10 * MIN, skewMs: MIN, maxPromotionWaitMs: 30 * MIN });
     const laggard = async () => ({ ready: false, laggards: ['rp-that-never-acks'] });
     ka.setPromotionGate(laggard);
     kb.setPromotionGate(laggard);

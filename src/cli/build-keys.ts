@@ -62,7 +62,19 @@ export async function buildKeysAndFeed(loaded: LoadedConfig, x: KeysContext): Pr
     keyHooks(loaded, x, () => feed, publish),
   );
   await keys.init();
-  feed = new RevocationFeed(store, clock, () => keys.jwks(), { heartbeatMs: c.feed.heartbeat_ms, batch: 500, maxTokenTtlMs: c.tokens.max_ttl_seconds * 1000 });
+  feed = new RevocationFeed(store, clock, () => keys.jwks(), {
+    heartbeatMs: c.feed.heartbeat_ms,
+    batch: 500,
+    maxTokenTtlMs: c.tokens.max_ttl_seconds * 1000,
+    maxBufferedBytes: c.feed.max_buffered_bytes,
+    onSlowSubscriber: (s) => {
+      x.metrics.feedSlowSubscribers.inc({ transport: s.transport ?? 'other' });
+      log.warn(
+        { code: 'ERR_FEED_SUBSCRIBER_SLOW', subscriber_id: s.subscriber, identity: s.identity, peer: s.peer, request_id: s.requestId, transport: s.transport, buffered_bytes: s.bufferedBytes, limit_bytes: s.limitBytes, cursor: s.cursor },
+        'revocation feed subscriber too slow: stream ended, it resumes from its cursor',
+      );
+    },
+  });
   await feed.start();
   const started = feed;
   cleanups.push(() => started.stop());

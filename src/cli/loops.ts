@@ -50,5 +50,6 @@ export function startLoops({ config: c }: LoadedConfig, p: LoopParts): void {
   every(1000, async () => {
     metrics.feedSubscribers.set(feed.subscriberCount());
     metrics.feedLagEvents.set(feed.maxLag());
+    metrics.feedBufferedBytes.set(feed.maxBufferedBytes());
   }, 'feed gauges');
 }

@@ -128,6 +128,11 @@ export const configSchema = z
     feed: z
       .object({
         heartbeat_ms: z.number().int().min(100).max(60_000).default(5000),
+        /**
+         * Most bytes one subscriber's stream may hold unsent (it stopped reading, or reads slower than revocations
+         * come). Past it the broker ends that stream with ERR_FEED_SUBSCRIBER_SLOW; the subscriber resumes from its cursor.
+         */
+        max_buffered_bytes: z.number().int().min(64 * 1024).max(256 * 1024 * 1024).default(1024 * 1024),
         /** Identities allowed to subscribe; empty = any authenticated caller. */
         subscribers: z.array(z.string().min(1)).default([]),
       })

@@ -61,6 +61,8 @@ export const ERROR_CODES = {
   ERR_TOKEN_REVOKED: 'failed_precondition',
   ERR_TOKEN_REPLAYED: 'failed_precondition',
   ERR_RATE_LIMITED: 'resource_exhausted',
+  /** A revocation-feed subscriber fell too far behind (its stream held more than feed.max_buffered_bytes): its stream is ended; it resumes from its cursor. */
+  ERR_FEED_SUBSCRIBER_SLOW: 'resource_exhausted',
   // Operator-side problems.
   ERR_CONFIG_INVALID: 'internal',
   ERR_KEYSTORE: 'internal',

@@ -36,6 +36,8 @@ export class Metrics {
   readonly feedSubscribers: Gauge;
   readonly feedLagEvents: Gauge;
   readonly feedEvents: Counter;
+  readonly feedSlowSubscribers: Counter<'transport'>;
+  readonly feedBufferedBytes: Gauge;
   readonly keyState: Gauge<'kid' | 'state'>;
   readonly keyAgeSeconds: Gauge<'kid'>;
   readonly keyPromotionBlocked: Gauge;
@@ -82,6 +84,17 @@ export class Metrics {
       registers,
     });
     this.feedEvents = new Counter({ name: 'mayfly_feed_events_total', help: 'Revocation events delivered to feed subscribers.', registers });
+    this.feedSlowSubscribers = new Counter({
+      name: 'mayfly_feed_slow_subscribers_total',
+      help: 'Feed streams ended because the subscriber fell more than feed.max_buffered_bytes behind (ERR_FEED_SUBSCRIBER_SLOW), by transport (grpc, sse).',
+      labelNames: ['transport'] as const,
+      registers,
+    });
+    this.feedBufferedBytes = new Gauge({
+      name: 'mayfly_feed_buffered_bytes',
+      help: 'Most bytes any feed subscriber stream holds unsent (bounded by feed.max_buffered_bytes).',
+      registers,
+    });
     this.keyState = new Gauge({
       name: 'mayfly_key_state',
       help: 'Signing key state: 1 for the current state of each kid.',
@@ -138,6 +151,7 @@ export class Metrics {
     // Closed label sets start at 0 so alerts on rate() work before the first occurrence.
     for (const reason of TASK_END_REASONS) this.tasksEnded.inc({ reason }, 0);
     for (const kind of MISUSE_KINDS) this.tokenMisuse.inc({ kind }, 0);
+    for (const transport of ['grpc', 'sse']) this.feedSlowSubscribers.inc({ transport }, 0);
     if (options.defaultMetrics === true) collectDefaultMetrics({ register: registry, prefix: 'mayfly_' });
   }
 

@@ -9,7 +9,7 @@ import type { AuditSink, Clock, SubscriberRegistry } from '../core/ports.js';
 import { audited } from './audited.js';
 import type { Authorizer } from './authorize.js';
 import type { CallContext, ServiceObserver } from './deps.js';
-import type { FeedMessage, RevocationFeed, Subscription } from './feed.js';
+import type { FeedStream, RevocationFeed, Subscription } from './feed.js';
 import * as v from './validate.js';
 
 export interface SubscribeParams {
@@ -21,11 +21,9 @@ export interface SubscribeParams {
   transport: 'grpc' | 'sse';
 }
 
-/** Where the stream goes: `open` runs once the caller is allowed, before the first message. */
-export interface FeedSink {
+/** Where the stream goes: `open` runs once the caller is allowed, before the first message; the rest is the hub's view of the stream (backpressure included). */
+export interface FeedSink extends FeedStream {
   open(): void;
-  message(m: FeedMessage): void;
-  end(): void;
 }
 
 /** Most subscriber names remembered; past it, new names are refused (existing ones keep working). */
@@ -92,7 +90,7 @@ export class FeedSubscriptions {
       Object.assign(rec, { subscriber_id: subscriberId, cursor, transport: p.transport });
       if (subscriberId !== ctx.identity.id) await this.bind(subscriberId, ctx.identity.id);
       sink.open();
-      return this.d.feed.subscribe(subscriberId, cursor, (m) => sink.message(m), () => sink.end());
+      return this.d.feed.subscribe(subscriberId, cursor, sink, undefined, { identity: ctx.identity.id, requestId: ctx.requestId, transport: p.transport, ...(ctx.peer ? { peer: ctx.peer } : {}) });
     });
   }
 

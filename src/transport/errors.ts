@@ -100,3 +100,9 @@ export function toHttpStatus(e: unknown): number {
       return 500;
   }
 }
+
+/** The error of non-OAuth JSON endpoints: HTTP status and body. The revocation feed's closing `error` event carries the same body. */
+export function toJsonError(e: unknown): { status: number; body: { error: ErrorCode; message: string } } {
+  const err = MayflyError.from(e);
+  return { status: toHttpStatus(err), body: { error: err.code, message: publicMessage(err) } };
+}

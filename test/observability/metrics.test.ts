@@ -10,6 +10,8 @@ const NAMES = [
   'mayfly_feed_subscribers',
   'mayfly_feed_lag_events',
   'mayfly_feed_events_total',
+  'mayfly_feed_slow_subscribers_total',
+  'mayfly_feed_buffered_bytes',
   'mayfly_key_state',
   'mayfly_key_age_seconds',
   'mayfly_key_promotion_blocked',
@@ -49,6 +51,7 @@ describe('Metrics', () => {
     expect(text).toContain('mayfly_tasks_ended_total{reason="lease_lapsed"} 1');
     expect(text).toContain('mayfly_token_misuse_total{kind="cnf_mismatch"} 0');
     expect(text).toContain('mayfly_token_misuse_total{kind="replay"} 1');
+    expect(text).toContain('mayfly_feed_slow_subscribers_total{transport="sse"} 0');
     expect(text).toContain('mayfly_tokens_issued_total{audience="https://api.example.com"} 1');
     expect(text).toContain('mayfly_requests_denied_total{code="ERR_POLICY_DENIED"} 1');
     // µs-range buckets: 42 µs falls in the 50 µs bucket but not the 25 µs one.

@@ -22,7 +22,7 @@ import { FeedSubscriptions } from '../../src/service/subscriptions.js';
 import { PgAckRegistry, PgListener, PgSubscriberRegistry, EVENTS_CHANNEL, pgNotify } from '../../src/store/postgres-cluster.js';
 import { PostgresStore } from '../../src/store/postgres.js';
 import { ClusterAckGate, ClusterFeedRelay } from '../../src/service/feed-cluster.js';
-import { RevocationFeed, type FeedMessage } from '../../src/service/feed.js';
+import { callbackStream, RevocationFeed, type FeedMessage } from '../../src/service/feed.js';
 import { task } from '../contracts/store.contract.js';
 import { freshDatabase } from '../helpers/postgres.js';
 
@@ -217,7 +217,7 @@ describe('revocation feed across replicas', () => {
     for (const r of [a, b]) r.feed.noteKeySet({ version: 'v2', json: '{"keys":[]}', kids: ['kid-a', 'kid-next'] });
     const who = (id: string): { identity: Identity; requestId: string } => ({ identity: { kind: 'spiffe', id, method: 'x509-svid', claims: {} } as Identity, requestId: 'r' });
     const rp = 'spiffe://example.org/rp';
-    const sink = { open: () => undefined, message: () => undefined, end: () => undefined };
+    const sink = { open: () => undefined, ...callbackStream(() => undefined) };
     // The relying party's stream (named rp-1, bound to its identity) is on replica A.
     await subsA.subscribe(who(rp), { subscriberId: 'rp-1', transport: 'grpc' }, sink);
     // Its default-named stream is on A too.

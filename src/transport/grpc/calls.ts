@@ -95,15 +95,23 @@ export function callRunner(deps: CallDeps) {
             const ctx = await identify(call, requestId, method);
             await fn(ctx, req, call);
           } catch (e) {
-            const st = failure(method, requestId, e);
-            // Emitting 'error' (not destroy) is what makes grpc-js end the stream with this status:
-            // a destroyed stream never sends one, and the caller would wait for its own deadline.
-            const md = new grpc.Metadata();
-            md.set('mayfly-error-code', st.mayflyCode);
-            md.set('x-request-id', requestId);
-            call.emit('error', { code: st.code, details: st.details, metadata: md });
+            endWithStatus(call, failure(method, requestId, e), requestId);
           }
         })();
       },
   };
+}
+
+/** Ends a server stream with the status of `err` and its stable code (after the messages it has queued). */
+export function endStream(call: grpc.ServerWritableStream<Buffer, Buffer>, err: MayflyError, requestId: string): void {
+  endWithStatus(call, toGrpcStatus(err), requestId);
+}
+
+function endWithStatus(call: grpc.ServerWritableStream<Buffer, Buffer>, st: ReturnType<typeof toGrpcStatus>, requestId: string): void {
+  // Emitting 'error' (not destroy) is what makes grpc-js end the stream with this status:
+  // a destroyed stream never sends one, and the caller would wait for its own deadline.
+  const md = new grpc.Metadata();
+  md.set('mayfly-error-code', st.mayflyCode);
+  md.set('x-request-id', requestId);
+  call.emit('error', { code: st.code, details: st.details, metadata: md });
 }

@@ -4,7 +4,7 @@ import * as pb from '../../gen/mayfly/v1/broker_pb.js';
 import type { BrokerService } from '../../service/broker.js';
 import type { FeedSubscriptions } from '../../service/subscriptions.js';
 import type { callRunner } from './calls.js';
-import { encodeEvent } from './feed-encoding.js';
+import { GrpcFeedStream } from './feed-stream.js';
 
 const seconds = (ms: number) => BigInt(Math.floor(ms / 1000));
 
@@ -49,15 +49,8 @@ export function brokerHandlers(b: BrokerService, subscriptions: FeedSubscription
     }),
     Ping: run.unary('Ping', pb.PingRequestSchema, pb.PingResponseSchema, async () => ({})),
     WatchRevocations: run.serverStream('WatchRevocations', pb.WatchRevocationsRequestSchema, async (ctx, r, call) => {
-      const sub = await subscriptions.subscribe(ctx, { subscriberId: r.subscriberId, cursor: r.cursor, transport: 'grpc' }, {
-        open: () => undefined,
-        message: (m) => call.write(encodeEvent(m)),
-        end: () => call.end(),
-      });
-      const end = () => sub.close();
-      call.on('cancelled', end);
-      call.on('close', end);
-      call.on('error', end);
+      // The stream leaves the feed when the call closes (the hub listens through the stream), replay included.
+      await subscriptions.subscribe(ctx, { subscriberId: r.subscriberId, cursor: r.cursor, transport: 'grpc' }, new GrpcFeedStream(call, ctx.requestId));
     }),
   };
 }

@@ -12,7 +12,7 @@ import type { CallContext } from '../../service/deps.js';
 import type { KeyAdministration } from '../../service/keys.js';
 import type { FeedSubscriptions } from '../../service/subscriptions.js';
 import type { KeyManager } from '../../tokens/keys.js';
-import { publicMessage, toHttpStatus, toOAuthError } from '../errors.js';
+import { publicMessage, toJsonError, toOAuthError } from '../errors.js';
 import { peerKey, type PeerRegistry, type TlsMaterial } from '../tls.js';
 
 export interface HealthReport {
@@ -86,7 +86,8 @@ export function routeKit(deps: HttpServerDeps, peers: PeerRegistry): RouteKit {
         if (o.status === 401) reply.header('www-authenticate', 'Bearer');
         return reply.code(o.status).send(o.body);
       }
-      return reply.code(toHttpStatus(err)).send({ error: err.code, message: publicMessage(err) });
+      const j = toJsonError(err);
+      return reply.code(j.status).send(j.body);
     },
   };
 }

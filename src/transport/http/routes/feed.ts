@@ -1,6 +1,10 @@
 /** The revocation feed as server-sent events (resume with Last-Event-ID or ?cursor=), key-set acknowledgements and misuse reports: what relying parties call. */
+import type { ServerResponse } from 'node:http';
 import type { FastifyInstance } from 'fastify';
+import type { MayflyError } from '../../../core/errors.js';
 import type { FeedMessage } from '../../../service/feed.js';
+import { toJsonError } from '../../errors.js';
+import { WritableFeedStream } from '../../feed-stream.js';
 import type { RouteKit } from '../kit.js';
 
 // The hub hands one message object to every subscriber: frame it once, not once per subscriber (as the gRPC feed does).
@@ -17,6 +21,48 @@ function sseFrame(m: FeedMessage): Buffer {
   return b;
 }
 
+/**
+ * How long a stream ended with an error may take to flush what it holds
+ * (the subscriber reads it, then the `error` event) before its connection is
+ * dropped: a subscriber that never reads again must not pin that memory.
+ */
+const ERROR_FLUSH_MS = 10_000;
+
+/** The SSE response as a revocation-feed stream; its own writableLength is the bytes the subscriber has not taken. */
+class SseFeedStream extends WritableFeedStream {
+  constructor(
+    private readonly res: ServerResponse,
+    private readonly start: () => void,
+  ) {
+    super(res, ['close', 'error']);
+  }
+
+  open(): void {
+    this.start();
+  }
+
+  write(m: FeedMessage): boolean {
+    return this.res.write(sseFrame(m));
+  }
+
+  bufferedBytes(): number {
+    return this.res.writableLength;
+  }
+
+  /** With an error: a last `error` event with the JSON error body (`error` is the stable code), after what the stream holds. */
+  end(err?: MayflyError): void {
+    if (this.isClosed) return;
+    if (!err) {
+      this.res.end();
+      return;
+    }
+    this.res.end(`event: error\ndata: ${JSON.stringify(toJsonError(err).body)}\n\n`);
+    const drop = setTimeout(() => this.res.destroy(), ERROR_FLUSH_MS);
+    drop.unref();
+    this.onClose(() => clearTimeout(drop));
+  }
+}
+
 export function registerFeedRoutes(app: FastifyInstance, kit: RouteKit): void {
   const { deps } = kit;
 
@@ -27,17 +73,14 @@ export function registerFeedRoutes(app: FastifyInstance, kit: RouteKit): void {
     let opened = false;
     try {
       const ctx = await kit.authenticate(req, 'revocations');
-      const sub = await deps.subscriptions.subscribe(ctx, { subscriberId: q['subscriber_id'], cursor, transport: 'sse' }, {
-        open: () => {
-          reply.hijack();
-          opened = true;
-          res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive' });
-          res.write(': mayfly revocation feed\n\n');
-        },
-        message: (m) => res.write(sseFrame(m)),
-        end: () => res.end(),
+      // The stream leaves the feed when the response closes (the hub listens through the stream), replay included.
+      const stream = new SseFeedStream(res, () => {
+        reply.hijack();
+        opened = true;
+        res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive' });
+        res.write(': mayfly revocation feed\n\n');
       });
-      req.raw.on('close', () => sub.close());
+      await deps.subscriptions.subscribe(ctx, { subscriberId: q['subscriber_id'], cursor, transport: 'sse' }, stream);
     } catch (e) {
       if (opened) res.end();
       else return kit.fail(reply, 'revocations', req, e, 'json');

@@ -349,10 +349,10 @@ export class RevocationFeed implements EventPublisher {
     return this.slowCount;
   }
 
-  /** The most bytes any live subscriber's stream holds unsent (0 when every stream keeps up). */
+  /** The most bytes any subscriber's stream (live or replaying) holds unsent (0 when every stream keeps up). */
   maxBufferedBytes(): number {
     let most = 0;
-    for (const s of this.subs) if (!s.pending) most = Math.max(most, s.stream.bufferedBytes());
+    for (const s of this.subs) most = Math.max(most, s.stream.bufferedBytes());
     return most;
   }
 

@@ -30,6 +30,7 @@ describe('config validation', () => {
     expect(keyStoreKind(c)).toBe('file');
     expect(keyStoreKind(parseConfig({ ...base, store: { backend: 'postgres', url: 'postgres://m@db:5432/mayfly' } }))).toBe('postgres');
     expect(c.policy.engine).toBe('builtin');
+    expect(c.feed.max_buffered_bytes).toBe(1024 * 1024);
   });
 
   it.each([
@@ -43,6 +44,8 @@ describe('config validation', () => {
     ['a trust domain without a bundle', { ...base, trust_domains: { 'example.org': {} } }, /trust_domains\.example\.org: a trust domain needs bundle_file or bundle_endpoint/],
     ['an uppercase trust domain', { ...base, trust_domains: { 'Example.org': { bundle_file: 'ca.pem' } } }, /trust_domains\.Example\.org/],
     ['a plain-http bundle endpoint', { ...base, trust_domains: { 'example.org': { bundle_endpoint: { url: 'http://x/bundle' } } } }, /bundle endpoint must be https/],
+    ['a feed buffer bound below 64 KiB', { ...base, feed: { max_buffered_bytes: 1000 } }, /feed\.max_buffered_bytes: .*65536/],
+    ['a fractional feed buffer bound', { ...base, feed: { max_buffered_bytes: 100_000.5 } }, /feed\.max_buffered_bytes/],
     ['OPA without its block', { ...base, policy: { engine: 'opa' } }, /policy\.opa: engine "opa" needs an "opa" block/],
   ])('rejects %s, naming the field', (_name, doc, pattern) => {
     expect(message(doc)).toMatch(pattern);

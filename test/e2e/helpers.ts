@@ -5,7 +5,10 @@
  * (plain node:https, the way curl would talk to it).
  */
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { request as httpsRequest } from 'node:https';
+import type { IncomingMessage } from 'node:http';
+import { connect as http2Connect, constants as h2 } from 'node:http2';
+import { createServer as createTcpServer, connect as tcpConnect, type Socket } from 'node:net';
+import { request as httpsRequest, type RequestOptions } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -284,4 +287,205 @@ export function protoFields(buf: Buffer): Array<{ field: number; wire: number; v
     } else throw new Error(`unsupported wire type ${wire}`);
   }
   return out;
+}
+
+/** Polls `cond` every 20 ms for up to `ms`; returns its last value. */
+export async function until(cond: () => boolean, ms = 3000): Promise<boolean> {
+  const t0 = Date.now();
+  while (!cond() && Date.now() - t0 < ms) await new Promise((r) => setTimeout(r, 20));
+  return cond();
+}
+
+export interface SseEvent {
+  id?: string;
+  event: string;
+  data: Record<string, unknown>;
+}
+
+export interface SseFeed {
+  /** Events parsed so far, in order. */
+  events: SseEvent[];
+  /** The response status, once the headers arrived. */
+  ready: Promise<number>;
+  /** Set when the response ended or its connection closed. */
+  closed: () => boolean;
+  /** Starts reading a feed opened with `paused` (a subscriber that had stalled). */
+  resume(): void;
+  close(): void;
+}
+
+/**
+ * Opens GET /v1/revocations; events are collected until close(). With
+ * `paused` the response is never read (a stalled subscriber: its TCP window
+ * fills and the broker's writes back up) until resume().
+ */
+export function openSseFeed(tb: TestBroker, opts: { cert?: string; lastEventId?: string; paused?: boolean } = {}): SseFeed {
+  const events: SseEvent[] = [];
+  let res: IncomingMessage | undefined;
+  let closed = false;
+  let paused = opts.paused === true;
+  const url = new URL('/v1/revocations', tb.httpUrl);
+  const o: RequestOptions = {
+    ca: tb.ca,
+    agent: false,
+    headers: { accept: 'text/event-stream', ...(opts.lastEventId ? { 'last-event-id': opts.lastEventId } : {}) },
+    ...(opts.cert ? { cert: readFileSync(join(tb.dir, `${opts.cert}.pem`)), key: readFileSync(join(tb.dir, `${opts.cert}.key`)) } : {}),
+  };
+  const ready = new Promise<number>((resolve, reject) => {
+    const req = httpsRequest(url, o, (r) => {
+      res = r;
+      let buf = '';
+      r.setEncoding('utf8');
+      r.on('data', (chunk: string) => {
+        buf += chunk;
+        let i: number;
+        while ((i = buf.indexOf('\n\n')) >= 0) {
+          const block = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          const e: Partial<SseEvent> = {};
+          for (const line of block.split('\n')) {
+            if (line.startsWith('id: ')) e.id = line.slice(4);
+            else if (line.startsWith('event: ')) e.event = line.slice(7);
+            else if (line.startsWith('data: ')) e.data = JSON.parse(line.slice(6)) as Record<string, unknown>;
+          }
+          if (e.event) events.push(e as SseEvent);
+        }
+      });
+      r.on('close', () => (closed = true));
+      r.on('error', () => (closed = true));
+      if (paused) r.pause();
+      resolve(r.statusCode ?? 0);
+    });
+    req.on('error', (e) => {
+      closed = true;
+      reject(e);
+    });
+    req.end();
+  });
+  return {
+    events,
+    ready,
+    closed: () => closed,
+    resume: () => {
+      paused = false;
+      res?.resume();
+    },
+    close: () => res?.destroy(),
+  };
+}
+
+export interface RawFeedStatus {
+  code: number;
+  details: string;
+  /** The `mayfly-error-code` trailer, if any. */
+  mayflyCode: string | undefined;
+}
+
+export interface RawFeed {
+  /** Messages received so far (RevocationEvent protobuf bytes), in order. */
+  messages: Buffer[];
+  /** The call's status, once its trailers (or a reset) arrived. */
+  status: Promise<RawFeedStatus>;
+  /** Starts reading a stream opened with `paused`. */
+  resume(): void;
+  close(): void;
+}
+
+/**
+ * WatchRevocations over a plain node:http2 session (gRPC framing by hand).
+ * With `paused` the stream is never read until resume(), and HTTP/2 flow
+ * control holds the broker to its window: a subscriber that stopped reading.
+ * (grpc-js clients keep reading into memory while their stream is paused, so
+ * they cannot play one.)
+ */
+export function rawFeedStream(tb: TestBroker, request: Buffer, o: { cert?: string; paused?: boolean } = {}): RawFeed {
+  const cert = o.cert ?? 'relying-party';
+  const session = http2Connect(`https://localhost:${tb.grpcAddr.split(':')[1]}`, {
+    ca: tb.ca,
+    cert: readFileSync(join(tb.dir, `${cert}.pem`)),
+    key: readFileSync(join(tb.dir, `${cert}.key`)),
+    host: '127.0.0.1',
+  });
+  session.on('error', () => undefined);
+  const stream = session.request({ ':method': 'POST', ':path': '/mayfly.v1.Broker/WatchRevocations', 'content-type': 'application/grpc', te: 'trailers' });
+  const frame = Buffer.alloc(5);
+  frame.writeUInt32BE(request.length, 1);
+  stream.end(Buffer.concat([frame, request]));
+  const messages: Buffer[] = [];
+  let buf = Buffer.alloc(0);
+  stream.on('data', (chunk: Buffer) => {
+    buf = Buffer.concat([buf, chunk]);
+    while (buf.length >= 5 && buf.length >= 5 + buf.readUInt32BE(1)) {
+      const len = buf.readUInt32BE(1);
+      messages.push(buf.subarray(5, 5 + len));
+      buf = buf.subarray(5 + len);
+    }
+  });
+  if (o.paused) stream.pause();
+  const status = new Promise<RawFeedStatus>((resolve) => {
+    const from = (h: Record<string, unknown>) => ({ code: Number(h['grpc-status']), details: decodeURIComponent(String(h['grpc-message'] ?? '')), mayflyCode: h['mayfly-error-code'] as string | undefined });
+    stream.on('response', (h) => {
+      if (h['grpc-status'] !== undefined) resolve(from(h));
+    });
+    stream.on('trailers', (h) => resolve(from(h)));
+    stream.on('close', () => resolve({ code: stream.rstCode === h2.NGHTTP2_NO_ERROR ? -1 : 1000 + stream.rstCode, details: 'stream closed without a status', mayflyCode: undefined }));
+  });
+  return {
+    messages,
+    status,
+    resume: () => stream.resume(),
+    close: () => {
+      stream.close(h2.NGHTTP2_CANCEL);
+      session.close();
+    },
+  };
+}
+
+export interface PausableProxy {
+  /** 127.0.0.1:<port> to dial instead of the target. */
+  address: string;
+  /** Stops forwarding from the target to the clients: they stall as a stopped process would (their peer's writes back up). */
+  pause(): void;
+  resume(): void;
+  close(): Promise<void>;
+}
+
+/** A TCP relay to `target` (host:port) that can stop passing the target's bytes on, e.g. a gRPC feed client's process frozen. */
+export async function pausableProxy(target: string): Promise<PausableProxy> {
+  const [host, port] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
+  const pairs = new Map<Socket, Socket>();
+  let paused = false;
+  const server = createTcpServer((client) => {
+    const up = tcpConnect(port, host);
+    pairs.set(up, client);
+    client.pipe(up);
+    if (!paused) up.pipe(client);
+    const drop = () => {
+      client.destroy();
+      up.destroy();
+      pairs.delete(up);
+    };
+    client.on('error', drop).on('close', drop);
+    up.on('error', drop).on('close', drop);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const addr = server.address();
+  return {
+    address: `127.0.0.1:${typeof addr === 'object' && addr ? addr.port : 0}`,
+    pause: () => {
+      paused = true;
+      for (const up of pairs.keys()) {
+        up.unpipe();
+        up.pause();
+      }
+    },
+    resume: () => {
+      paused = false;
+      for (const [up, client] of pairs) up.pipe(client);
+    },
+    close: async () => {
+      for (const up of pairs.keys()) up.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
 }

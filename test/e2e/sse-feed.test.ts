@@ -3,62 +3,8 @@
  * relying parties that do not speak gRPC: snapshot, live events, resume with
  * Last-Event-ID, and authentication.
  */
-import { request, type RequestOptions } from 'node:https';
-import type { IncomingMessage } from 'node:http';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startTestBroker, type TestBroker } from './helpers.js';
-
-interface SseEvent {
-  id?: string;
-  event: string;
-  data: Record<string, unknown>;
-}
-
-/** Opens the SSE stream; events are collected until close(). */
-function openFeed(tb: TestBroker, opts: { cert?: string; lastEventId?: string } = {}) {
-  const events: SseEvent[] = [];
-  let res: IncomingMessage | undefined;
-  const url = new URL('/v1/revocations', tb.httpUrl);
-  const o: RequestOptions = {
-    ca: tb.ca,
-    headers: { accept: 'text/event-stream', ...(opts.lastEventId ? { 'last-event-id': opts.lastEventId } : {}) },
-    ...(opts.cert ? { cert: readFileSync(join(tb.dir, `${opts.cert}.pem`)), key: readFileSync(join(tb.dir, `${opts.cert}.key`)) } : {}),
-  };
-  const ready = new Promise<number>((resolve, reject) => {
-    const req = request(url, o, (r) => {
-      res = r;
-      let buf = '';
-      r.setEncoding('utf8');
-      r.on('data', (chunk: string) => {
-        buf += chunk;
-        let i: number;
-        while ((i = buf.indexOf('\n\n')) >= 0) {
-          const block = buf.slice(0, i);
-          buf = buf.slice(i + 2);
-          const e: Partial<SseEvent> = {};
-          for (const line of block.split('\n')) {
-            if (line.startsWith('id: ')) e.id = line.slice(4);
-            else if (line.startsWith('event: ')) e.event = line.slice(7);
-            else if (line.startsWith('data: ')) e.data = JSON.parse(line.slice(6)) as Record<string, unknown>;
-          }
-          if (e.event) events.push(e as SseEvent);
-        }
-      });
-      resolve(r.statusCode ?? 0);
-    });
-    req.on('error', reject);
-    req.end();
-  });
-  return { events, ready, close: () => res?.destroy() };
-}
-
-const until = async (cond: () => boolean, ms = 3000) => {
-  const t0 = Date.now();
-  while (!cond() && Date.now() - t0 < ms) await new Promise((r) => setTimeout(r, 20));
-  return cond();
-};
+import { openSseFeed as openFeed, startTestBroker, until, type TestBroker } from './helpers.js';
 
 describe('revocation feed over server-sent events', () => {
   let tb: TestBroker;

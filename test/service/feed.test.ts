@@ -1,8 +1,11 @@
+import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/core/clock.js';
+import type { MayflyError } from '../../src/core/errors.js';
 import { REPLAY_END_REASON, type TaskRecord } from '../../src/core/types.js';
-import { RevocationFeed, type FeedMessage } from '../../src/service/feed.js';
+import { RevocationFeed, type FeedMessage, type SlowSubscriber } from '../../src/service/feed.js';
 import { MemoryStore } from '../../src/store/memory.js';
+import { WritableFeedStream } from '../../src/transport/feed-stream.js';
 
 const keyset = () => ({ version: 'v1', json: '{"keys":[]}', kids: ['k1'] });
 
@@ -164,6 +167,137 @@ describe('RevocationFeed', () => {
     expect(got.map((m) => m.taskIds[0])).toEqual(['a', 'b']);
     feed.publish(events[2]!);
     expect(got.map((m) => m.taskIds[0])).toEqual(['a', 'b', 'c']);
+    feed.stop();
+  });
+});
+
+/** A subscriber's stream over a real Writable that takes nothing until release(): a reader that stopped reading. */
+class StalledStream extends WritableFeedStream {
+  readonly got: FeedMessage[] = [];
+  ended: MayflyError | null | undefined;
+  private held: Array<() => void> = [];
+
+  constructor(highWaterMark: number) {
+    const w = new Writable({ highWaterMark, write: (_chunk, _enc, cb) => void this.held.push(() => cb()) });
+    super(w, ['close']);
+  }
+
+  get writable(): Writable {
+    return this.out;
+  }
+
+  open(): void {}
+
+  write(m: FeedMessage): boolean {
+    this.got.push(m);
+    return this.out.write(Buffer.from(JSON.stringify(m)));
+  }
+
+  bufferedBytes(): number {
+    return this.out.writableLength;
+  }
+
+  end(err?: MayflyError): void {
+    this.ended = err ?? null;
+    this.out.destroy();
+  }
+
+  /** The reader takes everything written so far. */
+  async release(): Promise<void> {
+    while (this.held.length > 0) {
+      for (const cb of this.held.splice(0)) cb();
+      await new Promise((r) => setImmediate(r));
+    }
+  }
+}
+
+const tick = () => new Promise((r) => setImmediate(r));
+
+describe('RevocationFeed backpressure', () => {
+  it('a replay to a stream that reports a full buffer writes a page, then waits for drain before reading the next', async () => {
+    const { feed, end } = await setup();
+    const first = await end('t0');
+    for (let i = 1; i <= 9; i++) await end(`t${i}`);
+    const s = new StalledStream(1);
+    let done = false;
+    const subscribed = feed.subscribe('rp', first.cursor, s).then((sub) => ((done = true), sub));
+    for (let i = 0; i < 5; i++) await tick();
+    // One page (batch 2) written, nothing more while the reader does not read.
+    expect(s.got.map((m) => m.taskIds[0])).toEqual(['t1', 't2']);
+    expect(done).toBe(false);
+    while (!done) {
+      await s.release();
+      await tick();
+    }
+    expect(s.got.filter((m) => m.kind === 'task').map((m) => m.taskIds[0])).toEqual(['t1', 't2', 't3', 't4', 't5', 't6', 't7', 't8', 't9']);
+    expect(s.got.at(-1)).toMatchObject({ kind: 'keyset', reason: REPLAY_END_REASON });
+    (await subscribed).close();
+    feed.stop();
+  });
+
+  it('a stream that closes while its replay waits for drain: the replay stops, the subscriber leaves, no listener is left behind', async () => {
+    const { feed, end } = await setup();
+    const first = await end('t0');
+    for (let i = 1; i <= 9; i++) await end(`t${i}`);
+    const s = new StalledStream(1);
+    const subscribed = feed.subscribe('rp', first.cursor, s);
+    for (let i = 0; i < 5; i++) await tick();
+    expect(feed.subscriberCount()).toBe(1);
+    expect(s.writable.listenerCount('drain')).toBe(1);
+    s.writable.destroy();
+    const sub = await subscribed;
+    expect(feed.subscriberCount()).toBe(0);
+    expect(s.writable.listenerCount('drain')).toBe(0);
+    expect(s.got.map((m) => m.taskIds[0])).toEqual(['t1', 't2']);
+    sub.close();
+    feed.stop();
+  });
+
+  it('live events during a parked replay: at most a page is held, the rest is read back from the log, none lost or repeated', async () => {
+    const { feed, end } = await setup();
+    const first = await end('t0');
+    for (let i = 1; i <= 4; i++) await end(`t${i}`);
+    const s = new StalledStream(1);
+    let done = false;
+    const subscribed = feed.subscribe('rp', first.cursor, s).then((sub) => ((done = true), sub));
+    for (let i = 0; i < 5; i++) await tick();
+    for (let i = 5; i <= 20; i++) await end(`t${i}`);
+    const held = [...(feed as unknown as { subs: Set<{ pending: FeedMessage[] | null }> }).subs][0]!.pending!;
+    expect(held.length).toBeLessThanOrEqual(2);
+    while (!done) {
+      await s.release();
+      await tick();
+    }
+    await end('t21');
+    const tasks = s.got.filter((m) => m.kind === 'task').map((m) => m.taskIds[0]);
+    expect(tasks).toEqual(Array.from({ length: 21 }, (_, i) => `t${i + 1}`));
+    (await subscribed).close();
+    feed.stop();
+  });
+
+  it('a live subscriber whose stream holds more than maxBufferedBytes is ended with ERR_FEED_SUBSCRIBER_SLOW and reported once; others get every event', async () => {
+    const clock = new ManualClock();
+    const store = new MemoryStore();
+    const slow: SlowSubscriber[] = [];
+    const feed = new RevocationFeed(store, clock, keyset, { heartbeatMs: 60_000, batch: 2, maxTokenTtlMs: 3_600_000, maxBufferedBytes: 2000, onSlowSubscriber: (x) => slow.push(x) });
+    await feed.start();
+    const stalled = new StalledStream(500);
+    const healthy: FeedMessage[] = [];
+    await feed.subscribe('stalled-rp', 0, stalled, undefined, { identity: 'spiffe://example.org/rp', peer: '127.0.0.1:1', transport: 'grpc' });
+    await feed.subscribe('healthy-rp', 0, (m) => healthy.push(m));
+    for (let i = 0; i < 40; i++) {
+      await store.createTask(task(`t${i}`, clock.now()));
+      feed.publish((await store.endTask(`t${i}`, 'completed', 'done', clock.now())).event!);
+    }
+    expect(stalled.ended).toMatchObject({ code: 'ERR_FEED_SUBSCRIBER_SLOW', details: { subscriber_id: 'stalled-rp', limit_bytes: 2000 } });
+    expect(stalled.got.length).toBeLessThan(40);
+    expect(slow).toHaveLength(1);
+    expect(slow[0]).toMatchObject({ subscriber: 'stalled-rp', identity: 'spiffe://example.org/rp', peer: '127.0.0.1:1', transport: 'grpc', limitBytes: 2000 });
+    expect(slow[0]!.bufferedBytes).toBeGreaterThan(2000);
+    expect(slow[0]!.bufferedBytes).toBeLessThan(2000 + 500);
+    expect(feed.slowSubscribers()).toBe(1);
+    expect(feed.subscriberCount()).toBe(1);
+    expect(healthy.filter((m) => m.kind === 'task')).toHaveLength(40);
     feed.stop();
   });
 });

@@ -7,9 +7,9 @@ import type { AuditEntry, AuditEvent, AuditSink } from '../core/ports.js';
 import type { Identity } from '../core/types.js';
 import type { CallContext, ServiceObserver } from './deps.js';
 
-/** What audit records say about a caller. */
+/** What audit records say about a caller; members in canonical (sorted) order, as the record writes them. */
 export function auditIdentity(id: Identity): AuditEntry['identity'] {
-  return { kind: id.kind, id: id.id, method: id.method, ...(id.certThumbprint ? { cert_sha256: id.certThumbprint } : {}), ...(id.source ? { source: id.source } : {}) };
+  return { ...(id.certThumbprint ? { cert_sha256: id.certThumbprint } : {}), id: id.id, kind: id.kind, method: id.method, ...(id.source ? { source: id.source } : {}) };
 }
 
 /**

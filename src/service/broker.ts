@@ -567,14 +567,15 @@ export class BrokerService {
       },
     };
     const decision = await this.d.policy.decide(input);
+    // Members in canonical (sorted) order, as the audit record writes them.
     rec.decision = {
+      allow: decision.allow,
       engine: decision.engine,
+      input_sha256: decisionInputDigest(input),
+      latency_us: decision.latencyUs,
+      reasons: decision.reasons,
       revision: decision.revision,
       source: decision.source,
-      input_sha256: decisionInputDigest(input),
-      allow: decision.allow,
-      reasons: decision.reasons,
-      latency_us: decision.latencyUs,
     };
     this.d.observer?.policyEval?.(decision.engine, decision.allow, decision.latencyUs);
     if (!decision.allow) {

@@ -98,7 +98,7 @@ if (out) {
       dir: heapDir,
       ext: 'heapprofile',
       enable: async () => {},
-      start: () => post('HeapProfiler.startSampling', { samplingInterval: 4096, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: false }),
+      start: () => post('HeapProfiler.startSampling', { samplingInterval: 4096, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: process.env.MAYFLY_BENCH_HEAP_ALL === "1" }),
       stop: () => post('HeapProfiler.stopSampling'),
     },
   ].filter(Boolean);

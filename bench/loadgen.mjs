@@ -269,6 +269,8 @@ const handlers = {
         });
       case 'issue-open':
         return openLoop(m, async (i) => checkToken(await cl(i).issueToken(tokenReq(tasks[i % tasks.length]))));
+      case 'ping-open':
+        return openLoop(m, (i) => cl(i).ping());
       case 'exchange':
       case 'http-get':
       case 'peer': {

@@ -586,6 +586,8 @@ if (want('pair')) await scenario('pair', '(b) BeginTask+IssueToken pairs', {});
 if (want('issue-open')) {
   const halfRate = Math.max(1, results.issue.perSecond / 2);
   await scenario('issue-open', `(d) IssueToken open loop at ${fmtInt(halfRate)}/s`, { rate: halfRate });
+  // (d0) The transport's own tail at the same call rate: Ping, open loop, same clients. (d) cannot be faster than this.
+  await scenario('ping-open', `(d0) Ping open loop at ${fmtInt(halfRate)}/s`, { rate: halfRate });
 }
 // (e′) The HTTPS transport floor: a static document over the same keep-alive sockets (fastify, TLS, HTTP/1.1, no work).
 if (want('exchange')) await scenario('http-get', '(e′) GET /.well-known/openid-configuration (HTTPS transport floor)', { concurrency: HTTP_CONCURRENCY, url: `https://127.0.0.1:${httpPort}/.well-known/openid-configuration`, ca: join(tmpDir, 'ca.pem'), agents: 4 });
@@ -936,6 +938,8 @@ if (ran('pair')) md.push(`| (b) tokens/s from pairs | ${fmtInt(r.pair.perSecond)
 if (ran('issue-open')) {
   md.push(`| (d) IssueToken open loop at ${fmtInt(r['issue-open'].rate)}/s (50% of (b)); latency from scheduled send | ${fmtInt(r['issue-open'].perSecond)} calls/s | ${fmtMs(r['issue-open'].p50)} | ${fmtMs(r['issue-open'].p99)} | ${fmtInt(r['issue-open'].count)} | ${r['issue-open'].errors} | ${cpus(r['issue-open'])} |`);
   md.push(`| (d) same, latency from actual send | | ${fmtMs(r['issue-open'].serviceP50)} | ${fmtMs(r['issue-open'].serviceP99)} | | | | | |`);
+  const p0 = r['ping-open'];
+  md.push(`| (d0) Ping open loop at the same rate (the transport's own tail); latency from scheduled send | ${fmtInt(p0.perSecond)} calls/s | ${fmtMs(p0.p50)} | ${fmtMs(p0.p99)} | ${fmtInt(p0.count)} | ${p0.errors} | ${cpus(p0)} |`);
 }
 row('(e′) GET /.well-known/openid-configuration: the HTTPS transport floor (static document, same sockets)', r['http-get']);
 row('(e) token exchange, POST /oauth2/token (OIDC ES256 subject token)', r.exchange, 'exchanges/s');
@@ -978,7 +982,7 @@ md.push('Measured inside the broker process by bench/broker-probe.mjs (preloaded
 md.push('"other CPU" = machine-wide busy CPU (/proc/stat) minus broker and load generator, in cores; "CPU stall" = share of wall time in which some runnable task waited for a CPU (/proc/pressure/cpu). Both should be ~0 on a quiet machine.', '');
 md.push('"GC pauses" are every collection\'s pause on the broker\'s main thread (count in brackets); "of which full" are the mark-compact ones, which stop every call in flight at once.', '');
 md.push('| scenario | loop delay p50 | loop delay p99 | loop delay max | GC pauses total | GC max pause | of which full: total (count), max | other CPU | CPU stall |', '|---|---|---|---|---|---|---|---|---|');
-for (const [name, label] of [['ping', '(a) Ping'], ['issue', '(b) IssueToken'], ['pair', '(b) BeginTask+IssueToken'], ['issue-open', '(d) IssueToken at 50%'], ['http-get', '(e′) HTTPS transport floor'], ['exchange', '(e) token exchange'], ['revocation', `(g) revocation propagation (${rv?.verifiers} verifiers subscribed)`], ['ping2', '(a) Ping again'], ['issue-ctl', '(b′) IssueToken, restarted (control)'], ['issue-opa', '(f) IssueToken with OPA'], ['issue-rot', '(i) IssueToken during rotation'], ['peer', '(e) peer oidc-provider (its own process; loop probe n/a)']]) {
+for (const [name, label] of [['ping', '(a) Ping'], ['issue', '(b) IssueToken'], ['pair', '(b) BeginTask+IssueToken'], ['issue-open', '(d) IssueToken at 50%'], ['ping-open', '(d0) Ping at (d)\'s rate'], ['http-get', '(e′) HTTPS transport floor'], ['exchange', '(e) token exchange'], ['revocation', `(g) revocation propagation (${rv?.verifiers} verifiers subscribed)`], ['ping2', '(a) Ping again'], ['issue-ctl', '(b′) IssueToken, restarted (control)'], ['issue-opa', '(f) IssueToken with OPA'], ['issue-rot', '(i) IssueToken during rotation'], ['peer', '(e) peer oidc-provider (its own process; loop probe n/a)']]) {
   if (!ran(name)) continue;
   const p = r[name].probe;
   const x = r[name];
@@ -1007,10 +1011,11 @@ else md.push(`| token exchange ≥ 1.5× the oidc-provider peer | ${r.exchange ?
 let latencySplit = '';
 if (ran('issue-open')) {
   const d = r['issue-open'];
-  md.push(`| IssueToken p99 ≤ 10 ms at 50% of peak (${fmtInt(d.rate)}/s, open loop) | p99 ${fmtMs(d.p99)} | p50 ${fmtMs(d.p50)}; peak (b) ${fmtInt(r.issue.perSecond)}/s | ${mark(d.p99 <= 10)} | — | — | — |`);
+  const p0 = r['ping-open'];
+  md.push(`| IssueToken p99 ≤ 10 ms at 50% of peak (${fmtInt(d.rate)}/s, open loop) | p99 ${fmtMs(d.p99)} | p50 ${fmtMs(d.p50)}; peak (b) ${fmtInt(r.issue.perSecond)}/s; Ping at the same rate p99 ${fmtMs(p0.p99)} | ${mark(d.p99 <= 10)} | — | — | — |`);
   const lp = d.probe?.loopP99;
-  md.push(`| broker event-loop delay p99 ≤ 5 ms during that scenario | ${fmtMs(lp)} | max ${fmtMs(d.probe?.loopMax)} | ${mark(Number.isFinite(lp) ? lp <= 5 : null)} | — | — | — |`);
-  latencySplit = `Where (d)'s latency was spent: p99 ${fmtMs(d.p99)} from the scheduled send, ${fmtMs(d.serviceP99)} from the actual send; in the broker, from a call's HTTP/2 headers to its reply handed to HTTP/2, p50 ${fmtMs(d.probe?.handledP50)}, p99 ${fmtMs(d.probe?.handledP99)} over ${fmtInt(d.probe?.streams ?? 0)} streams (to the stream's close, its last frame gone to the socket: p99 ${fmtMs(d.probe?.closedP99)}); broker event-loop delay p99 ${fmtMs(lp)}; load generator event-loop delay p99 ${fmtMs(d.loadgenLoopP99)} (max ${fmtMs(d.loadgenLoopMax)}), at ${pct(d.loadgenCpu)} of a core beside the broker's ${pct(d.brokerCpu)} on ${os.cpus().length} CPUs.`;
+  md.push(`| broker event-loop delay p99 ≤ 5 ms during that scenario | ${fmtMs(lp)} | max ${fmtMs(d.probe?.loopMax)}; Ping at the same rate p99 ${fmtMs(p0.probe?.loopP99)} | ${mark(Number.isFinite(lp) ? lp <= 5 : null)} | — | — | — |`);
+  latencySplit = `Where (d)'s latency was spent: p99 ${fmtMs(d.p99)} from the scheduled send, ${fmtMs(d.serviceP99)} from the actual send; in the broker, from a call's HTTP/2 headers to its reply handed to HTTP/2, p50 ${fmtMs(d.probe?.handledP50)}, p99 ${fmtMs(d.probe?.handledP99)} over ${fmtInt(d.probe?.streams ?? 0)} streams (to the stream's close, its last frame gone to the socket: p99 ${fmtMs(d.probe?.closedP99)}); broker event-loop delay p99 ${fmtMs(lp)}; load generator event-loop delay p99 ${fmtMs(d.loadgenLoopP99)} (max ${fmtMs(d.loadgenLoopMax)}), at ${pct(d.loadgenCpu)} of a core beside the broker's ${pct(d.brokerCpu)} on ${os.cpus().length} CPUs. The same split for (d0), a no-op Ping at the same rate: p99 ${fmtMs(p0.p99)} from the scheduled send, ${fmtMs(p0.serviceP99)} from the actual send; in the broker p50 ${fmtMs(p0.probe?.handledP50)}, p99 ${fmtMs(p0.probe?.handledP99)}; broker event-loop delay p99 ${fmtMs(p0.probe?.loopP99)}; load generator event-loop delay p99 ${fmtMs(p0.loadgenLoopP99)} (max ${fmtMs(p0.loadgenLoopMax)}).`;
 } else {
   md.push(`| IssueToken p99 ≤ 10 ms at 50% of peak ${na}`);
   md.push(`| broker event-loop delay p99 ≤ 5 ms during that scenario ${na}`);

@@ -6,7 +6,7 @@
  */
 import { systemClock } from '../core/clock.js';
 import type { AuditEntry, AuditSink, Clock } from '../core/ports.js';
-import { chainRecordLine, GENESIS_HEAD, redact, type AuditRecord, type ChainHead } from './record.js';
+import { chainRecordLine, GENESIS_HEAD, redactEntry, type AuditRecord, type ChainHead } from './record.js';
 
 /** What `health()` reports for a sink; `ok` turns false once a write has failed and stays false until restart. */
 export interface AuditSinkHealth {
@@ -46,7 +46,7 @@ export abstract class ChainedAuditSink implements AuditSink {
   private lastError: string | undefined;
   protected closed = false;
   /** Records waiting for the end of this event-loop turn (writeConfirmed). */
-  private queued: Array<{ entry: Record<string, unknown>; resolve: () => void; reject: (err: unknown) => void }> = [];
+  private queued: Array<{ entry: Record<string, unknown>; sorted: boolean; resolve: () => void; reject: (err: unknown) => void }> = [];
 
   protected constructor(options: ChainedSinkOptions, head: ChainHead = GENESIS_HEAD) {
     this.brokerId = options.brokerId;
@@ -60,7 +60,8 @@ export abstract class ChainedAuditSink implements AuditSink {
   write(entry: AuditEntry): void {
     try {
       if (this.closed) throw new Error('audit sink is closed');
-      this.writeRecord(redact(entry));
+      const { entry: redacted, sorted } = redactEntry(entry);
+      this.writeRecord(redacted, sorted);
     } catch (err) {
       this.errors++;
       this.lastError = err instanceof Error ? err.message : String(err);
@@ -81,14 +82,14 @@ export abstract class ChainedAuditSink implements AuditSink {
    */
   writeConfirmed(entry: AuditEntry): Promise<void> {
     if (this.closed) return Promise.reject(new Error('audit sink is closed'));
-    let redacted: Record<string, unknown>;
+    let redacted: { entry: Record<string, unknown>; sorted: boolean };
     try {
-      redacted = redact(entry);
+      redacted = redactEntry(entry);
     } catch (err) {
       return Promise.reject(err);
     }
     return new Promise((resolve, reject) => {
-      this.queued.push({ entry: redacted, resolve, reject });
+      this.queued.push({ entry: redacted.entry, sorted: redacted.sorted, resolve, reject });
       if (this.queued.length === 1) setImmediate(() => this.flushQueued());
     });
   }
@@ -105,7 +106,7 @@ export abstract class ChainedAuditSink implements AuditSink {
     try {
       if (this.closed) throw new Error('audit sink is closed');
       for (const it of items) {
-        const { record, line } = chainRecordLine(it.entry, head, at);
+        const { record, line } = chainRecordLine(it.entry, head, at, it.sorted);
         records.push(record);
         lines.push(line);
         head = { seq: record.seq, hash: record.hash };
@@ -139,10 +140,10 @@ export abstract class ChainedAuditSink implements AuditSink {
     for (let i = 0; i < records.length; i++) this.append(records[i]!, lines[i]!);
   }
 
-  /** Chains and appends an already-redacted entry; throws on failure (used at open for the resume record). */
-  protected writeRecord(entry: Record<string, unknown>): AuditRecord {
+  /** Chains and appends an already-redacted entry (`sorted`: see chainRecordLine); throws on failure (used at open for the resume record). */
+  protected writeRecord(entry: Record<string, unknown>, sorted = false): AuditRecord {
     this.flushQueued();
-    const { record, line } = chainRecordLine(entry, this.head, { now: this.clock.now(), brokerId: this.brokerId });
+    const { record, line } = chainRecordLine(entry, this.head, { now: this.clock.now(), brokerId: this.brokerId }, sorted);
     this.append(record, line);
     // Advance only after the append succeeded, so a lost record never leaves a seq gap or dangling prev.
     this.head = { seq: record.seq, hash: record.hash };

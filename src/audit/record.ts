@@ -85,9 +85,28 @@ export function chainRecord(entry: Record<string, unknown>, head: ChainHead, at:
  * order (v, seq, ts first, hash last), so nested objects appear in the line
  * with their keys sorted. Parsing the line gives the record (same values),
  * and its hash checks (hashRecord) as it does for serializeRecord's line.
+ *
+ * `sorted`: the entry is redactEntry's output with `sorted: true`, whose
+ * values JSON.stringify already writes canonically; both texts then come from
+ * the engine's own serializer instead of one string per member (a third of the
+ * cost of an issuance's record). Any other entry takes the member-wise path.
  */
-export function chainRecordLine(entry: Record<string, unknown>, head: ChainHead, at: { now: number; brokerId: string }): { record: AuditRecord; line: string } {
+export function chainRecordLine(
+  entry: Record<string, unknown>,
+  head: ChainHead,
+  at: { now: number; brokerId: string },
+  sorted = false,
+): { record: AuditRecord; line: string } {
   const body = recordBody(entry, head, at);
+  if (sorted) {
+    const keys = Object.keys(body).sort();
+    const canonical: Record<string, unknown> = {};
+    for (const k of keys) canonical[k] = body[k];
+    const hash = sha256Hex(JSON.stringify(canonical));
+    const text = JSON.stringify(body);
+    body.hash = hash;
+    return { record: body as unknown as AuditRecord, line: `${text.slice(0, -1)},"hash":"${hash}"}` };
+  }
   const members = new Map<string, string>();
   let line = '{';
   for (const k of Object.keys(body)) {
@@ -107,17 +126,21 @@ export function chainRecordLine(entry: Record<string, unknown>, head: ChainHead,
   return { record: body as unknown as AuditRecord, line: `${line},"hash":"${hash}"}` };
 }
 
+/** `ts` of the last record built: the records of one flush share their time. */
+let lastTs = { now: Number.NaN, iso: '' };
+
 /** A record without its hash: chain fields first, the entry's fields (reserved names renamed), then prev. */
 function recordBody(entry: Record<string, unknown>, head: ChainHead, at: { now: number; brokerId: string }): Record<string, unknown> {
   const body: Record<string, unknown> = {};
   // Key order only matters for readability of the log line (v, seq, ts first, hash last); the hash is over sorted keys.
   body.v = AUDIT_RECORD_VERSION;
   body.seq = head.seq + 1;
-  body.ts = new Date(at.now).toISOString();
+  if (lastTs.now !== at.now) lastTs = { now: at.now, iso: new Date(at.now).toISOString() };
+  body.ts = lastTs.iso;
   body.broker_id = at.brokerId;
-  for (const [k, v] of Object.entries(entry)) {
+  for (const k of Object.keys(entry)) {
     const name = (RESERVED_FIELDS as readonly string[]).includes(k) ? `entry_${k}` : k;
-    defineField(body, name, v);
+    defineField(body, name, entry[k]);
   }
   body.prev = head.hash;
   return body;
@@ -199,13 +222,42 @@ const MAX_DEPTH = 32;
  * (bigint → string, bytes → `sha256:<hex>`, Error → {name, message},
  * cycles → "[Circular]"). Callers should already pass `token_sha256`; this is
  * defence in depth, and it also makes the record hash stable across a JSON
- * round trip.
+ * round trip. The entry's own members keep their order; nested objects come
+ * out with their keys sorted (the order the log line writes them in).
  */
 export function redact(entry: AuditEntry): AuditEntry {
-  return redactValue(entry, new Set(), 0) as AuditEntry;
+  return redactEntry(entry).entry as AuditEntry;
 }
 
-function redactValue(value: unknown, seen: Set<object>, depth: number): unknown {
+/**
+ * redact, and whether JSON.stringify writes every nested value of the copy
+ * exactly as canonicalJson does (`sorted`, see chainRecordLine). It does
+ * unless some object, at any depth, has a key that is an array index or
+ * `__proto__`: the engine lists index keys first in numeric order, whatever
+ * order they were added in.
+ */
+export function redactEntry(entry: AuditEntry): { entry: Record<string, unknown>; sorted: boolean } {
+  const walk: RedactWalk = { ancestors: [], sorted: true };
+  const out = redactValue(entry, walk, 0) as Record<string, unknown>;
+  return { entry: out, sorted: walk.sorted };
+}
+
+interface RedactWalk {
+  /** Objects on the path from the root to the current value (a repeat is a cycle; a shared sibling is not). */
+  ancestors: object[];
+  sorted: boolean;
+}
+
+const INDEX_KEY_RE = /^(?:0|[1-9][0-9]{0,9})$/;
+
+/** Keys the engine orders on its own: array indices (below 2^32 - 1) and the `__proto__` accessor's name. */
+function engineOrdered(key: string): boolean {
+  if (key === '__proto__') return true;
+  const c = key.charCodeAt(0);
+  return c >= 48 && c <= 57 && INDEX_KEY_RE.test(key) && Number(key) < 4294967295;
+}
+
+function redactValue(value: unknown, walk: RedactWalk, depth: number): unknown {
   switch (typeof value) {
     case 'string':
       return scrubTokens(value);
@@ -226,34 +278,53 @@ function redactValue(value: unknown, seen: Set<object>, depth: number): unknown 
   if (obj instanceof Uint8Array) return `sha256:${sha256Hex(obj)}`;
   if (obj instanceof ArrayBuffer) return `sha256:${sha256Hex(new Uint8Array(obj))}`;
   if (obj instanceof Date) return Number.isNaN(obj.getTime()) ? null : obj.toISOString();
-  if (seen.has(obj)) return '[Circular]';
+  if (walk.ancestors.includes(obj)) return '[Circular]';
   if (depth >= MAX_DEPTH) return '[Truncated]';
-  seen.add(obj);
+  walk.ancestors.push(obj);
   try {
     if (Array.isArray(obj)) {
-      return obj.map((v) => {
-        const r = redactValue(v, seen, depth + 1);
-        return r === undefined ? null : r;
-      });
+      const out: unknown[] = new Array(obj.length);
+      for (let i = 0; i < obj.length; i++) {
+        const r = redactValue(obj[i], walk, depth + 1);
+        out[i] = r === undefined ? null : r;
+      }
+      return out;
     }
     const source: Record<string, unknown> =
       obj instanceof Error
         ? { name: obj.name, message: obj.message, ...('code' in obj ? { code: (obj as { code: unknown }).code } : {}) }
         : (obj as Record<string, unknown>);
     const out: Record<string, unknown> = {};
-    for (const [rawKey, v] of Object.entries(source)) {
+    let previous: string | undefined;
+    let inOrder = true;
+    for (const rawKey of Object.keys(source)) {
+      const v = source[rawKey];
+      let key: string;
+      let r: unknown;
       if (isSensitiveField(rawKey)) {
         if (v === undefined || v === null) continue;
-        defineField(out, `${rawKey}_sha256`, digestOf(v));
-        continue;
+        key = `${rawKey}_sha256`;
+        r = digestOf(v);
+      } else {
+        r = redactValue(v, walk, depth + 1);
+        if (r === undefined) continue;
+        key = scrubTokens(rawKey);
       }
-      const r = redactValue(v, seen, depth + 1);
-      if (r !== undefined) defineField(out, scrubTokens(rawKey), r);
+      if (engineOrdered(key)) walk.sorted = false;
+      if (previous !== undefined && !(previous < key)) inOrder = false;
+      previous = key;
+      defineField(out, key, r);
     }
-    return out;
+    return depth === 0 || inOrder ? out : sortedCopy(out);
   } finally {
-    seen.delete(obj);
+    walk.ancestors.pop();
   }
+}
+
+function sortedCopy(obj: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const k of Object.keys(obj).sort()) defineField(out, k, obj[k]);
+  return out;
 }
 
 /** Digest of a sensitive value: of the string itself (so it equals a caller's token_sha256), else of its bytes or canonical JSON. */

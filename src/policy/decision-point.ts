@@ -178,8 +178,13 @@ export class DecisionPoint {
     if (failure !== undefined || result === undefined) {
       return { allow: false, reasons: [failure ?? 'policy engine returned nothing'], ...meta, source: result?.source ?? '(error)' };
     }
-    const checked = checkDecision(input, result.output);
-    return { ...checked.output, ...meta, source: result.source };
+    // checkDecision's output is always a fresh object: completed in place rather than copied (a spread then more members costs about 1 µs).
+    const decision = checkDecision(input, result.output).output as Decision;
+    decision.engine = meta.engine;
+    decision.revision = meta.revision;
+    decision.latencyUs = meta.latencyUs;
+    decision.source = result.source;
+    return decision;
   }
 }
 

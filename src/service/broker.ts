@@ -195,13 +195,12 @@ export class BrokerService {
       const taskId = p.taskId === undefined ? null : v.opaqueId('task_id', p.taskId);
       if (taskId) rec.task_id = taskId;
       const { audience, requested, ttlSeconds } = this.tokenTarget(p, rec);
-      const common = { tool: null, argsDigest: null, singleUse: false, now: this.d.clock.now(), started };
-      const { now } = common;
+      const now = this.d.clock.now();
 
       if (taskId) {
         const task = await this.taskForToken(ctx, taskId, audience, requested, rec, now);
         const decision = await this.decide(ctx, rec, { action: 'exchange', audience, scopes: requested, ttl_seconds: ttlSeconds, labels: task.labels }, task, now);
-        return this.mint(ctx, rec, { ...common, task, audience, requested, ttlSeconds, decision });
+        return this.mint(ctx, rec, { tool: null, argsDigest: null, singleUse: false, now, started, task, audience, requested, ttlSeconds, decision });
       }
 
       this.access.requireMayStartTask(ctx.identity, null);
@@ -214,8 +213,9 @@ export class BrokerService {
       const expiresAt = now + Math.min(taskTtl, taskCap) * 1000;
       const task = await this.createTask(ctx.identity, { purpose, labels, now, expiresAt, lease: 0, parent: null, ceiling: null, actor: '' });
       Object.assign(rec, { task_id: task.id, task_begun: true, task_expires_at: new Date(expiresAt).toISOString() });
-      const issued = await this.mint(ctx, rec, { ...common, task, audience, requested, ttlSeconds, decision });
-      return { ...issued, taskExpiresAt: task.expiresAt };
+      const issued: ExchangedToken = await this.mint(ctx, rec, { tool: null, argsDigest: null, singleUse: false, now, started, task, audience, requested, ttlSeconds, decision });
+      issued.taskExpiresAt = task.expiresAt;
+      return issued;
     });
   }
 
@@ -567,14 +567,15 @@ export class BrokerService {
       },
     };
     const decision = await this.d.policy.decide(input);
+    // Members in canonical (sorted) order, as the audit record writes them.
     rec.decision = {
+      allow: decision.allow,
       engine: decision.engine,
+      input_sha256: decisionInputDigest(input),
+      latency_us: decision.latencyUs,
+      reasons: decision.reasons,
       revision: decision.revision,
       source: decision.source,
-      input_sha256: decisionInputDigest(input),
-      allow: decision.allow,
-      reasons: decision.reasons,
-      latency_us: decision.latencyUs,
     };
     this.d.observer?.policyEval?.(decision.engine, decision.allow, decision.latencyUs);
     if (!decision.allow) {

@@ -9,6 +9,7 @@ import {
   hashRecord,
   parseRecord,
   redact,
+  redactEntry,
   scrubTokens,
   serializeRecord,
   sha256Hex,
@@ -77,6 +78,91 @@ describe('chainRecord', () => {
       expect(hashRecord(JSON.parse(line))).toBe(record.hash);
       head = { seq: record.seq, hash: record.hash };
     }
+  });
+
+  it('chainRecordLine on a sorted redactEntry: the same line and hash from JSON.stringify as member by member', () => {
+    // Seeded generator of audit-entry-shaped values: unsorted keys, digit-led keys that are and are not
+    // array indices, chain field names, credentials, compact JWS, dates, bigints, non-finite numbers, holes.
+    let seed = 0x9e3779b9;
+    const rnd = (n: number) => {
+      seed = (Math.imul(seed ^ (seed >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0;
+      return seed % n;
+    };
+    const KEYS = ['z', 'a', 'event_x', 'é', 'ß', 'Z', '_', 'aa', 'a_b', '01', '1a', '-1', '4294967295', 'seq', 'hash', 'token', 'subjectToken', 'labels', ' ', ''];
+    const INDEX_KEYS = ['0', '7', '10', '4294967294'];
+    const leaf = (): unknown => {
+      switch (rnd(11)) {
+        case 0: return 'plain ' + rnd(1000);
+        case 1: return JWS;
+        case 2: return 'é\u2028"q" \\ \ud800 ✓';
+        case 3: return rnd(2) === 0 ? -0 : rnd(1e6) / 7;
+        case 4: return [Number.NaN, Number.POSITIVE_INFINITY, 1e21][rnd(3)];
+        case 5: return rnd(2) === 0;
+        case 6: return null;
+        case 7: return undefined;
+        case 8: return new Date(Date.UTC(2026, rnd(12), 1 + rnd(28)));
+        case 9: return BigInt(rnd(1e9)) * 1000003n;
+        default: return new Uint8Array([rnd(256), rnd(256)]);
+      }
+    };
+    const value = (depth: number, withIndexKeys: boolean): unknown => {
+      if (depth > 3 || rnd(3) === 0) return leaf();
+      if (rnd(3) === 0) {
+        const arr: unknown[] = [];
+        const n = rnd(4);
+        for (let i = 0; i < n; i++) arr.push(value(depth + 1, withIndexKeys));
+        if (rnd(4) === 0) arr[n + 1] = leaf(); // a hole before it
+        return arr;
+      }
+      const o: Record<string, unknown> = {};
+      const n = 1 + rnd(5);
+      for (let i = 0; i < n; i++) o[KEYS[rnd(KEYS.length)]!] = value(depth + 1, withIndexKeys);
+      if (withIndexKeys && rnd(3) === 0) o[INDEX_KEYS[rnd(INDEX_KEYS.length)]!] = leaf();
+      return o;
+    };
+    const at = { now: Date.UTC(2026, 11, 3, 20, 0, 0, 7), brokerId: 'b' };
+    let fast = 0;
+    let slow = 0;
+    for (let i = 0; i < 400; i++) {
+      const withIndexKeys = i % 2 === 1;
+      const raw = { event: 'token.issue', outcome: 'success', ...(value(0, withIndexKeys) as object) } as AuditEntry;
+      const { entry, sorted } = redactEntry(raw);
+      expect(entry).toEqual(redact(raw));
+      const head = { seq: i, hash: sha256Hex(String(i)) };
+      const reference = chainRecordLine(entry, head, at);
+      if (!sorted) {
+        slow++;
+        continue;
+      }
+      fast++;
+      const viaStringify = chainRecordLine(entry, head, at, true);
+      expect(viaStringify.line).toBe(reference.line);
+      expect(viaStringify.record).toEqual(reference.record);
+      expect(hashRecord(JSON.parse(viaStringify.line))).toBe(viaStringify.record.hash);
+    }
+    expect(fast).toBeGreaterThan(150);
+    expect(slow).toBeGreaterThan(30);
+  });
+
+  it('redactEntry: a key the engine orders itself (array index, __proto__) at any depth is not sorted', () => {
+    const at = { now: 0, brokerId: 'b' };
+    for (const raw of [
+      { event: 'x', outcome: 'success', labels: { b: 1, '10': 2, '9': 3 } },
+      { event: 'x', outcome: 'success', '10': 'top-level index keys', '9': 'in the wrong order for JSON.stringify' },
+      JSON.parse('{"event":"x","outcome":"success","__proto__":{"a":1}}'),
+    ] as AuditEntry[]) {
+      const { entry, sorted } = redactEntry(raw);
+      expect(sorted).toBe(false);
+      // What the flag protects against: taken through JSON.stringify, these would hash differently.
+      expect(chainRecordLine(entry, GENESIS_HEAD, at, true).record.hash).not.toBe(chainRecordLine(entry, GENESIS_HEAD, at).record.hash);
+    }
+    // Nested __proto__ is written faithfully either way; it is still sent the member-wise way, like any key the engine treats specially.
+    expect(redactEntry(JSON.parse('{"event":"x","outcome":"success","nested":{"__proto__":{"a":1}}}') as AuditEntry).sorted).toBe(false);
+    const { entry, sorted } = redactEntry({ event: 'x', outcome: 'success', labels: { b: 1, a: { d: 1, c: 2 }, '4294967295': 'not an index' } } as unknown as AuditEntry);
+    expect(sorted).toBe(true);
+    expect(Object.keys(entry)).toEqual(['event', 'outcome', 'labels']);
+    expect(Object.keys(entry.labels as object)).toEqual(['4294967295', 'a', 'b']);
+    expect(Object.keys((entry.labels as { a: object }).a)).toEqual(['c', 'd']);
   });
 
   it('links to the head it is given', () => {

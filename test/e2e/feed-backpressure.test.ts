@@ -147,15 +147,18 @@ describe('revocation feed backpressure', () => {
     const before = feed.slowSubscribers();
     const subs = 0;
     const stalled = openSseFeed(tb, { cert: 'relying-party', lastEventId: String(start), paused: true });
+    // A second one that never reads again: its connection is dropped a while after the error, so it pins nothing.
+    const gone = openSseFeed(tb, { cert: 'relying-party', lastEventId: String(start), paused: true });
     const healthy = healthyGrpc(start, 'bp-healthy-grpc-2');
     expect(await stalled.ready).toBe(200);
-    expect(await until(() => feed.subscriberCount() === subs + 2)).toBe(true);
+    expect(await gone.ready).toBe(200);
+    expect(await until(() => feed.subscriberCount() === subs + 3)).toBe(true);
 
     // HTTP/1.1 has no flow control of its own: kernel socket buffers take megabytes before the broker's writes back up.
-    const { most } = await publishUntil(() => feed.slowSubscribers() > before, 80_000);
-    expect(feed.slowSubscribers()).toBe(before + 1);
+    const { most } = await publishUntil(() => feed.slowSubscribers() > before + 1, 80_000);
+    expect(feed.slowSubscribers()).toBe(before + 2);
     expect(most).toBeLessThanOrEqual(LIMIT + SLACK);
-    expect(await slowCount('sse')).toBe(1);
+    expect(await slowCount('sse')).toBe(2);
     const end = await revoke(100);
     expect(await until(() => taskCursors(healthy.events).at(-1) === end, 10_000)).toBe(true);
     expect(consecutive(taskCursors(healthy.events), start, end)).toBe(true);
@@ -168,6 +171,12 @@ describe('revocation feed backpressure', () => {
     expect(String(last.data['message'])).toMatch(/resume from your last cursor/);
     const got = stalled.events.filter((e) => e.event === 'task').map((e) => Number(e.id));
     expect(consecutive(got, start, got.at(-1)!)).toBe(true);
+    // The one that never reads: the broker dropped its connection (a paused client cannot see that until it reads).
+    const connections = () => new Promise<number>((resolve) => tb.broker.http.app.server.getConnections((_e, n) => resolve(n)));
+    const t0 = Date.now();
+    while ((await connections()) > 0 && Date.now() - t0 < 15_000) await new Promise((r) => setTimeout(r, 100));
+    expect(await connections()).toBe(0);
+    gone.close();
     healthy.cancel();
   }, 180_000);
 

@@ -428,7 +428,8 @@ export function rawFeedStream(tb: TestBroker, request: Buffer, o: { cert?: strin
       if (h['grpc-status'] !== undefined) resolve(from(h));
     });
     stream.on('trailers', (h) => resolve(from(h)));
-    stream.on('close', () => resolve({ code: stream.rstCode === h2.NGHTTP2_NO_ERROR ? -1 : 1000 + stream.rstCode, details: 'stream closed without a status', mayflyCode: undefined }));
+    // No trailers: not a gRPC status at all (code -1), whatever closed the stream.
+    stream.on('close', () => resolve({ code: -1, details: `stream closed without a status (RST_STREAM ${stream.rstCode ?? 'none'})`, mayflyCode: undefined }));
   });
   return {
     messages,
